@@ -1,0 +1,357 @@
+"""Campaign configuration: units, distribution lists and campaigns, validated up front.
+
+Everything under ``config/`` is loaded into pydantic models before any step runs. A bad file
+raises :class:`ConfigError` naming the file, the key and the reason (the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import re
+import datetime as dt
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CAMPAIGN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+UNIT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+FIELD_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION = re.compile(r"^([+-]?)(\d+)\s*([dhm])$")
+
+
+class ConfigError(Exception):
+    """A configuration file is unusable: ``file``, ``key`` and ``reason`` say where and why."""
+
+    def __init__(self, file: Path | str, key: str, reason: str):
+        self.file, self.key, self.reason = str(file), key, reason
+        super().__init__(f"配置错误 config error: {self.file}: {key or '(file)'}: {reason}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_offset(text: str | int) -> timedelta:
+    """``-3d``, ``0d``, ``+12h``, ``30m`` → timedelta (relative to a calendar date)."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a duration like -3d, +12h or 30m")
+    sign = -1 if m.group(1) == "-" else 1
+    n = int(m.group(2))
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(3)]
+    return sign * timedelta(**{unit: n})
+
+
+# ---------------------------------------------------------------- units and lists
+class Contact(_Model):
+    name: str
+    email: str
+    title: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _looks_like_email(cls, v: str) -> str:
+        if not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", v):
+            raise ValueError(f"'{v}' is not an email address")
+        return v.lower()
+
+
+class Unit(_Model):
+    code: str
+    name: str
+    kind: Literal["city", "zone", "department"]
+    contacts: list[Contact] = Field(min_length=1)
+    supervisor: Contact
+    aliases: list[str] = []
+    delegates: list[str] = []  # other addresses allowed to send this unit's return
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        if not UNIT_CODE.match(v):
+            raise ValueError(f"unit code '{v}' must be 1-32 letters, digits, '-' or '_'")
+        return v
+
+
+class DistributionList(_Model):
+    """A named set of recipients with its role in the DOCX footer (报/送/发)."""
+
+    title: str
+    role: Literal["报", "送", "发"]
+    members: list[Contact] = []
+    all_units: bool = False  # expands to the first contact of every unit of the campaign
+
+
+# ---------------------------------------------------------------- campaign
+class FormField(_Model):
+    key: str
+    label: str
+    kind: Literal["count", "text"] = "count"
+    unit: str | None = None  # 套, 个, 条 ... (counts only)
+    synonyms: list[str] = []
+    required: bool = True
+    max_length: int | None = None  # text only
+    warn_above: int | None = None  # plausibility ceiling: above it is a warning, not an error
+    section: Literal["activity", "media", "narrative"] = "activity"
+    help: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not FIELD_KEY.match(v):
+            raise ValueError(f"field key '{v}' must be lowercase letters, digits and '_'")
+        return v
+
+
+class CrossCheck(_Model):
+    """A sanity rule over one return, a pandas expression that must hold (else a warning)."""
+
+    rule: str
+    message: str
+
+
+class Form(_Model):
+    fields: list[FormField] = Field(min_length=1)
+    checks: list[CrossCheck] = []
+    explanation_label: str = "情况说明"
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> "Form":
+        seen: set[str] = set()
+        for f in self.fields:
+            if f.key in seen:
+                raise ValueError(f"field key '{f.key}' appears twice")
+            seen.add(f.key)
+        return self
+
+    @property
+    def counts(self) -> list[FormField]:
+        return [f for f in self.fields if f.kind == "count"]
+
+    @property
+    def texts(self) -> list[FormField]:
+        return [f for f in self.fields if f.kind == "text"]
+
+    def field(self, key: str) -> FormField:
+        return next(f for f in self.fields if f.key == key)
+
+
+class ReminderTier(_Model):
+    name: str
+    offset: str  # relative to the deadline: -3d, -1d, 0d, +2d
+    escalate: bool = False  # after the deadline: the unit's supervisor in Cc
+
+    @field_validator("offset")
+    @classmethod
+    def _offset(cls, v: str) -> str:
+        parse_offset(v)
+        return v
+
+    @property
+    def delta(self) -> timedelta:
+        return parse_offset(self.offset)
+
+
+class Calendar(_Model):
+    timezone: str = "Asia/Shanghai"
+    opens: datetime
+    deadline: datetime
+    closes: datetime
+    compile_at: datetime | None = None  # default: closes
+    reminders: list[ReminderTier] = []
+    collect_every_minutes: int = Field(default=60, ge=5)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone '{v}'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> "Calendar":
+        if not (self.opens < self.deadline <= self.closes):
+            raise ValueError("calendar must satisfy opens < deadline <= closes")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def at(self, moment: datetime) -> datetime:
+        """A calendar moment as an aware datetime in the campaign's timezone."""
+        return moment if moment.tzinfo else moment.replace(tzinfo=self.tz)
+
+    @property
+    def opens_at(self) -> datetime:
+        return self.at(self.opens)
+
+    @property
+    def deadline_at(self) -> datetime:
+        return self.at(self.deadline)
+
+    @property
+    def closes_at(self) -> datetime:
+        return self.at(self.closes)
+
+    @property
+    def compile_moment(self) -> datetime:
+        return self.at(self.compile_at or self.closes)
+
+
+class BulletinSettings(_Model):
+    name: str = "工作简讯"
+    title: str
+    issuer: str
+    issue: int = 1
+    date: dt.date | None = None  # default: the compile date in the campaign's timezone
+    lead: str = ""
+    significant_figures: int = Field(default=3, ge=1, le=6)
+    copies: int | None = None  # 共印N份; default: the number of recipients
+    distribution: list[str] = Field(min_length=1)  # list ids from lists.yaml
+    max_mail_bytes: int = 10 * 1024 * 1024
+    approval_timeout_hours: float = 48
+
+
+class Campaign(_Model):
+    id: str
+    name: str
+    units: list[str] | Literal["all"] = "all"
+    coordinators: list[Contact] = Field(min_length=1)
+    calendar: Calendar
+    form: Form
+    bulletin: BulletinSettings
+    english: bool = False  # add English beside the Chinese in messages
+    max_return_bytes: int = 20 * 1024 * 1024
+    max_file_bytes: int = 100 * 1024 * 1024  # refused at the door above this
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not CAMPAIGN_ID.match(v):
+            raise ValueError(f"campaign id '{v}' must be lowercase letters, digits and dashes")
+        return v
+
+
+class Config(BaseModel):
+    """Units, lists and one campaign, cross-checked."""
+
+    model_config = ConfigDict(frozen=True)
+    directory: Path
+    campaign_file: Path
+    units_all: list[Unit]
+    lists: dict[str, DistributionList]
+    campaign: Campaign
+
+    @cached_property
+    def units(self) -> list[Unit]:
+        """The units this campaign expects a return from, in configured order."""
+        if self.campaign.units == "all":
+            return list(self.units_all)
+        by_code = {u.code: u for u in self.units_all}
+        return [by_code[c] for c in self.campaign.units]
+
+    @cached_property
+    def unit_by_code(self) -> dict[str, Unit]:
+        return {u.code: u for u in self.units}
+
+
+# ---------------------------------------------------------------- loading
+def _read_yaml(path: Path) -> object:
+    if not path.is_file():
+        raise ConfigError(path, "", "file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, where, f"YAML syntax: {problem}") from None
+
+
+def _validated(model: type[BaseModel], data: object, path: Path, prefix: str = ""):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        key = f"{prefix}.{key}".strip(".") if prefix else key
+        raise ConfigError(path, key, err["msg"]) from None
+
+
+class _UnitsFile(_Model):
+    units: list[Unit] = Field(min_length=1)
+
+
+class _ListsFile(_Model):
+    lists: dict[str, DistributionList] = Field(min_length=1)
+
+
+def campaign_path(config_dir: Path, campaign: str) -> Path:
+    """A campaign argument (a YAML path or an id under ``campaigns/``) → the file's path."""
+    if campaign.endswith((".yaml", ".yml")) or "/" in campaign:
+        return Path(campaign)
+    if not CAMPAIGN_ID.match(campaign):
+        raise ConfigError(config_dir / "campaigns", campaign,
+                          "a campaign id is lowercase letters, digits and dashes")
+    return config_dir / "campaigns" / f"{campaign}.yaml"
+
+
+def list_campaigns(config_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "campaigns").glob("*.yaml"))
+
+
+def load_units(config_dir: Path) -> list[Unit]:
+    path = config_dir / "units.yaml"
+    units = _validated(_UnitsFile, _read_yaml(path), path).units
+    seen: set[str] = set()
+    for i, u in enumerate(units):
+        if u.code in seen:
+            raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
+        seen.add(u.code)
+    return units
+
+
+def load_lists(config_dir: Path) -> dict[str, DistributionList]:
+    path = config_dir / "lists.yaml"
+    return _validated(_ListsFile, _read_yaml(path), path).lists
+
+
+def load_config(config_dir: Path | str, campaign: str) -> Config:
+    """Load and cross-check everything a campaign step needs; raise ConfigError on any flaw."""
+    config_dir = Path(config_dir)
+    path = campaign_path(config_dir, campaign)
+    units = load_units(config_dir)
+    lists = load_lists(config_dir)
+    raw = _read_yaml(path)
+    if isinstance(raw, dict):
+        raw.setdefault("id", path.stem)
+        if raw["id"] != path.stem:
+            raise ConfigError(path, "id", f"'{raw['id']}' differs from the file name '{path.stem}'")
+    camp = _validated(Campaign, raw, path)
+    codes = {u.code for u in units}
+    if camp.units != "all":
+        for i, code in enumerate(camp.units):
+            if code not in codes:
+                raise ConfigError(path, f"units.{i}", f"unknown unit code '{code}' (not in units.yaml)")
+    for i, name in enumerate(camp.bulletin.distribution):
+        if name not in lists:
+            raise ConfigError(path, f"bulletin.distribution.{i}",
+                              f"unknown list '{name}' (lists.yaml has: {', '.join(lists)})")
+    keys = {f.key for f in camp.form.counts}
+    for i, check in enumerate(camp.form.checks):
+        names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}
+        unknown = names - keys
+        if unknown:
+            raise ConfigError(path, f"form.checks.{i}.rule",
+                              f"unknown field(s) {', '.join(sorted(unknown))}")
+    return Config(directory=config_dir, campaign_file=path, units_all=units, lists=lists,
+                  campaign=camp)

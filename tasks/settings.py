@@ -1,0 +1,46 @@
+"""Settings from the environment (never from committed files): mail out, mail in, ledger URL."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SmtpSettings(BaseSettings):
+    """``BULLETIN_SMTP_*`` and ``BULLETIN_MAIL_FROM``; no host means the file outbox."""
+
+    model_config = SettingsConfigDict(env_prefix="BULLETIN_SMTP_", extra="ignore")
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    security: Literal["ssl", "starttls", "none"] = "starttls"
+    rate: float | None = None  # messages per minute; None = as fast as the server takes them
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return {"ssl": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class ImapSettings(BaseSettings):
+    """``BULLETIN_IMAP_*``; ``collect`` reads the mailbox only when a host is set."""
+
+    model_config = SettingsConfigDict(env_prefix="BULLETIN_IMAP_", extra="ignore")
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    folder: str = "INBOX"
+    done_folder: str = "Processed"
+
+
+class AppSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BULLETIN_", extra="ignore")
+    mail_from: str = "bulletin@example.com"
+    mail_from_name: str = "报送任务系统"
+    db_url: str | None = None
