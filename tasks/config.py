@@ -216,6 +216,7 @@ class BulletinSettings(_Model):
     copies: int | None = None  # 共印N份; default: the number of recipients
     distribution: list[str] = Field(min_length=1)  # list ids from lists.yaml
     max_mail_bytes: int = 10 * 1024 * 1024
+    max_photos: int = Field(default=12, ge=0)  # gallery size; one per unit first
     approval_timeout_hours: float = 48
 
 

@@ -1,0 +1,222 @@
+"""The ``bulletin`` command: thin over the flows. Exit 0 done, 1 problems found, 2 bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tasks.config import ConfigError, load_config
+
+from .context import configure_prefect_home, resolve_config_dir, resolve_home, resolve_now
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="报送任务：从报送通知到简讯分发。Report-collection campaigns, from request to bulletin.")
+
+Home = Annotated[Optional[Path], typer.Option("--home", envvar="BULLETIN_HOME",
+                                              help="State folder (default ./var).", show_default=False)]
+Conf = Annotated[Optional[Path], typer.Option("--config", envvar="BULLETIN_CONFIG",
+                                              help="Config folder with units.yaml, lists.yaml, campaigns/ (default ./config).",
+                                              show_default=False)]
+Now = Annotated[Optional[str], typer.Option("--now", help="Act as if at this ISO-8601 moment (rehearsals, tests).")]
+Campaign = Annotated[str, typer.Argument(help="Campaign id (file stem under <config>/campaigns/) or a YAML path.")]
+Units = Annotated[Optional[list[str]], typer.Option("--unit", help="Only this unit code (repeatable).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="List what would be sent; send nothing.")]
+
+
+def _err(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _prepare(campaign: str, home: Path | None, config: Path | None, now: str | None,
+             prefect: bool = True) -> tuple[str, str, dt.datetime]:
+    """Check config and --now before any flow starts; set PREFECT_HOME; print the home."""
+    config_dir = resolve_config_dir(config)
+    try:
+        cfg = load_config(config_dir, campaign)
+    except ConfigError as exc:
+        raise _err(str(exc)) from None
+    try:
+        moment = resolve_now(now, cfg)
+    except ValueError:
+        raise _err(f"--now: '{now}' is not an ISO-8601 moment, e.g. 2023-09-28T17:00:00+08:00") from None
+    home_dir = resolve_home(home)
+    if prefect:
+        configure_prefect_home(home_dir)
+        typer.echo(f"主目录 home: {home_dir}", err=True)
+    return str(home_dir), str(config_dir), moment
+
+
+def _report(result: dict, problems: bool) -> None:
+    typer.echo(json.dumps(result, ensure_ascii=False, default=str))
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def demo(home: Home = None) -> None:
+    """Run a whole campaign with simulated units (energy-week-2023) in a fresh home.
+
+    Example: bulletin demo --home /tmp/demo
+    """
+    from .demo import DemoError, new_demo_home
+    try:
+        home_dir = new_demo_home(home)
+    except DemoError as exc:
+        raise _err(str(exc)) from None
+    configure_prefect_home(home_dir)
+    from .demo import run_demo
+    ok = run_demo(home_dir)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def request(campaign: Campaign, unit: Units = None,
+            force: Annotated[bool, typer.Option("--force", help="Resend to units already asked (marked 重发).")] = False,
+            dry_run: DryRun = False, home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Send each unit its request with its own pre-filled workbook (once per unit).
+
+    Example: bulletin request energy-week-2023 --unit 210100 --dry-run
+    """
+    h, c, moment = _prepare(campaign, home, config, now)
+    from .request_returns import request_returns
+    try:
+        result = request_returns(campaign, units=unit, force=force, dry_run=dry_run, now=moment, home=h, config_dir=c)
+    except ValueError as exc:
+        raise _err(str(exc)) from None
+    _report(result, bool(result.get("failed")))
+
+
+@app.command()
+def remind(campaign: Campaign, unit: Units = None, dry_run: DryRun = False,
+           home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Send the reminder tier due now to units without an accepted return (each tier once).
+
+    Example: bulletin remind energy-week-2023 --now 2023-09-25T09:00:00
+    """
+    h, c, moment = _prepare(campaign, home, config, now)
+    from .send_reminders import send_reminders
+    result = send_reminders(campaign, units=unit, dry_run=dry_run, now=moment, home=h, config_dir=c)
+    _report(result, bool(result.get("failed")))
+
+
+@app.command()
+def collect(campaign: Campaign,
+            inbox: Annotated[Optional[Path], typer.Option("--inbox", help="Drop folder (default <home>/inbox/<campaign>).")] = None,
+            home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Take in returns from the drop folder, validate them and send receipts.
+
+    Example: bulletin collect energy-week-2023 --inbox ./returns
+    """
+    h, c, moment = _prepare(campaign, home, config, now)
+    from .collect_returns import collect_returns
+    result = collect_returns(campaign, inbox=str(inbox.resolve()) if inbox else None, now=moment, home=h, config_dir=c)
+    _report(result, result["problems"] > 0)
+
+
+@app.command()
+def status(campaign: Campaign, as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+           home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Show completeness: expected, accepted, rejected, needs explanation, missing, late.
+
+    Example: bulletin status energy-week-2023 --json
+    """
+    h, c, moment = _prepare(campaign, home, config, now, prefect=False)
+    from tasks.ledger import Ledger
+    from tasks.settings import AppSettings
+    from tasks.status import completeness
+    result = completeness(Ledger(Path(h), AppSettings().db_url), load_config(Path(c), campaign), moment)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    from .show import print_status
+    print_status(result)
+
+
+@app.command(name="compile")
+def compile_(campaign: Campaign,
+             lead: Annotated[Optional[str], typer.Option("--lead", help="Lead paragraph (default: the campaign's).")] = None,
+             home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Compile the bulletin (html, txt, md, docx); unchanged inputs keep the same version.
+
+    Example: bulletin compile energy-week-2023
+    """
+    h, c, moment = _prepare(campaign, home, config, now)
+    from .compile_bulletin import compile_bulletin
+    _report(compile_bulletin(campaign, lead=lead, now=moment, home=h, config_dir=c), False)
+
+
+@app.command()
+def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Who decides (recorded).")],
+            version: Annotated[Optional[int], typer.Option("--version", help="Version (default: the latest).")] = None,
+            reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
+            note: Annotated[Optional[str], typer.Option("--note", help="Why (recorded).")] = None,
+            home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Approve (or reject) a bulletin version; resumes a publish run waiting for approval.
+
+    Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
+    """
+    h, c, moment = _prepare(campaign, home, config, now, prefect=False)
+    from tasks.approval import ApprovalError, decide
+    from tasks.ledger import Ledger
+    from tasks.settings import AppSettings
+    cfg = load_config(Path(c), campaign)
+    try:
+        row = decide(Ledger(Path(h), AppSettings().db_url), cfg.campaign.id, by=by, approve=not reject,
+                     note=note, now=moment, version=version)
+    except ApprovalError as exc:
+        raise _err(str(exc), 1) from None
+    configure_prefect_home(Path(h))
+    from .approval import resume_waiting_runs
+    resumed = resume_waiting_runs(cfg.campaign.id, row.version, approve=not reject, by=by, note=note or "")
+    _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
+             "by": row.approved_by, "resumed_runs": resumed}, False)
+
+
+@app.command()
+def send(campaign: Campaign, dry_run: DryRun = False,
+         version: Annotated[Optional[int], typer.Option("--version", help="Version (default: the latest).")] = None,
+         resend_uncertain: Annotated[bool, typer.Option("--resend-uncertain", help="Resend messages left uncertain by a crash (same Message-ID).")] = False,
+         home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Mail the approved bulletin to the campaign's lists, one message per recipient, once.
+
+    Example: bulletin send energy-week-2023 --dry-run
+    """
+    h, c, moment = _prepare(campaign, home, config, now)
+    from tasks.approval import ApprovalError
+    from .publish_bulletin import publish_bulletin
+    try:
+        result = publish_bulletin(campaign, version=version, dry_run=dry_run, resend_uncertain=resend_uncertain,
+                                  now=moment, home=h, config_dir=c)
+    except ApprovalError as exc:
+        raise _err(str(exc), 1) from None
+    if result["approval"] != "approved" and not dry_run:
+        typer.echo(f"第{result['version']}版简讯尚未批准（{result['approval']}），未发送。"
+                   f"请先运行 bulletin approve {campaign} --by 姓名", err=True)
+    _report(result, result["approval"] != "approved" and not dry_run or bool(result.get("failed")))
+
+
+@app.command()
+def serve(home: Home = None, config: Conf = None) -> None:
+    """Start the scheduler: one deployment per step per campaign, schedules from each calendar.
+
+    Example: bulletin serve   (then open the Prefect UI it prints)
+    """
+    home_dir = resolve_home(home)
+    configure_prefect_home(home_dir)
+    from .serve import serve_all
+    try:
+        serve_all(home_dir, resolve_config_dir(config))
+    except ConfigError as exc:
+        raise _err(str(exc)) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,101 @@
+"""Flow ``collect-returns``: take in, archive, validate, decide, send receipts, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.intake import drop_folder_entries, entry_files, move_processed, take_in
+from tasks.ledger import QUARANTINED, REFUSED, Submission
+from tasks.notices import coordinator_notice, receipt_message
+from tasks.processing import Outcome, process_received
+
+from .common import check_uncertain, publish_completeness, run_name, send_messages
+from .context import Context, open_context
+
+
+@task(name="take-in-drop-folder", cache_policy=NO_CACHE)
+def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
+    """Archive every entry of the drop folder, record it, then move it to ``processed/``."""
+    log = get_run_logger()
+    folder = Path(inbox) if inbox else ctx.home / "inbox" / ctx.campaign_id
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = drop_folder_entries(folder)
+    log.info("收件目录 %s：%d 份待处理", folder, len(entries))
+    results = []
+    for i, entry in enumerate(entries, 1):
+        result = take_in(ctx.ledger, ctx.campaign_id, entry.name, entry_files(entry), source="folder",
+                         sender=None, now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes)
+        move_processed(ctx.home, ctx.campaign_id, entry, ctx.now)
+        results.append(result)
+        if result.outcome != "received":
+            log.warning("《%s》：%s %s", entry.name, result.outcome, result.detail)
+        if i % 200 == 0 or i == len(entries):
+            log.info("已归档 %d/%d", i, len(entries))
+    return results
+
+
+@task(name="decide-returns", cache_policy=NO_CACHE)
+def decide_returns(ctx: Context) -> list[Outcome]:
+    """Parse, identify and validate every received submission in one batch; record decisions."""
+    log = get_run_logger()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            log.info("解析进度 %d/%d", done, total)
+
+    outcomes = process_received(ctx.ledger, ctx.config, ctx.now, progress=progress)
+    for o in outcomes:
+        log.info("%s《%s》→ %s（错误 %d，提示 %d）", o.unit_code or "未识别", o.name, o.state,
+                 len(o.errors), len(o.warnings))
+    return outcomes
+
+
+@task(name="build-receipts", cache_policy=NO_CACHE)
+def build_receipts(ctx: Context, outcomes: list[Outcome]) -> list:
+    received_at = {}
+    with ctx.ledger.session() as s:
+        for o in outcomes:
+            received_at[o.submission_id] = s.get(Submission, o.submission_id).received_at
+    out = []
+    for o in outcomes:
+        msg = receipt_message(ctx.config, o, received_at[o.submission_id], ctx.override_dir)
+        if msg is not None:
+            out.append((msg, o.unit_code))
+    return out
+
+
+def _notice_lines(outcomes: list[Outcome], refused: list) -> list[str]:
+    lines = [f"第{o.submission_id}号《{o.name}》：{o.reason}" for o in outcomes if o.state == QUARANTINED]
+    lines += [f"第{r.submission_id}号《{r.name}》被拒收：{r.detail}" for r in refused]
+    return lines
+
+
+@flow(name="collect-returns", flow_run_name=run_name("collect"), log_prints=True)
+def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | None = None,
+                    home: str | None = None, config_dir: str | None = None) -> dict:
+    """Take in every waiting return, tell each submitter the outcome, publish completeness."""
+    ctx = open_context(campaign, home, config_dir, now)
+    get_run_logger().info("收取报表：%s，主目录 %s", ctx.campaign_id, ctx.home)
+    check_uncertain(ctx)
+    taken = take_in_drop_folder(ctx, inbox)
+    outcomes = decide_returns(ctx)
+    receipts = send_messages(ctx, build_receipts(ctx, outcomes), "receipt")
+    refused = [r for r in taken if r.outcome == REFUSED]
+    lines = _notice_lines(outcomes, refused)
+    if lines:
+        first = min(o.submission_id for o in outcomes) if outcomes else refused[0].submission_id
+        notice = coordinator_notice(ctx.config, f"intake/{first}", "有报送材料需要人工处理",
+                                    "以下报送材料无法自动处理（已归档，未丢失），请核实：", lines,
+                                    ctx.override_dir)
+        send_messages(ctx, [(notice, None)], "notice")
+    status = publish_completeness(ctx)
+    states: dict[str, int] = {}
+    for o in outcomes:
+        states[o.state] = states.get(o.state, 0) + 1
+    return {"campaign": ctx.campaign_id, "taken_in": len(taken), "decided": states,
+            "receipts": receipts, "accepted_units": status["accepted"], "expected": status["expected"],
+            "problems": sum(v for k, v in states.items() if k != "accepted") + len(refused)}

@@ -1,0 +1,91 @@
+"""Prefect pieces shared by the flows: sending a batch of messages, artifacts, run names."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.delivery import deliver, mark_stale_uncertain
+from tasks.mailer import mailer_from_env
+from tasks.message import OutgoingMessage
+from tasks.notices import coordinator_notice
+from tasks.status import completeness
+
+from .context import Context
+
+
+class SendFailed(RuntimeError):
+    """Some messages could not be sent; raised so Prefect retries the batch (sent ones skip)."""
+
+
+def run_name(step: str) -> Callable[[], str]:
+    """``collect energy-week-2023 2023-09-28 17:00`` from the run's parameters."""
+    def _name() -> str:
+        params = flow_run.parameters or {}
+        now = params.get("now")
+        when = now.strftime("%Y-%m-%d %H:%M") if isinstance(now, dt.datetime) else (now or "now")
+        return f"{step} {params.get('campaign', '?')} {when}"
+    return _name
+
+
+@task(name="send-messages", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE,
+      task_run_name="send-{step}-{ctx.campaign_id}")
+def send_messages(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
+                  dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
+    """Deliver each (message, unit) once, through one connection; count the outcomes."""
+    log = get_run_logger()
+    counts: Counter[str] = Counter()
+    if not messages:
+        return {}
+    with mailer_from_env(ctx.home) as mailer:
+        if not dry_run:
+            log.info("发送 %d 封 %s 邮件，经由 %s", len(messages), step, mailer.description)
+        for i, (msg, unit) in enumerate(messages, 1):
+            outcome = deliver(ctx.ledger, mailer, msg, campaign=ctx.campaign_id, step=step,
+                              unit_code=unit, dry_run=dry_run, resend_uncertain=resend_uncertain)
+            counts[outcome] += 1
+            if dry_run:
+                log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
+            elif outcome in ("failed", "uncertain"):
+                log.warning("%s：%s → %s", outcome, msg.subject, ", ".join(a.email for a in msg.to))
+            if i % 500 == 0:
+                log.info("已处理 %d/%d", i, len(messages))
+    if counts["failed"]:
+        raise SendFailed(f"{counts['failed']} message(s) failed to send; already-sent ones are skipped on retry")
+    return dict(counts)
+
+
+@task(name="check-uncertain-sends", cache_policy=NO_CACHE)
+def check_uncertain(ctx: Context) -> list[str]:
+    """Claims left in ``sending`` by a crash become ``uncertain``; tell the coordinators."""
+    keys = mark_stale_uncertain(ctx.ledger, ctx.campaign_id)
+    if keys:
+        get_run_logger().warning("发现 %d 封发送状态不确定的邮件：%s", len(keys), ", ".join(keys))
+        notice = coordinator_notice(
+            ctx.config, f"uncertain/{len(keys)}/{keys[0]}", "邮件发送状态不确定",
+            "以下邮件在发送过程中中断，无法确定对方是否收到。系统不会自动重发；如需重发，"
+            "请运行 bulletin send --resend-uncertain（使用相同的 Message-ID）。", keys, ctx.override_dir)
+        send_messages.fn(ctx, [(notice, None)], "notice")
+    return keys
+
+
+@task(name="publish-completeness", cache_policy=NO_CACHE)
+def publish_completeness(ctx: Context) -> dict:
+    """The completeness table as a Prefect table artifact ``<campaign>-completeness``."""
+    status = completeness(ctx.ledger, ctx.config, ctx.now)
+    labels = {"missing": "未报", "accepted": "已通过", "rejected": "未通过", "needs_explanation": "待说明"}
+    rows = [{"单位代码": u["code"], "单位": u["name"], "状态": labels.get(u["state"], u["state"]),
+             "报送时间": u["submitted_at"] or "", "报送次数": u["version"] or 0,
+             "逾期": "是" if u["code"] in status["late"] else ""} for u in status["units"]]
+    create_table_artifact(
+        key=f"{ctx.campaign_id}-completeness", table=rows,
+        description=(f"应报{status['expected']}家，已通过{status['accepted']}家，未通过{status['rejected']}家，"
+                     f"待说明{status['needs_explanation']}家，未报{len(status['missing'])}家，"
+                     f"逾期{len(status['late'])}家（{status['now']}）"))
+    return status

@@ -1,0 +1,85 @@
+"""What every step starts from: home, configuration, ledger and the moment it acts at.
+
+No Prefect import here: the CLI resolves the home (and so ``PREFECT_HOME``) before Prefect
+loads, and ``status`` never loads it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.config import Config, load_config
+from tasks.ledger import Ledger
+from tasks.settings import AppSettings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_CONFIG = PROJECT_ROOT / "config"
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """``--home``, else ``BULLETIN_HOME``, else ``./var``; absolute."""
+    return Path(home or os.environ.get("BULLETIN_HOME") or "var").expanduser().resolve()
+
+
+def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
+    """``--config``, else ``BULLETIN_CONFIG``, else ``./config`` (the bundled one when absent)."""
+    chosen = config_dir or os.environ.get("BULLETIN_CONFIG")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    local = Path("config").resolve()
+    return local if (local / "campaigns").is_dir() else BUNDLED_CONFIG
+
+
+def configure_prefect_home(home: Path) -> None:
+    """Use ``<home>/prefect`` as PREFECT_HOME unless a Prefect home or API is already set.
+
+    Must run before Prefect is imported, so the CLI, ``serve`` and ``approve`` share one
+    Prefect database."""
+    if not os.environ.get("PREFECT_HOME") and not os.environ.get("PREFECT_API_URL"):
+        (home / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a new Prefect database migrates at first start: on a busy 2-core machine that can
+    # take longer than Prefect's 20 s default
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def resolve_now(now: dt.datetime | str | None, config: Config) -> dt.datetime:
+    """``--now`` (naive times are in the campaign's timezone), else the real clock."""
+    tz = config.campaign.calendar.tz
+    if now is None:
+        return dt.datetime.now(tz)
+    if isinstance(now, str):
+        now = dt.datetime.fromisoformat(now)
+    return now if now.tzinfo else now.replace(tzinfo=tz)
+
+
+@dataclass
+class Context:
+    """One step's view of a campaign."""
+
+    config: Config
+    ledger: Ledger
+    home: Path
+    now: dt.datetime
+
+    @property
+    def campaign_id(self) -> str:
+        return self.config.campaign.id
+
+    @property
+    def override_dir(self) -> str | None:
+        folder = self.config.directory / "campaigns" / self.campaign_id / "templates"
+        return str(folder) if folder.is_dir() else None
+
+
+def open_context(campaign: str, home: str | None = None, config_dir: str | None = None,
+                 now: dt.datetime | str | None = None) -> Context:
+    """Load and check the configuration (ConfigError on any flaw), open the ledger."""
+    config = load_config(resolve_config_dir(config_dir), campaign)
+    home_path = resolve_home(home)
+    ledger = Ledger(home_path, AppSettings().db_url)
+    return Context(config, ledger, home_path, resolve_now(now, config))

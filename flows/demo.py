@@ -1,0 +1,197 @@
+"""``bulletin demo``: the 2023 campaign end to end with simulated units, walking its calendar.
+
+Most units return on time in assorted formats; 鞍山市 sends a broken return and then a
+corrected one; 大连市 sends figures that raise warnings, then explains them; 葫芦岛市 is
+late; 省卫生健康委 never returns. The demo checks the outcome and exits 0 only when the
+campaign ran as designed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+from tasks.approval import decide
+from tasks.config import Config, load_config
+from tasks.ledger import Ledger
+
+from .context import BUNDLED_CONFIG, resolve_home
+from .demo_units import (PHOTO_SCENES, SimulatedReturn, make_photo, narrative_for, spread_totals,
+                         write_csv, write_generated, write_long_xlsx, write_wide_xlsx)
+
+CAMPAIGN = "energy-week-2023"
+NEVER, LATE, BROKEN, WARNS = "SZ008", "211400", "210300", "210200"
+FIRST_WAVE = ["210100", BROKEN, WARNS, "210400", "210500", "210600", "210700", "219000",
+              "SZ001", "SZ002", "SZ003", "SZ004"]
+
+
+class DemoError(Exception):
+    pass
+
+
+def new_demo_home(home: Path | None) -> Path:
+    """``--home`` if given (refusing a non-empty one), else ``./var/demo-<timestamp>``."""
+    if home is not None:
+        path = resolve_home(home)
+        if path.exists() and any(path.iterdir()):
+            raise DemoError(f"demo: {path} is not empty; give a new or empty folder")
+    else:
+        path = resolve_home(None) / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _say(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def build_returns(config: Config) -> dict[str, SimulatedReturn]:
+    figures = spread_totals(config.units)
+    out = {}
+    for i, unit in enumerate(config.units):
+        exact = figures[unit.code]
+        values: dict[str, object] = dict(exact)
+        photos = [(f"{unit.name}-{PHOTO_SCENES[unit.code]}.jpg", f"{unit.name}{PHOTO_SCENES[unit.code]}")] \
+            if unit.code in PHOTO_SCENES else []
+        out[unit.code] = SimulatedReturn(unit, values, exact, narrative_for(unit, i), photos=photos)
+    # a few units write numbers the way people do
+    out["210500"].values.update(posters=_fullwidth(exact_of(out, "210500", "posters")))
+    out["210400"].values.update(banners=f"{exact_of(out, '210400', 'banners')}条")
+    out["210100"].narrative["activities"] += "活动报道见 http://news.example.com/energy-week。"
+    dalian = out[WARNS]  # fewer participants than trainings: a warning the unit must explain
+    dalian.exact["participants"] = dalian.values["participants"] = max(1, dalian.exact["trainings"] - 2)
+    return out
+
+
+def exact_of(returns: dict[str, SimulatedReturn], code: str, key: str) -> int:
+    return returns[code].exact[key]
+
+
+def _fullwidth(n: int) -> str:
+    return str(n).translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+
+
+def drop(config: Config, inbox: Path, r: SimulatedReturn, style: str, stamp: str = "") -> None:
+    """Put one unit's return into the drop folder in the given format (photos in a folder)."""
+    camp = config.campaign
+    name = f"{r.unit.name}节能宣传周报表{stamp}"
+    target = inbox
+    if r.photos:
+        target = inbox / f"{r.unit.name}报送材料{stamp}"
+        target.mkdir(parents=True, exist_ok=True)
+        for i, (file_name, caption) in enumerate(r.photos):
+            make_photo(target / file_name, r.unit.code, seed=hash((r.unit.code, i)) & 0xFFFF)
+    writers = {
+        "generated": lambda p: write_generated(camp, r, p.with_suffix(".xlsx")),
+        "wide-xlsx": lambda p: write_wide_xlsx(camp, r, p.with_suffix(".xlsx")),
+        "long-xlsx": lambda p: write_long_xlsx(camp, r, p.with_suffix(".xlsx")),
+        "gbk-csv": lambda p: write_csv(camp, r, p.with_suffix(".csv"), encoding="gbk", wide=False),
+        "bom-csv": lambda p: write_csv(camp, r, p.with_suffix(".csv"), encoding="utf-8-sig", wide=True),
+    }
+    writers[style](target / name)
+
+
+STYLES = {"219000": "wide-xlsx", "210500": "gbk-csv", "210800": "bom-csv", "SZ002": "long-xlsx"}
+
+
+def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
+    """Walk the campaign's calendar; return True when everything came out as designed."""
+    from .collect_returns import collect_returns
+    from .compile_bulletin import compile_bulletin
+    from .publish_bulletin import publish_bulletin
+    from .request_returns import request_returns
+    from .send_reminders import send_reminders
+
+    started = time.monotonic()
+    config = load_config(config_dir, CAMPAIGN)
+    cal = config.campaign.calendar
+    returns = build_returns(config)
+    inbox = home / "inbox" / CAMPAIGN
+    inbox.mkdir(parents=True, exist_ok=True)
+    args = dict(home=str(home), config_dir=str(config_dir))
+    at = lambda delta: cal.deadline_at + delta  # noqa: E731
+    day = dt.timedelta(days=1)
+    print(f"演示主目录 demo home: {home}")
+
+    _say(f"{cal.opens_at:%Y-%m-%d %H:%M} 发出报送通知 request")
+    request_returns(CAMPAIGN, now=cal.opens_at, **args)
+
+    _say("第一批报表到达（含一份错误报表、一份需说明的报表）first returns")
+    broken = SimulatedReturn(**{**returns[BROKEN].__dict__, "values": {
+        **returns[BROKEN].values, "banners": "-5", "boards": "若干", "trainings": None}})
+    warns = returns[WARNS]  # participants below trainings: a warning to explain
+    for code in FIRST_WAVE:
+        r = broken if code == BROKEN else warns if code == WARNS else returns[code]
+        drop(config, inbox, r, STYLES.get(code, "generated"))
+    collect_returns(CAMPAIGN, now=at(-6 * day), **args)
+
+    _say("截止前三天催报 reminder −3d")
+    send_reminders(CAMPAIGN, now=at(-3 * day), **args)
+
+    _say("第二批报表：更正后的报表、补充说明、其余单位 second returns")
+    corrected_warns = SimulatedReturn(**{**warns.__dict__, "explanation":
+                                         "培训以视频会议形式开展，参与人次按分会场数统计，数据已核实。"})
+    drop(config, inbox, returns[BROKEN], "generated", stamp="（更正）")
+    drop(config, inbox, corrected_warns, "generated", stamp="（补充说明）")
+    for code in [u.code for u in config.units]:
+        if code not in FIRST_WAVE and code not in (NEVER, LATE):
+            drop(config, inbox, returns[code], STYLES.get(code, "generated"))
+    collect_returns(CAMPAIGN, now=at(-2 * day), **args)
+
+    for label, delta in (("截止前一天催报 −1d", -day), ("截止当天催报 0d", dt.timedelta(0)),
+                         ("逾期督办（抄送分管领导）+2d", 2 * day)):
+        _say(label)
+        send_reminders(CAMPAIGN, now=at(delta), **args)
+    _say("逾期报表到达 a late return")
+    drop(config, inbox, returns[LATE], "generated")
+    collect_returns(CAMPAIGN, now=at(3 * day), **args)
+
+    _say(f"{cal.compile_moment:%Y-%m-%d %H:%M} 编制简讯 compile")
+    first = compile_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
+    again = compile_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
+    _say("审批并分发 approve and send")
+    ledger = Ledger(home)
+    decide(ledger, CAMPAIGN, by="公共机构节能处 王处长", approve=True, note="同意印发（演示）",
+           now=cal.compile_moment + dt.timedelta(hours=2), version=first["version"])
+    sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment + dt.timedelta(hours=3), **args)
+    resent = publish_bulletin(CAMPAIGN, now=cal.compile_moment + dt.timedelta(hours=4), **args)
+    return _verify(home, config, returns, first, again, sent, resent, time.monotonic() - started)
+
+
+def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], first: dict, again: dict,
+            sent: dict, resent: dict, seconds: float) -> bool:
+    from tasks.compile import merge_accepted, totals
+    from tasks.status import completeness
+
+    from .show import summary_line
+    ledger = Ledger(home)
+    status = completeness(ledger, config, dt.datetime.now(dt.timezone.utc))
+    merged = merge_accepted(ledger, config)
+    sums = totals(merged.numbers)
+    expected_sums = {k: sum(r.exact[k] for c, r in returns.items() if c != NEVER)
+                     for k in sums.index}
+    units = {u["code"]: u for u in status["units"]}
+    checks = {
+        "每家单位状态符合设计 unit states": status["missing"] == [NEVER] and status["accepted"] == len(config.units) - 1,
+        "逾期单位 late unit": status["late"] == [LATE],
+        "错误报表已更正 corrected return": units[BROKEN]["version"] == 2,
+        "简讯合计等于各单位报表之和 totals": {k: int(v) for k, v in sums.items()} == expected_sums,
+        "重复编制沿用同一版本 same version": again["version"] == first["version"] and not again["created"],
+        "简讯已发送 bulletin sent": sent.get("sent", 0) > 0 and not sent.get("failed"),
+        "再次发送不重复 nothing sent twice": resent.get("sent", 0) == 0,
+    }
+    folder = Path(first["folder"])
+    _say("演示结果 demo summary")
+    print(f"简讯 bulletin: {folder}")
+    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx"):
+        print(f"  {folder / name}")
+    outbox = home / "outbox"
+    if outbox.is_dir():
+        print(f"发件箱 outbox: {outbox} （{len(list(outbox.glob('*.eml')))} 封邮件）")
+    print(summary_line(status))
+    for name, ok in checks.items():
+        print(f"  [{'通过' if ok else '失败'}] {name}")
+    print(f"用时 {seconds:.0f} 秒")
+    return all(checks.values())
+

@@ -1,0 +1,64 @@
+"""Flow ``request-returns``: each unit gets its request with its own pre-filled workbook."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func, select
+
+from tasks.archive import archive_bytes
+from tasks.ledger import RequestRecord
+from tasks.notices import request_message
+from tasks.workbook import build_request_workbook
+
+from .common import check_uncertain, run_name, send_messages
+from .context import Context, open_context
+
+
+def _select_units(ctx: Context, codes: list[str] | None):
+    if not codes:
+        return ctx.config.units
+    unknown = [c for c in codes if c not in ctx.config.unit_by_code]
+    if unknown:
+        raise ValueError(f"未知单位代码 unknown unit code(s): {', '.join(unknown)}")
+    return [ctx.config.unit_by_code[c] for c in codes]
+
+
+@task(name="build-requests", cache_policy=NO_CACHE)
+def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: bool) -> list:
+    """Each selected unit's workbook and message; a forced resend gets the next sequence."""
+    out = []
+    for unit in _select_units(ctx, codes):
+        with ctx.ledger.session() as s:
+            sent_before = s.scalar(select(func.count()).select_from(RequestRecord).where(
+                RequestRecord.campaign == ctx.campaign_id, RequestRecord.unit_code == unit.code)) or 0
+        if sent_before and not force:
+            sequence = sent_before  # the same key as before: delivery skips it
+        else:
+            sequence = sent_before + 1
+        workbook = build_request_workbook(ctx.config.campaign, unit)
+        if not dry_run and sequence > sent_before:
+            sha, _ = archive_bytes(ctx.home, workbook)
+            with ctx.ledger.session() as s:
+                s.add(RequestRecord(campaign=ctx.campaign_id, unit_code=unit.code,
+                                    workbook_sha256=sha, created_at=ctx.now))
+        out.append((request_message(ctx.config, unit, workbook, sequence=max(sequence, 1),
+                                    override=ctx.override_dir), unit.code))
+    return out
+
+
+@flow(name="request-returns", flow_run_name=run_name("request"), log_prints=True)
+def request_returns(campaign: str, units: list[str] | None = None, force: bool = False,
+                    dry_run: bool = False, now: dt.datetime | None = None,
+                    home: str | None = None, config_dir: str | None = None) -> dict:
+    """Send each unit (or the given ones) its request once; ``force`` resends and says so."""
+    ctx = open_context(campaign, home, config_dir, now)
+    log = get_run_logger()
+    log.info("报送通知：%s，主目录 %s", ctx.campaign_id, ctx.home)
+    check_uncertain(ctx)
+    messages = build_requests(ctx, units, force, dry_run)
+    counts = send_messages(ctx, messages, "request", dry_run=dry_run)
+    log.info("报送通知结果：%s", counts)
+    return {"campaign": ctx.campaign_id, "units": len(messages), **counts}

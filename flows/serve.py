@@ -1,0 +1,1 @@
+"""``bulletin serve``: placeholder until the scheduling issue lands."""

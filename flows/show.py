@@ -1,0 +1,36 @@
+"""Human-readable output for the CLI (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+STATE_LABELS = {"missing": "未报", "accepted": "已通过", "rejected": "未通过",
+                "needs_explanation": "待说明"}
+
+
+def summary_line(status: dict) -> str:
+    return (f"应报{status['expected']}家，已通过{status['accepted']}家，未通过{status['rejected']}家，"
+            f"待说明{status['needs_explanation']}家，未报{len(status['missing'])}家，"
+            f"逾期{len(status['late'])}家，待人工处理{status['quarantined']}份")
+
+
+def print_status(status: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"{status['campaign']} 报送情况（截止 {status['deadline']}）")
+    for col in ("代码", "单位", "状态", "报送时间", "次数", "逾期"):
+        table.add_column(col)
+    late = set(status["late"])
+    for u in status["units"]:
+        table.add_row(u["code"], u["name"], STATE_LABELS.get(u["state"], u["state"]),
+                      (u["submitted_at"] or "")[:16].replace("T", " "), str(u["version"] or ""),
+                      "是" if u["code"] in late else "")
+    console.print(table)
+    console.print(summary_line(status))
+    b = status["latest_bulletin"]
+    if b:
+        console.print(f"最新简讯：第{b['version']}版，{'已批准' if b['approved'] else '未批准'}"
+                      f"{'，已有更新的报表（需重新编制）' if b['stale'] else ''}")
+    if status.get("uncertain_deliveries"):
+        console.print(f"[red]发送状态不确定的邮件 {len(status['uncertain_deliveries'])} 封[/red]："
+                      + "，".join(status["uncertain_deliveries"]))

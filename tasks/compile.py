@@ -1,0 +1,241 @@
+"""Compile the bulletin: merge the latest accepted return of every unit, total, render.
+
+The same accepted submissions, templates and settings give the existing version; anything
+changed gives version N+1 in ``<home>/bulletins/<campaign>/v<N>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import css_inline
+import pandas as pd
+from PIL import Image, ImageOps
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
+from .config import Config
+from .formatting import chinese_date, defang_links, round_down_prose
+from .ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value
+from .render import render, template_files
+from .render_docx import write_docx
+from .safe_sheet import export_frame
+
+FORMATS = ("html", "txt", "md", "docx")
+PHOTO_MAX_SIDE = 1280
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The accepted returns behind one bulletin."""
+
+    submissions: list[Submission]
+    numbers: pd.DataFrame  # index unit code, one column per count field
+    texts: pd.DataFrame  # index unit code, one column per text field
+    photos: list[SubmissionFile]
+
+
+def merge_accepted(ledger: Ledger, config: Config) -> Merged:
+    """The latest accepted submission of every expected unit, as frames."""
+    camp = config.campaign
+    with ledger.session() as s:
+        subs = list(s.scalars(select(Submission).where(
+            Submission.campaign == camp.id, Submission.state == ACCEPTED,
+            Submission.unit_code.in_([u.code for u in config.units])).order_by(Submission.id)))
+        latest = {x.unit_code: x for x in subs}  # later ids win
+        ids = [x.id for x in latest.values()]
+        values = pd.DataFrame([(v.submission_id, v.field, v.number, v.text) for v in s.scalars(
+            select(Value).where(Value.submission_id.in_(ids)))],
+            columns=["submission_id", "field", "number", "text"])
+        photos = list(s.scalars(select(SubmissionFile).where(
+            SubmissionFile.submission_id.in_(ids), SubmissionFile.role == "photo")
+            .order_by(SubmissionFile.submission_id, SubmissionFile.id)))
+    unit_of = {x.id: x.unit_code for x in latest.values()}
+    values["unit"] = values["submission_id"].map(unit_of)
+    order = [u.code for u in config.units if u.code in latest]
+    counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
+    numbers = (values.pivot_table(index="unit", columns="field", values="number", aggfunc="first")
+               .reindex(index=order, columns=counts)) if len(values) else pd.DataFrame(index=order, columns=counts, dtype=float)
+    text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
+                  .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
+    return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
+
+
+def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:
+    """What a bulletin depends on: its submissions, templates, settings and lead."""
+    h = hashlib.sha256()
+    h.update(json.dumps([(x.id, x.fingerprint) for x in merged.submissions]).encode())
+    for path in template_files(override_dir):
+        h.update(path.name.encode() + path.read_bytes())
+    settings = config.campaign.bulletin.model_dump(mode="json")
+    h.update(json.dumps([settings, config.campaign.form.model_dump(mode="json"), lead,
+                         [(u.code, u.name) for u in config.units]], sort_keys=True).encode())
+    for name in ("render_docx.py", "compile.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def totals(numbers: pd.DataFrame) -> pd.Series:
+    """Province totals: exact integer sums of the accepted returns (blank counts as 0)."""
+    return numbers.fillna(0).sum(axis=0).round().astype("int64")
+
+
+def build_content(config: Config, merged: Merged, version: int, day: dt.date, lead: str,
+                  photos: tuple[Photo, ...]) -> BulletinContent:
+    camp, b = config.campaign, config.campaign.bulletin
+    sums = totals(merged.numbers)
+    figures = tuple(Figure(f.key, f.label, f.unit or "", int(sums[f.key]),
+                           round_down_prose(int(sums[f.key]), b.significant_figures), f.section)
+                    for f in camp.form.counts)
+    phrase = lambda fs: "、".join(f"{x.label}{x.prose}{x.unit}" for x in fs if x.exact)  # noqa: E731
+    activity, media = phrase([f for f in figures if f.section == "activity"]), \
+        phrase([f for f in figures if f.section == "media"])
+    units = config.unit_by_code
+    stories = []
+    for code, row in merged.texts.iterrows():
+        first = camp.form.texts[0].key if camp.form.texts else None
+        text = lambda k: defang_links(str(row[k])) if k in row and pd.notna(row[k]) else ""  # noqa: E731
+        rest = [t.key for t in camp.form.texts[1:]]
+        if first and text(first):
+            stories.append(Story(code, units[code].name, units[code].kind, text(first),
+                                 "；".join(text(k) for k in rest if text(k))))
+    late = {x.unit_code for x in merged.submissions if x.late}
+    rows = tuple(UnitRow(code, units[code].name,
+                         tuple(None if pd.isna(v) else int(v) for v in merged.numbers.loc[code]),
+                         code in late) for code in merged.numbers.index)
+    reported, expected = len(merged.submissions), len(config.units)
+    reported_codes = set(merged.numbers.index)
+    missing = tuple(u.name for u in config.units if u.code not in reported_codes)
+    completeness = f"本次应报{expected}家，已报{reported}家"
+    completeness += f"，未报{len(missing)}家：{'、'.join(missing)}。" if missing else "，全部按要求报送。"
+    recipients, copies = _recipients(config)
+    return BulletinContent(
+        campaign_id=camp.id, version=version, name=b.name, issue=b.issue, title=b.title,
+        issuer=b.issuer, date=day, date_text=chinese_date(day), lead=lead,
+        stories_regions=tuple(s for s in stories if s.kind != "department"),
+        stories_departments=tuple(s for s in stories if s.kind == "department"),
+        figures=figures,
+        totals_sentence=f"全省各级公共机构共{activity}。" if activity else "",
+        media_sentence=f"宣传报道方面，共计{media}。" if media else "",
+        expected=expected, reported=reported, completeness_sentence=completeness,
+        missing_names=missing,
+        table_headers=tuple(f"{f.label}（{f.unit}）" if f.unit else f.label for f in camp.form.counts),
+        unit_rows=rows, photos=photos, recipients=recipients, copies=b.copies or copies,
+        generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _recipients(config: Config) -> tuple[tuple[Recipients, ...], int]:
+    by_role: dict[str, list[str]] = {}
+    count = 0
+    for list_id in config.campaign.bulletin.distribution:
+        lst = config.lists[list_id]
+        names = [lst.title] if lst.all_units else [m.name for m in lst.members]
+        count += len(config.units) if lst.all_units else len(lst.members)
+        by_role.setdefault(lst.role, []).extend(names)
+    order = ("报", "送", "发")
+    return tuple(Recipients(r, tuple(by_role[r])) for r in order if r in by_role), count
+
+
+def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path) -> tuple[Photo, ...]:
+    """Downscaled JPEG copies of the gallery photos (one name per photo, never the sender's)."""
+    units = config.unit_by_code
+    unit_of = {x.id: x.unit_code for x in merged.submissions}
+    limit = config.campaign.bulletin.max_photos
+    chosen = _one_per_unit_first(merged.photos, unit_of)[:limit]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, f in enumerate(chosen, 1):
+        name = f"photo-{i:02d}.jpg"
+        with Image.open(home / f.archive_path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
+            im.save(folder / "images" / name, "JPEG", quality=80, optimize=True)
+        out.append(Photo(folder / "images" / name, f.caption or "", units[unit_of[f.submission_id]].name,
+                         f"photo-{i:02d}@bulletin"))
+    return tuple(out)
+
+
+def _one_per_unit_first(photos: list[SubmissionFile], unit_of: dict[int, str]) -> list[SubmissionFile]:
+    firsts, rest, seen = [], [], set()
+    for p in photos:
+        (rest if unit_of[p.submission_id] in seen else firsts).append(p)
+        seen.add(unit_of[p.submission_id])
+    return firsts + rest
+
+
+def render_files(content: BulletinContent, folder: Path, config: Config, override_dir: str | None) -> None:
+    """Write bulletin.{html,txt,md,docx}, the mail body and a manifest into ``folder``."""
+    ctx = dict(b=content, units_label=_units_label(config))
+    html = render("bulletin.html.j2", override_dir, image_src={p.cid: f"images/{p.path.name}"
+                                                               for p in content.photos}, **ctx)
+    (folder / "bulletin.html").write_text(css_inline.inline(html), encoding="utf-8")
+    (folder / "mail.html").write_text(mail_html(content, config, override_dir), encoding="utf-8")
+    manifest = {"version": content.version, "title": content.title, "date": content.date_text,
+                "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
+                           for p in content.photos]}
+    (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
+    (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
+    (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
+    write_docx(content, folder / "bulletin.docx")
+
+
+def mail_html(content: BulletinContent, config: Config, override_dir: str | None) -> str:
+    """The bulletin's HTML for the email body: inline CSS, images by Content-ID."""
+    html = render("bulletin.html.j2", override_dir, b=content, units_label=_units_label(config),
+                  image_src={p.cid: f"cid:{p.cid}" for p in content.photos})
+    return css_inline.inline(html)
+
+
+def _units_label(config: Config) -> list[str]:
+    return [f.label for f in config.campaign.form.counts]
+
+
+def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: str | None = None,
+                     override_dir: str | None = None) -> tuple[Bulletin, bool]:
+    """Return (bulletin, created): the existing version when nothing changed."""
+    camp = config.campaign
+    merged = merge_accepted(ledger, config)
+    fp = fingerprint(config, merged, override_dir, lead)
+    latest = ledger.latest_bulletin(camp.id)
+    if latest is not None and latest.fingerprint == fp:
+        return latest, False
+    version = (latest.version if latest else 0) + 1
+    final = ledger.home / "bulletins" / camp.id / f"v{version}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
+    try:
+        photos = _copy_photos(ledger.home, merged, config, work)
+        day = camp.bulletin.date or now.astimezone(camp.calendar.tz).date()
+        content = build_content(config, merged, version, day, lead or camp.bulletin.lead, photos)
+        render_files(content, work, config, override_dir)
+        table = merged.numbers.copy()
+        table.columns = list(content.table_headers)
+        table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])
+        export_frame(table.reset_index(names="单位代码"), work / "merged.xlsx")
+        row = Bulletin(campaign=camp.id, version=version, fingerprint=fp,
+                       submission_ids=[x.id for x in merged.submissions],
+                       folder=str(final.relative_to(ledger.home)), created_at=now)
+        with ledger.session() as s:
+            s.add(row)
+            s.flush()
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except IntegrityError:
+        shutil.rmtree(work, ignore_errors=True)
+        return ledger.latest_bulletin(camp.id), False  # another run made this version first
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    ledger.record(camp.id, "bulletin.compiled", subject=f"v{version}",
+                  detail={"submissions": row.submission_ids}, at=now)
+    return row, True
+

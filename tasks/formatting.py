@@ -1,0 +1,54 @@
+"""Number and date conventions of the bulletin: the ``余`` rounding and Chinese dates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+_URL = re.compile(r"(?i)\b((?:https?|ftp)://|www\.)")
+
+
+def round_down_prose(value: int | float, significant: int = 3) -> str:
+    """Floor to ``significant`` figures; add ``余`` only when something was cut off.
+
+    32237 → ``32200余``; 830 → ``830``; 2150 → ``2150``; 60 → ``60``; 0 → ``0``.
+    """
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"a total cannot be negative: {value}")
+    digits = len(str(n))
+    if digits <= significant:
+        return str(n)
+    step = 10 ** (digits - significant)
+    floored = n // step * step
+    return f"{floored}余" if floored != n else str(n)
+
+
+def chinese_date(day: dt.date | dt.datetime) -> str:
+    """``2023年10月9日``: Arabic numerals, no leading zeros."""
+    return f"{day.year}年{day.month}月{day.day}日"
+
+
+def chinese_datetime(moment: dt.datetime) -> str:
+    """``2023年9月28日17:00`` in the moment's own timezone."""
+    return f"{chinese_date(moment)}{moment.hour}:{moment.minute:02d}"
+
+
+def defang_links(text: str) -> str:
+    """Make URLs inert in every output: ``http://x`` → ``http[:]//x``, ``www.`` → ``www[.]``.
+
+    Autoescaping stops markup; this stops mail clients and Word from turning a bare URL
+    in a unit's narrative into a live link.
+    """
+    def _sub(m: re.Match) -> str:
+        s = m.group(1)
+        return s.replace("://", "[:]//") if "://" in s else s[:-1] + "[.]"
+    return _URL.sub(_sub, text)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def escape_markdown(text: str) -> str:
+    """Backslash-escape Markdown syntax so a narrative stays plain text in Markdown."""
+    return _MD_SPECIAL.sub(r"\\\1", text)

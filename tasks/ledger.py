@@ -1,0 +1,210 @@
+"""The ledger: every request, submission, value, bulletin, approval and delivery, with who/when/why.
+
+SQLite at ``<home>/ledger.db`` by default; ``BULLETIN_DB_URL`` points it at another database
+(PostgreSQL). Tables are created on first use. Times are stored as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, create_engine, event, select)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+# Submission states. received → accepted | rejected | needs_explanation | quarantined
+# (→ superseded); refused = never parsed (too large); duplicate = same bytes seen before.
+RECEIVED, ACCEPTED, REJECTED, NEEDS_EXPLANATION = "received", "accepted", "rejected", "needs_explanation"
+QUARANTINED, SUPERSEDED, REFUSED, DUPLICATE = "quarantined", "superseded", "refused", "duplicate"
+# Delivery states: sending (claimed, SMTP conversation under way), sent, failed (nothing went
+# out, may be retried), uncertain (a crash between sending and sent: resent only on request).
+SENDING, SENT, FAILED, UNCERTAIN = "sending", "sent", "failed", "uncertain"
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out (SQLite keeps no offset)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict: JSON, list: JSON}
+
+
+class RequestRecord(Base):
+    """One generated request workbook for a unit (the email itself is a Delivery)."""
+
+    __tablename__ = "requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    unit_code: Mapped[str] = mapped_column(String(32))
+    workbook_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    unit_code: Mapped[str | None] = mapped_column(String(32), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # folder | imap
+    original_name: Mapped[str] = mapped_column(Text)  # as the sender named it (display only)
+    sender: Mapped[str | None] = mapped_column(String(320))
+    received_at: Mapped[dt.datetime]
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)  # sha256 over its files
+    state: Mapped[str] = mapped_column(String(24), default=RECEIVED, index=True)
+    version: Mapped[int | None] = mapped_column(Integer)  # the unit's nth submission
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+    errors: Mapped[list] = mapped_column(default=list)
+    warnings: Mapped[list] = mapped_column(default=list)
+    explanation: Mapped[str | None] = mapped_column(Text)
+    identified_by: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[dt.datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class SubmissionFile(Base):
+    __tablename__ = "submission_files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # return | photo | other | refused
+    name: Mapped[str] = mapped_column(Text)  # display name only, never used as a path
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    archive_path: Mapped[str | None] = mapped_column(Text)  # relative to <home>
+    caption: Mapped[str | None] = mapped_column(Text)
+
+
+class Value(Base):
+    __tablename__ = "submission_values"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
+    field: Mapped[str] = mapped_column(String(64))
+    number: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str | None] = mapped_column(Text)
+    cell: Mapped[str | None] = mapped_column(String(64))
+
+
+class Bulletin(Base):
+    __tablename__ = "bulletins"
+    __table_args__ = (UniqueConstraint("campaign", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    submission_ids: Mapped[list] = mapped_column(default=list)
+    folder: Mapped[str] = mapped_column(Text)  # relative to <home>
+    created_at: Mapped[dt.datetime]
+    approval: Mapped[str] = mapped_column(String(16), default="pending")  # pending|approved|rejected
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    approved_at: Mapped[dt.datetime | None]
+    approval_note: Mapped[str | None] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """One message, keyed campaign × step × unit or recipient × version: sent at most once."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    step: Mapped[str] = mapped_column(String(32))  # request | reminder | receipt | bulletin | notice
+    unit_code: Mapped[str | None] = mapped_column(String(32))
+    recipients: Mapped[list] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """The audit trail: who did what, when, and why."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime]
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # system, a coordinator's name, a sender
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+def database_url(home: Path, url: str | None = None) -> str:
+    return url or f"sqlite:///{(home / 'ledger.db').resolve()}"
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process; SQLite gets WAL and a busy timeout for concurrent runs."""
+    if url not in _engines:
+        is_sqlite = url.startswith("sqlite")
+        eng = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+        if is_sqlite:
+            @event.listens_for(eng, "connect")
+            def _pragmas(conn, _record):  # noqa: ANN001
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        Base.metadata.create_all(eng)
+        _engines[url] = eng
+    return _engines[url]
+
+
+class Ledger:
+    """Thin access to the ledger's sessions; domain operations live in the task modules."""
+
+    def __init__(self, home: Path, url: str | None = None):
+        self.home = home
+        self.url = database_url(home, url)
+        if self.url.startswith("sqlite"):
+            home.mkdir(parents=True, exist_ok=True)
+        self.engine = engine_for(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def record(self, campaign: str, action: str, *, actor: str = "system", subject: str | None = None,
+               detail: object = None, at: dt.datetime) -> None:
+        text = detail if isinstance(detail, str) or detail is None else json.dumps(detail, ensure_ascii=False)
+        with self.session() as s:
+            s.add(Event(at=at, campaign=campaign, actor=actor, action=action, subject=subject, detail=text))
+
+    def submissions(self, campaign: str, states: tuple[str, ...] | None = None) -> list[Submission]:
+        with self.session() as s:
+            q = select(Submission).where(Submission.campaign == campaign)
+            if states:
+                q = q.where(Submission.state.in_(states))
+            return list(s.scalars(q.order_by(Submission.id)))
+
+    def latest_bulletin(self, campaign: str) -> Bulletin | None:
+        with self.session() as s:
+            return s.scalars(select(Bulletin).where(Bulletin.campaign == campaign)
+                             .order_by(Bulletin.version.desc()).limit(1)).first()

@@ -1,0 +1,145 @@
+"""Build every outgoing message as a pure function: request, reminder, receipt, notice, bulletin.
+
+Nothing here sends; :mod:`tasks.delivery` does, guarded by the ledger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import css_inline
+
+from .config import Campaign, Config, Contact, ReminderTier, Unit
+from .message import Address, Attachment, InlineImage, OutgoingMessage
+from .processing import Outcome
+from .render import render
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+_STATE_WORDS = {"accepted": "已通过", "rejected": "未通过，请修改", "needs_explanation": "需要说明",
+                "quarantined": "暂未受理"}
+
+
+def _addr(c: Contact) -> Address:
+    return Address(c.name, c.email)
+
+
+def _html(name: str, override: str | None, **ctx) -> str:
+    return css_inline.inline(render(name, override, **ctx))
+
+
+def _common(config: Config) -> dict:
+    camp = config.campaign
+    return dict(campaign=camp, coordinators=camp.coordinators, english=camp.english,
+                deadline=camp.calendar.deadline_at)
+
+
+def _headers(camp: Campaign, step: str, unit: str | None = None) -> tuple[tuple[str, str], ...]:
+    return (("X-Bulletin-Campaign", camp.id), ("X-Bulletin-Step", step)) + \
+        ((("X-Bulletin-Unit", unit),) if unit else ())
+
+
+def workbook_name(camp: Campaign, unit: Unit) -> str:
+    return f"{unit.name}-{camp.name}.xlsx"
+
+
+def request_message(config: Config, unit: Unit, workbook: bytes, *, sequence: int,
+                    override: str | None = None) -> OutgoingMessage:
+    """The request to one unit with its own workbook; ``sequence`` > 1 is a forced resend."""
+    camp = config.campaign
+    resend = sequence > 1
+    ctx = _common(config) | dict(contact=unit.contacts[0], unit=unit, resend=resend,
+                                 workbook_name=workbook_name(camp, unit))
+    subject = f"{'【重发】' if resend else ''}【报送通知】{camp.name}（{unit.name}）"
+    ctx["subject"] = subject
+    return OutgoingMessage(
+        key=f"{camp.id}/request/{unit.code}/{sequence}", to=tuple(_addr(c) for c in unit.contacts),
+        subject=subject, text=render("request.txt.j2", override, **ctx),
+        html=_html("request.html.j2", override, **ctx),
+        attachments=(Attachment(workbook_name(camp, unit), workbook, XLSX),),
+        reply_to=_addr(camp.coordinators[0]), headers=_headers(camp, "request", unit.code))
+
+
+def reminder_message(config: Config, unit: Unit, tier: ReminderTier, *, state_note: str = "",
+                     override: str | None = None) -> OutgoingMessage:
+    camp = config.campaign
+    overdue = tier.delta > dt.timedelta(0)
+    prefix = "【督办】" if tier.escalate else "【催报】"
+    subject = f"{prefix}{camp.name}（{unit.name}，{tier.name}）"
+    ctx = _common(config) | dict(contact=unit.contacts[0], unit=unit, tier=tier, overdue=overdue,
+                                 state_note=state_note, subject=subject)
+    return OutgoingMessage(
+        key=f"{camp.id}/reminder/{tier.name}/{unit.code}", to=tuple(_addr(c) for c in unit.contacts),
+        cc=(_addr(unit.supervisor),) if tier.escalate else (), subject=subject,
+        text=render("reminder.txt.j2", override, **ctx), html=_html("reminder.html.j2", override, **ctx),
+        reply_to=_addr(camp.coordinators[0]), headers=_headers(camp, "reminder", unit.code))
+
+
+def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
+                    override: str | None = None) -> OutgoingMessage | None:
+    """The receipt for one submission: to the sender if known, else to the unit's contacts."""
+    camp = config.campaign
+    unit = config.unit_by_code.get(outcome.unit_code) if outcome.unit_code else None
+    if outcome.sender:
+        to = (Address("", outcome.sender),)
+    elif unit:
+        to = tuple(_addr(c) for c in unit.contacts)
+    else:
+        return None  # a drop-folder file nobody can be told about: the coordinators are
+    greeting = f"{unit.contacts[0].name}同志" if unit and not outcome.sender else "您好"
+    subject = f"【回执】{camp.name}：{_STATE_WORDS.get(outcome.state, outcome.state)}（{outcome.name}）"
+    ctx = _common(config) | dict(o=outcome, unit=unit, greeting=greeting, subject=subject,
+                                 received_at=received_at.astimezone(camp.calendar.tz))
+    return OutgoingMessage(
+        key=f"{camp.id}/receipt/{outcome.submission_id}", to=to, subject=subject,
+        text=render("receipt.txt.j2", override, **ctx), html=_html("receipt.html.j2", override, **ctx),
+        reply_to=_addr(camp.coordinators[0]),
+        headers=_headers(camp, "receipt", outcome.unit_code))
+
+
+def coordinator_notice(config: Config, key: str, subject: str, intro: str, lines: list[str],
+                       override: str | None = None) -> OutgoingMessage:
+    camp = config.campaign
+    ctx = _common(config) | dict(intro=intro, lines=lines, subject=subject)
+    return OutgoingMessage(
+        key=f"{camp.id}/notice/{key}", to=tuple(_addr(c) for c in camp.coordinators),
+        subject=f"【系统通知】{subject}", text=render("notice.txt.j2", override, **ctx),
+        html=_html("notice.html.j2", override, **ctx), headers=_headers(camp, "notice"))
+
+
+def bulletin_recipients(config: Config) -> list[Address]:
+    """Everyone on the campaign's distribution lists, once each (first list wins)."""
+    seen: dict[str, Address] = {}
+    for list_id in config.campaign.bulletin.distribution:
+        lst = config.lists[list_id]
+        people = [u.contacts[0] for u in config.units] if lst.all_units else lst.members
+        for c in people:
+            seen.setdefault(c.email, _addr(c))
+    return list(seen.values())
+
+
+def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMessage:
+    """The approved bulletin, not yet addressed: HTML body, text alternative, DOCX, photos.
+
+    Built once per send; :func:`addressed` makes the one message per recipient."""
+    camp = config.campaign
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    images = tuple(InlineImage(p["cid"], Path(p["file"]).name, (folder / p["file"]).read_bytes(),
+                               "image/jpeg") for p in manifest["photos"])
+    title = manifest["title"]
+    return OutgoingMessage(
+        key=f"{camp.id}/bulletin/v{version}", to=(),
+        subject=f"{title}（{camp.bulletin.name}第{camp.bulletin.issue}期）",
+        text=(folder / "bulletin.txt").read_text(encoding="utf-8"),
+        html=(folder / "mail.html").read_text(encoding="utf-8"),
+        attachments=(Attachment(f"{title}.docx", (folder / "bulletin.docx").read_bytes(), DOCX),),
+        inline_images=images, auto_generated=False, reply_to=_addr(camp.coordinators[0]),
+        headers=_headers(camp, "bulletin"))
+
+
+def addressed(base: OutgoingMessage, to: Address) -> OutgoingMessage:
+    """One recipient's copy of the bulletin, keyed by version and address."""
+    return dataclasses.replace(base, key=f"{base.key}/{to.email}", to=(to,))

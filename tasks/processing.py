@@ -1,0 +1,179 @@
+"""From received submissions to decisions: parse, identify, validate (batched), decide, record.
+
+One call handles every ``received`` submission of a campaign. A broken file becomes a
+rejected submission with a message; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlalchemy import select
+
+from .config import Config, Unit
+from .extract import Extracted, extract_return, identify_unit
+from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
+                     Ledger, Submission, SubmissionFile, Value)
+from .readers import ReturnFileError, read_sheets
+from .validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Outcome:
+    """What happened to one submission, for its receipt and the run's summary."""
+
+    submission_id: int
+    name: str
+    state: str
+    unit_code: str | None = None
+    sender: str | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    earlier_still_counts: int | None = None  # version of an earlier accepted return that stays
+    earlier_replaced: bool = False  # this accepted return superseded an earlier one
+    version: int | None = None
+    late: bool = False
+    explanation: str | None = None
+    reason: str | None = None  # quarantine reason
+
+
+@dataclass
+class _Parsed:
+    sub: Submission
+    files: list[SubmissionFile]
+    unit: Unit | None = None
+    how: str = ""
+    extracted: Extracted | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[SubmissionFile]) -> _Parsed:
+    p = _Parsed(sub, files)
+    returns = [f for f in files if f.role == "return"]
+    if not returns:
+        p.errors.append(f"《{sub.original_name}》中未找到报表文件（支持 .xlsx、.xls、.ods、.csv）")
+    elif len(returns) > 1:
+        p.errors.append("一次报送只能包含一个报表文件，收到：" + "、".join(f"《{f.name}》" for f in returns))
+    else:
+        ret = returns[0]
+        try:
+            sheets = read_sheets(ledger.home / ret.archive_path, display_name=ret.name)
+            p.extracted = extract_return(sheets, config.campaign.form, ret.name)
+        except ReturnFileError as exc:
+            p.errors.append(exc.message)
+        if p.extracted and p.extracted.campaign_id and p.extracted.campaign_id != config.campaign.id:
+            p.errors.append(f"《{ret.name}》是其他报送任务（{p.extracted.campaign_id}）的报表，"
+                            f"请使用本次任务下发的报表")
+    file_name = returns[0].name if len(returns) == 1 else sub.original_name
+    p.unit, p.how = identify_unit(p.extracted, file_name, config.units, sub.sender)
+    for f in files:
+        if f.role == "other":
+            p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png）")
+    return p
+
+
+def process_received(ledger: Ledger, config: Config, now: dt.datetime,
+                     progress: Progress | None = None) -> list[Outcome]:
+    """Decide every ``received`` submission of the campaign and record the decisions."""
+    camp = config.campaign
+    with ledger.session() as s:
+        subs = list(s.scalars(select(Submission).where(
+            Submission.campaign == camp.id, Submission.state == RECEIVED).order_by(Submission.id)))
+        files = {sid: [] for sid in (x.id for x in subs)}
+        for f in s.scalars(select(SubmissionFile).where(SubmissionFile.submission_id.in_(list(files)))):
+            files[f.submission_id].append(f)
+    parsed: list[_Parsed] = []
+    for i, sub in enumerate(subs, 1):
+        parsed.append(_parse_one(ledger, config, sub, files[sub.id]))
+        if progress:
+            progress(i, len(subs))
+    records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p))
+               for p in parsed if p.extracted is not None and p.unit is not None and not p.errors]
+    numbers, texts, findings = validate_returns(records, camp.form) if records else (None, None, [])
+    by_sub: dict[int, list[Finding]] = {}
+    for f in findings:
+        by_sub.setdefault(f.submission_id, []).append(f)
+    return [_decide(ledger, config, p, by_sub.get(p.sub.id, []), numbers, texts, now) for p in parsed]
+
+
+def _return_name(p: _Parsed) -> str:
+    return next(f.name for f in p.files if f.role == "return")
+
+
+def _explanation(p: _Parsed) -> str | None:
+    cell = p.extracted.explanation if p.extracted else None
+    text = str(cell.raw).strip() if cell is not None and cell.raw is not None else ""
+    return text or None
+
+
+def _decide(ledger: Ledger, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
+            now: dt.datetime) -> Outcome:
+    camp = config.campaign
+    errors = p.errors + [f.text() for f in findings if f.level == ERROR]
+    warnings = [f.text() for f in findings if f.level == WARNING]
+    explanation = _explanation(p)
+    if p.unit is None:
+        state = QUARANTINED
+    elif errors:
+        state = REJECTED
+    elif warnings and not explanation:
+        state = NEEDS_EXPLANATION
+    else:
+        state = ACCEPTED
+    out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
+                  errors, warnings, explanation=explanation, reason=None if p.unit else p.how)
+    with ledger.session() as s:
+        sub = s.get(Submission, p.sub.id)
+        sub.state, sub.errors, sub.warnings = state, errors, warnings
+        sub.explanation, sub.identified_by = explanation, p.how
+        sub.decided_at, sub.decided_by = now, "system"
+        sub.late = p.sub.received_at > camp.calendar.deadline_at
+        out.late = sub.late
+        for f in p.files:
+            if f.role == "photo" and p.extracted is not None:
+                f_db = s.get(SubmissionFile, f.id)
+                f_db.caption = p.extracted.photo_captions.get(f.name) or _caption_from_name(f.name)
+            elif f.role == "photo":
+                s.get(SubmissionFile, f.id).caption = _caption_from_name(f.name)
+        if p.unit is not None:
+            sub.unit_code = p.unit.code
+            earlier = list(s.scalars(select(Submission).where(
+                Submission.campaign == camp.id, Submission.unit_code == p.unit.code,
+                Submission.id != sub.id, Submission.version.is_not(None))))
+            sub.version = len(earlier) + 1
+            out.version = sub.version
+            counted = [e for e in earlier if e.state == ACCEPTED]
+            if state == ACCEPTED:
+                for e in earlier:
+                    if e.state in (ACCEPTED, NEEDS_EXPLANATION):
+                        e.state = SUPERSEDED
+                        out.earlier_replaced = True
+            elif counted:
+                out.earlier_still_counts = max(e.version for e in counted)
+            if state in (ACCEPTED, NEEDS_EXPLANATION) and numbers is not None:
+                _store_values(s, sub.id, p, camp, numbers, texts)
+    ledger.record(camp.id, f"submission.{state}", subject=str(p.sub.id),
+                  detail={"unit": out.unit_code, "errors": len(errors), "warnings": len(warnings),
+                          "identified_by": p.how}, at=now)
+    return out
+
+
+def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts) -> None:
+    cells = p.extracted.values
+    for f in camp.form.counts:
+        v = numbers.at[sid, f.key]
+        s.add(Value(submission_id=sid, field=f.key, number=None if v != v else float(v),
+                    text=None, cell=cells[f.key].cell if f.key in cells else None))
+    for f in camp.form.texts:
+        v = texts.at[sid, f.key]
+        s.add(Value(submission_id=sid, field=f.key, number=None, text=v,
+                    cell=cells[f.key].cell if f.key in cells else None))
+
+
+def _caption_from_name(name: str) -> str:
+    stem = name.rsplit(".", 1)[0]
+    return stem.replace("_", " ").strip() or name

@@ -1,0 +1,117 @@
+"""Values from returns reach exported sheets as literal text, never as formulas."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from datetime import datetime, timedelta, timezone
+from xml.etree import ElementTree
+
+import pandas as pd
+import pytest
+from openpyxl import Workbook, load_workbook
+from python_calamine import CalamineWorkbook
+
+from tasks.safe_sheet import LiteralText, export_frame, safe_text, write_cell
+
+PAYLOADS = ['=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "=1+1", " =cmd|' /C calc'!A0",
+            "\t=1", "\r=1"]
+MAIN_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+
+
+def formula_elements(path) -> list:
+    """Every <f> element in every worksheet XML of an .xlsx file."""
+    found = []
+    with zipfile.ZipFile(path) as z:
+        sheets = [n for n in z.namelist() if n.startswith("xl/worksheets/") and n.endswith(".xml")]
+        assert sheets
+        for name in sheets:
+            found += list(ElementTree.fromstring(z.read(name)).iter(f"{MAIN_NS}f"))
+    return found
+
+
+@pytest.mark.parametrize("text", PAYLOADS)
+def test_safe_text_flags_risky_text_and_keeps_it(text):
+    out = safe_text(text)
+    assert isinstance(out, LiteralText) and out == text
+
+
+@pytest.mark.parametrize("value", ["沈阳市", "2,000条", "a=b", "", 12, 3.5, None, True])
+def test_safe_text_leaves_the_rest_alone(value):
+    out = safe_text(value)
+    assert out == value and type(out) is type(value)
+
+
+def test_write_cell_forces_text_and_keeps_numbers():
+    ws = Workbook().active
+    write_cell(ws, 1, 1, "=1+1")
+    write_cell(ws, 1, 2, 42)
+    write_cell(ws, 1, 3, 2.5)
+    write_cell(ws, 1, 4, "普通文字")
+    write_cell(ws, 1, 5, float("nan"))
+    write_cell(ws, 1, 6, "a\x00b\x07c")
+    assert (ws["A1"].value, ws["A1"].data_type, ws["A1"].quotePrefix) == ("=1+1", "s", True)
+    assert (ws["B1"].value, ws["B1"].data_type) == (42, "n")
+    assert (ws["C1"].value, ws["C1"].data_type) == (2.5, "n")
+    assert (ws["D1"].value, ws["D1"].data_type, ws["D1"].quotePrefix) == ("普通文字", "s", False)
+    assert ws["E1"].value is None
+    assert ws["F1"].value == "abc"
+
+
+def test_plain_openpyxl_would_write_a_formula(tmp_path):
+    """The hazard the module exists for: this check would catch a regression."""
+    wb = Workbook()
+    wb.active["A1"] = "=1+1"
+    wb.save(tmp_path / "naive.xlsx")
+    assert formula_elements(tmp_path / "naive.xlsx")
+
+
+@pytest.fixture()
+def exported(tmp_path):
+    frame = pd.DataFrame({
+        "单位": ["沈阳市", "大连市", *(["省检察院"] * (len(PAYLOADS) - 2))],
+        "说明": PAYLOADS,
+        "=HYPERLINK(\"http://x\",\"h\")": ["+1"] * len(PAYLOADS),
+        "张贴宣传画": range(len(PAYLOADS)),
+        "比例": [0.5, math.nan, *([1.25] * (len(PAYLOADS) - 2))],
+    })
+    frame["收到时间"] = datetime(2023, 9, 20, 10, 30, tzinfo=timezone(timedelta(hours=8)))
+    path = export_frame(frame, tmp_path / "out" / "summary.xlsx")
+    return frame, path
+
+
+def test_export_frame_has_no_formulas(exported):
+    _, path = exported
+    assert path.is_file()
+    assert formula_elements(path) == []
+
+
+def test_export_frame_reads_back_literally_with_openpyxl(exported):
+    frame, path = exported
+    wb = load_workbook(path)
+    ws = wb["汇总"]
+    assert [c.value for c in ws[1]] == list(frame.columns)
+    assert all(c.font.bold for c in ws[1])
+    for row, text in enumerate(PAYLOADS, start=2):
+        assert ws.cell(row, 2).value == text and ws.cell(row, 2).data_type == "s"
+        assert ws.cell(row, 3).value == "+1"
+        assert ws.cell(row, 4).value == row - 2 and ws.cell(row, 4).data_type == "n"
+    assert ws["E3"].value is None
+    assert ws["F2"].value == datetime(2023, 9, 20, 10, 30)
+    assert ws.column_dimensions["B"].width >= 8
+
+
+def test_export_frame_reads_back_literally_with_calamine(exported):
+    frame, path = exported
+    rows = CalamineWorkbook.from_path(str(path)).get_sheet_by_name("汇总").to_python()
+    assert rows[0] == list(frame.columns)
+    assert [r[1] for r in rows[1:]] == PAYLOADS
+    assert {r[2] for r in rows[1:]} == {"+1"}
+    assert [r[3] for r in rows[1:]] == list(range(len(PAYLOADS)))
+    assert rows[1][0] == "沈阳市" and rows[1][4] == 0.5 and rows[2][4] == ""
+
+
+def test_export_frame_custom_sheet_name(tmp_path):
+    path = export_frame(pd.DataFrame({"a": ["@SUM(A1)"]}), tmp_path / "x.xlsx", sheet="明细")
+    assert load_workbook(path).sheetnames == ["明细"]
+    assert CalamineWorkbook.from_path(str(path)).get_sheet_by_name("明细").to_python() == [["a"], ["@SUM(A1)"]]
