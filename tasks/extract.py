@@ -93,13 +93,19 @@ class _SheetScan:
         self.sheet, self.rows, self.matcher, self.units = sheet, sheet.rows, matcher, units
         self.hits = [(r, c, k) for r, row in enumerate(sheet.rows) for c, v in enumerate(row)
                      if isinstance(v, str) and (k := matcher.match(v)) is not None]
+        self.by_row: dict[int, list[tuple[int, str]]] = {}
+        self.by_col: dict[int, list[tuple[int, str]]] = {}
+        for r, c, k in self.hits:
+            self.by_row.setdefault(r, []).append((c, k))
+            self.by_col.setdefault(c, []).append((r, k))
 
     def unit_like(self, v: object) -> bool:
-        s = re.sub(r"[()\[\]【】:\s]|单位", "", unicodedata.normalize("NFKC", str(v)))
-        return isinstance(v, str) and s in self.units
+        """'套', '（套）', '单位：套': a unit written where a value or label could be."""
+        return isinstance(v, str) and re.sub(
+            r"[()\[\]【】:\s]|单位", "", unicodedata.normalize("NFKC", v)) in self.units
 
     def long(self, col: int) -> _Layout:
-        hits = [(r, k) for r, c, k in self.hits if c == col and not k.startswith("_")]
+        hits = [(r, k) for r, k in self.by_col[col] if not k.startswith("_")]
         first, last = min(r for r, _ in hits), max(r for r, _ in hits)
         vcol = next((j for r in range(first - 1, max(first - 6, -1), -1)
                      for j in range(col + 1, len(self.rows[r]))
@@ -110,7 +116,7 @@ class _SheetScan:
             vcol = next((j for j in range(start, max(map(len, self.rows))) if any(
                 (v := _get(self.rows, r, j)) is not None and not self.unit_like(v)
                 and self.matcher.match(v) is None for r, _ in hits)), start)
-        hits += [(r, k) for r, c, k in self.hits if c == col and k == "_explanation"]
+        hits += [(r, k) for r, k in self.by_col[col] if k == "_explanation"]
         cells: dict[str, tuple[int, int]] = {}
         for r, k in hits:
             cells.setdefault(k, (r, vcol))
@@ -118,14 +124,14 @@ class _SheetScan:
         return _Layout("long", self.sheet, cells, {(r, col) for r, _ in hits}, scan, [])
 
     def wide(self, row: int) -> _Layout:
-        band = {(c, k): r for r, c, k in self.hits if r == row}
+        band = {(c, k): row for c, k in self.by_row[row]}
         for other in (row - 1, row + 1):  # labels split over two header rows
-            for r, c, k in self.hits:
-                if r == other and _get(self.rows, row, c) is None:
-                    band.setdefault((c, k), r)
+            for c, k in self.by_row.get(other, []):
+                if _get(self.rows, row, c) is None:
+                    band.setdefault((c, k), other)
         cols = {c for c, k in band if not k.startswith("_")}
         below = max(band.values()) + 1
-        data = [r for r in range(below, len(self.rows))
+        data = [r for r in range(below, min(below + 200, len(self.rows)))
                 if any(_text(v := _get(self.rows, r, c)) is not None and not self.unit_like(v)
                        and self.matcher.match(v) is None for c in cols)]
         notes, vrow = [], data[0] if data else below

@@ -1,16 +1,19 @@
 """Read a returned file into plain rows of Python values, whatever its format.
 
-Workbooks (.xlsx/.xlsm/.xlsb/.xls/.ods) are read with python-calamine, CSV/TXT with the
-standard library after detecting the encoding. Rows start at cell A1 (row 0 is spreadsheet
-row 1), so ``cell_ref(r, c)`` names the cell the unit sees. Blank cells are None.
+Workbooks (.xlsx/.xlsm/.xls/.ods) are read with python-calamine, CSV/TXT with the standard
+library after detecting the encoding. Rows start at cell A1 (row 0 is spreadsheet row 1),
+so ``cell_ref(r, c)`` names the cell the unit sees. Blank cells are None.
 
 What python-calamine 0.9.1 gives (measured, see tests/test_readers.py):
 - formulas: the value cached in the file, never evaluated; a formula saved without a cached
   value (openpyxl writes those) reads as blank;
-- error cells (``#VALUE!``): .xlsx reads them as blank and .ods as the cached number (0), so
-  both are re-read here from the sheet XML and given as the error text; .xls/.xlsb: blank;
-- merged cells: the value sits in the top-left cell, the other cells are blank;
+- error cells (``#VALUE!``): .xlsx gives blank and .ods the cached number (0), so both are
+  re-read here from the sheet XML and given as the error text; .xls: blank;
+- merged cells: the value is in the top-left cell only, the others are blank (.xlsx/.xls
+  also list the ranges, kept in ``Sheet.merged``; .ods does not);
 - numbers come as float (``120.0``), dates as ``datetime.date``/``datetime``.
+calamine allocates a sheet's whole range (A1 to the farthest cell) when it loads it, so a
+tiny file with one far-away cell would exhaust memory: the extent is checked in the XML first.
 
 Anything unreadable raises :class:`ReturnFileError` naming the file by its display name.
 """
@@ -29,12 +32,14 @@ from pathlib import Path
 import charset_normalizer
 import python_calamine as pc
 
-WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xlsb", ".xls", ".ods")
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods")
 TEXT_SUFFIXES = (".csv", ".txt")
-_ZIP_MAGIC, _OLE_MAGIC = b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ZIP, _OLE = b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _DELIMITERS = (",", "\t", ";", "，")
-_ODS_NS = {"table": "urn:oasis:names:tc:opendocument:xmlns:table:1.0",
-           "calcext": "urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0"}
+_T = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
+_CALCEXT = "{urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0}"
+_SHEET_XML = re.compile(r"^xl/worksheets/[^/]+\.xml$")
+_KEEP = ("content.xml", "xl/workbook.xml", "xl/_rels/workbook.xml.rels")
 
 
 class ReturnFileError(Exception):
@@ -65,8 +70,8 @@ def cell_ref(row: int, col: int) -> str:
     return f"{letters}{row + 1}"
 
 
-def _ref_to_rc(ref: str) -> tuple[int, int] | None:
-    m = re.fullmatch(r"\$?([A-Za-z]{1,3})\$?([0-9]{1,7})", ref)
+def _rc(ref: bytes | str) -> tuple[int, int] | None:
+    m = re.fullmatch(r"\$?([A-Za-z]{1,3})\$?([0-9]{1,7})", ref.decode() if isinstance(ref, bytes) else ref)
     if not m:
         return None
     col = 0
@@ -78,21 +83,21 @@ def _ref_to_rc(ref: str) -> tuple[int, int] | None:
 def read_sheets(path: Path, display_name: str | None = None, *,
                 max_unzipped_bytes: int = 200 * 1024 * 1024, max_ratio: int = 200,
                 max_cells: int = 2_000_000) -> list[Sheet]:
-    """Every sheet of a returned file, in workbook order; raise ReturnFileError if unreadable."""
+    """Every worksheet of a returned file, in order; raise ReturnFileError if unreadable."""
     path = Path(path)
     name = display_name or path.name
     try:
-        head = path.open("rb").read(8)
+        with path.open("rb") as fh:
+            head = fh.read(8)
     except OSError:
         raise ReturnFileError(name, "无法打开（文件不存在或无权读取）") from None
     if not head:
-        raise ReturnFileError(name, "是空文件（0 字节），请重新发送") from None
-    suffix = path.suffix.lower()
-    if head.startswith((_ZIP_MAGIC, _OLE_MAGIC)):
+        raise ReturnFileError(name, "是空文件（0 字节），请重新发送")
+    if head.startswith((_ZIP, _OLE)):
         sheets = _read_workbook(path, name, head, max_unzipped_bytes, max_ratio, max_cells)
-    elif suffix in WORKBOOK_SUFFIXES:
+    elif path.suffix.lower() in WORKBOOK_SUFFIXES:
         sheets = [_read_disguised(path, name)]
-    elif suffix in TEXT_SUFFIXES:
+    elif path.suffix.lower() in TEXT_SUFFIXES:
         sheets = [_read_text(path, name)]
     else:
         raise ReturnFileError(name, "不是可识别的报表文件，请使用 .xlsx、.xls、.ods 或 .csv 格式")
@@ -101,58 +106,97 @@ def read_sheets(path: Path, display_name: str | None = None, *,
     return sheets
 
 
-def _read_disguised(path: Path, name: str) -> Sheet:
-    """A workbook suffix on a file that is no workbook: web exports are often CSV or HTML."""
-    start = path.read_bytes()[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if start.startswith((b"<", b"\xff\xfe<", b"\xfe\xff\x00<")):
-        raise ReturnFileError(name, "实际是网页或 XML 格式，不是 Excel 文件；请用 Excel 打开后"
-                                    "另存为 .xlsx 再发送")
+def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells: int,
+               xml: dict[str, bytes]) -> None:
+    """Refuse zip bombs and far-flung cells before calamine opens an .xlsx/.ods package.
+
+    Declared sizes and the ratio are checked first, then every member is unpacked with a
+    running count (headers can lie). The sheet and workbook XML read are put in ``xml``."""
+    bomb = ReturnFileError(name, "解压后体积过大或压缩比异常，疑似恶意文件，已拒收")
     try:
-        return _read_text(path, name, strict=True)
-    except ReturnFileError:
-        raise ReturnFileError(name, "已损坏，或不是有效的 Excel/ODS 文件") from None
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total, packed = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
+            if total > max_bytes or (total > 10 * 2**20 and total / max(packed, 1) > max_ratio):
+                raise bomb
+            if not {"xl/workbook.xml", "content.xml"} & {i.filename for i in infos}:
+                raise ReturnFileError(name, "不是 .xlsx 或 .ods 工作簿（如为 .xlsb 等格式，请另存为 .xlsx）")
+            seen = 0
+            for info in infos:
+                keep, parts = _SHEET_XML.match(info.filename) or info.filename in _KEEP, []
+                with zf.open(info) as member:
+                    while chunk := member.read(1 << 20):
+                        seen += len(chunk)
+                        if seen > max_bytes:
+                            raise bomb
+                        if keep:
+                            parts.append(chunk)
+                if keep:
+                    xml[info.filename] = b"".join(parts)
+        for member, data in xml.items():
+            if member not in _KEEP[1:]:
+                rows, cols = _ods_extent(data) if member == "content.xml" else _xlsx_extent(data)
+                if rows * cols > max_cells:
+                    raise ReturnFileError(name, f"的数据区域过大（延伸到 {cell_ref(rows - 1, cols - 1)}），"
+                                                "请删除多余的行列后重新发送")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError,
+            NotImplementedError, ValueError, ET.ParseError):
+        raise ReturnFileError(name, "已损坏或已加密，不是有效的 Excel/ODS 文件，请重新保存后发送") from None
 
 
-def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int) -> zipfile.ZipFile:
-    """Refuse a zip that would unpack too large (declared sizes, then verified by streaming)."""
-    try:
-        zf = zipfile.ZipFile(path)
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise ReturnFileError(name, "已损坏，或不是有效的 Excel/ODS 文件（压缩包无法打开）") from None
-    total = sum(i.file_size for i in infos)
-    packed = sum(i.compress_size for i in infos) or 1
-    too_big = ReturnFileError(name, f"解压后超过 {max_bytes // (1024 * 1024)} MB 或压缩比异常，"
-                                    "疑似恶意文件，已拒收")
-    if total > max_bytes or (total > 10 * 1024 * 1024 and total / packed > max_ratio):
-        raise too_big
-    seen = 0
-    try:  # the sizes in the headers can lie: count what actually comes out
-        for info in infos:
-            with zf.open(info) as member:
-                while chunk := member.read(1 << 20):
-                    seen += len(chunk)
-                    if seen > max_bytes:
-                        raise too_big
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ValueError):
-        zf.close()
-        raise ReturnFileError(name, "已损坏或已加密，无法解压，请重新保存后发送") from None
-    return zf
+def _xlsx_extent(xml: bytes) -> tuple[int, int]:
+    """(rows, cols) from A1 to the farthest non-empty cell; cells without ``r`` counted wide."""
+    rows = cols = loose = 0
+    for m in re.finditer(rb"<(?:\w+:)?c\b([^>]*)>", xml):
+        if m.group(1).endswith(b"/"):
+            continue  # <c r="Z9" s="1"/>: formatting only
+        ref = re.search(rb'\br="([^"]+)"', m.group(1))
+        rc = _rc(ref.group(1)) if ref else None
+        if rc is None:
+            loose += 1
+        else:
+            rows, cols = max(rows, rc[0] + 1), max(cols, rc[1] + 1)
+    if loose:
+        row_attrs = [int(x) for x in re.findall(rb'<(?:\w+:)?row\b[^>]*?\br="([0-9]+)"', xml)]
+        rows, cols = max([rows, *row_attrs]) + loose, cols + loose
+    return rows, cols
+
+
+def _ods_cells(xml: bytes):
+    """Every ODS cell as (sheet name, row, col, rows repeated, cols repeated, element)."""
+    for table in ET.fromstring(xml).iter(_T + "table"):
+        r = 0
+        for row in table.iter(_T + "table-row"):
+            c, rep = 0, int(row.get(_T + "number-rows-repeated", "1"))
+            for cell in row:
+                span = int(cell.get(_T + "number-columns-repeated", "1"))
+                yield table.get(_T + "name", ""), r, c, rep, span, cell
+                c += span
+            r += rep
+
+
+def _ods_extent(xml: bytes) -> tuple[int, int]:
+    """(rows, cols) up to the farthest non-empty ODS cell, repeats expanded."""
+    rows = cols = 0
+    for _, r, c, rep, span, cell in _ods_cells(xml):
+        if len(cell) or cell.get("{urn:oasis:names:tc:opendocument:xmlns:office:1.0}value-type"):
+            rows, cols = max(rows, r + rep), max(cols, c + span)
+    return rows, cols
 
 
 def _read_workbook(path: Path, name: str, head: bytes, max_bytes: int, max_ratio: int,
                    max_cells: int) -> list[Sheet]:
-    zf = None
-    if head.startswith(_OLE_MAGIC) and "EncryptionInfo".encode("utf-16-le") in path.read_bytes():
+    xml: dict[str, bytes] = {}
+    if head.startswith(_OLE) and "EncryptionInfo".encode("utf-16-le") in path.read_bytes():
         raise ReturnFileError(name, "设置了打开密码（已加密），请取消密码后重新发送")
-    if head.startswith(_ZIP_MAGIC):
-        zf = _check_zip(path, name, max_bytes, max_ratio)
+    if head.startswith(_ZIP):
+        _check_zip(path, name, max_bytes, max_ratio, max_cells, xml)
+    sheets = []
     try:
         try:
             wb = pc.CalamineWorkbook.from_path(str(path))
         except pc.CalamineError:  # e.g. an .xls renamed .xlsx: detect the format from the bytes
             wb = pc.CalamineWorkbook.from_filelike(io.BytesIO(path.read_bytes()))
-        sheets = []
         with wb:
             for meta in wb.sheets_metadata:
                 if meta.typ != pc.SheetTypeEnum.WorkSheet:
@@ -164,82 +208,80 @@ def _read_workbook(path: Path, name: str, head: bytes, max_bytes: int, max_ratio
                                                 f"{cell_ref(*end)}），请删除多余的行列后重新发送")
                 rows = [[None if v == "" else v for v in row]
                         for row in sheet.to_python(skip_empty_area=False)] if end else []
-                sheets.append(Sheet(meta.name, rows,
-                                    hidden=meta.visible != pc.SheetVisibleEnum.Visible,
-                                    merged=tuple(sheet.merged_cell_ranges or ())))
+                sheets.append(Sheet(meta.name, rows, meta.visible != pc.SheetVisibleEnum.Visible,
+                                    tuple(sheet.merged_cell_ranges or ())))
     except ReturnFileError:
         raise
     except pc.PasswordError:
         raise ReturnFileError(name, "设置了密码，请取消密码后重新发送") from None
-    except Exception:  # calamine raises CalamineError, ZipError, XmlError, OSError, ...
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException:  # CalamineError, OSError, and pyo3's PanicException (a BaseException)
         raise ReturnFileError(name, "已损坏，或不是有效的 Excel/ODS 文件，无法读取") from None
-    if zf is not None:
-        with zf:
-            try:
-                _restore_errors(zf, sheets)
-            except (ET.ParseError, KeyError, ValueError, zipfile.BadZipFile):
-                pass  # best effort: the values calamine gave stand
+    try:
+        _restore_errors(xml, sheets)
+    except (ET.ParseError, KeyError, ValueError, zipfile.BadZipFile):
+        pass  # best effort: the values calamine gave stand
     return sheets
 
 
 def _put(sheet: Sheet, row: int, col: int, value: str) -> None:
+    """Set a cell, growing the (rectangular) rows if it lies outside them."""
+    width = max(len(sheet.rows[0]) if sheet.rows else 0, col + 1)
     while len(sheet.rows) <= row:
         sheet.rows.append([])
-    cells = sheet.rows[row]
-    cells.extend([None] * (col + 1 - len(cells)))
-    cells[col] = value
+    for cells in sheet.rows:
+        cells.extend([None] * (width - len(cells)))
+    sheet.rows[row][col] = value
 
 
-def _tags(zf: zipfile.ZipFile, member: str, tag: str) -> list[dict[str, str]]:
-    """The attributes of every ``<tag …>`` in a zip member (prefix-agnostic, unescaped)."""
-    xml = zf.read(member).decode("utf-8", "replace")
+def _attrs(text: str, tag: str) -> list[dict[str, str]]:
+    """The attributes of every ``<tag …>`` in an XML text (prefix-agnostic, unescaped)."""
     return [{k: html.unescape(v) for k, v in re.findall(r'([\w:]+)="([^"]*)"', m.group(1))}
-            for m in re.finditer(rf"<(?:\w+:)?{tag}\b([^>]*)>", xml)]
+            for m in re.finditer(rf"<(?:\w+:)?{tag}\b([^>]*)>", text)]
 
 
-def _restore_errors(zf: zipfile.ZipFile, sheets: list[Sheet]) -> None:
+def _restore_errors(xml: dict[str, bytes], sheets: list[Sheet]) -> None:
     """Put error texts (``#DIV/0!``) back where calamine dropped them (.xlsx/.xlsm, .ods)."""
     by_name = {s.name: s for s in sheets}
-    names = set(zf.namelist())
-    if "xl/workbook.xml" in names:
-        rels = {a.get("Id"): a.get("Target", "") for a in _tags(zf, "xl/_rels/workbook.xml.rels",
-                                                                "Relationship")}
-        for a in _tags(zf, "xl/workbook.xml", "sheet"):
-            sheet, target = by_name.get(a.get("name", "")), rels.get(a.get("r:id"), "")
-            member = target.lstrip("/") if target.startswith("/") else "xl/" + target
-            if sheet is None or member not in names:
-                continue
-            xml = zf.read(member).decode("utf-8", "replace")
-            if 't="e"' not in xml:
-                continue
-            for c in re.finditer(r'<(?:\w+:)?c\b([^>]*)(?<!/)>(.*?)</(?:\w+:)?c>', xml, re.S):
-                ref = re.search(r'\br="([^"]+)"', c.group(1))
-                v = re.search(r"<(?:\w+:)?v>([^<]*)</", c.group(2))
-                if 't="e"' in c.group(1) and ref and v and (rc := _ref_to_rc(ref.group(1))):
-                    _put(sheet, *rc, html.unescape(v.group(1)))
-    elif "content.xml" in names:
-        data = zf.read("content.xml")
-        if b'value-type="error"' not in data:
-            return
-        t = "{%s}" % _ODS_NS["table"]
-        for table in ET.fromstring(data).iter(t + "table"):
-            sheet, r = by_name.get(table.get(t + "name", "")), 0
-            for row in table.iter(t + "table-row"):
-                rep = int(row.get(t + "number-rows-repeated", "1"))
-                c = 0
-                for cell in row:
-                    span = int(cell.get(t + "number-columns-repeated", "1"))
-                    if sheet and cell.get("{%s}value-type" % _ODS_NS["calcext"]) == "error":
-                        text = "".join(cell.itertext()).strip() or "#VALUE!"
-                        for dr in range(min(rep, 100)):
-                            for dc in range(min(span, 100)):
-                                _put(sheet, r + dr, c + dc, text)
-                    c += span
-                r += rep
+    if not any(b't="e"' in d or b'value-type="error"' in d for d in xml.values()):
+        return
+    if "content.xml" in xml:
+        for table, r, c, rep, span, cell in _ods_cells(xml["content.xml"]):
+            if table in by_name and cell.get(_CALCEXT + "value-type") == "error":
+                text = "".join(cell.itertext()).strip() or "#VALUE!"
+                for dr in range(min(rep, 100)):
+                    for dc in range(min(span, 100)):
+                        _put(by_name[table], r + dr, c + dc, text)
+        return
+    book = xml["xl/workbook.xml"].decode("utf-8", "replace")
+    rels = xml["xl/_rels/workbook.xml.rels"].decode("utf-8", "replace")
+    targets = {a.get("Id"): a.get("Target", "") for a in _attrs(rels, "Relationship")}
+    for a in _attrs(book, "sheet"):
+        target = targets.get(a.get("r:id"), "")
+        member = target.lstrip("/") if target.startswith("/") else "xl/" + target
+        sheet, data = by_name.get(a.get("name", "")), xml.get(member, b"").decode("utf-8", "replace")
+        for c in re.finditer(r"<(?:\w+:)?c\b([^>]*)(?<!/)>(.*?)</(?:\w+:)?c>", data, re.S):
+            ref = re.search(r'\br="([^"]+)"', c.group(1))
+            v = re.search(r"<(?:\w+:)?v>([^<]*)</", c.group(2))
+            if sheet and 't="e"' in c.group(1) and ref and v and (rc := _rc(ref.group(1))):
+                _put(sheet, *rc, html.unescape(v.group(1)))
+
+
+def _read_disguised(path: Path, name: str) -> Sheet:
+    """A workbook suffix on a file that is no workbook: web exports are often CSV or HTML."""
+    start = path.read_bytes()[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if start.startswith((b"<", b"\xff\xfe<", b"\xfe\xff\x00<")):
+        raise ReturnFileError(name, "实际是网页或 XML 格式，不是 Excel 文件；请用 Excel 打开后"
+                                    "另存为 .xlsx 再发送")
+    try:
+        return _read_text(path, name, strict=True)
+    except ReturnFileError:
+        raise ReturnFileError(name, "已损坏，或不是有效的 Excel/ODS 文件") from None
 
 
 def _decode(data: bytes, name: str, strict: bool = False) -> str:
-    """Bytes of a text file → str: UTF-16 by BOM, UTF-8(-BOM), GB18030 (⊃ GBK), else a guess."""
+    """Text bytes → str: UTF-16 by BOM, UTF-8 (BOM or not), GB18030 (⊃ GBK), else a guess."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16")
@@ -258,32 +300,27 @@ def _decode(data: bytes, name: str, strict: bool = False) -> str:
 
 
 def _sniff(lines: list[str]) -> str:
-    """The delimiter that splits most lines into the same number (>1) of fields."""
-    if lines and lines[0].lower().startswith("sep=") and len(lines[0]) >= 5:
-        return lines[0][4]
+    """The delimiter that splits the most lines into the same number (>1) of fields."""
     best, best_score = ",", 0
     for d in _DELIMITERS:
         widths = [len(r) for r in csv.reader(lines[:200], delimiter=d) if len(r) > 1]
-        if widths:
-            mode = max(set(widths), key=widths.count)
-            score = widths.count(mode)
-            if score > best_score:
-                best, best_score = d, score
+        score = max((widths.count(w) for w in set(widths)), default=0)
+        if score > best_score:
+            best, best_score = d, score
     return best
 
 
 def _read_text(path: Path, name: str, strict: bool = False) -> Sheet:
     try:
-        text = _decode(path.read_bytes(), name, strict)
+        lines = _decode(path.read_bytes(), name, strict).splitlines()
     except OSError:
         raise ReturnFileError(name, "无法打开（文件不存在或无权读取）") from None
-    lines = text.splitlines()
-    delimiter = _sniff(lines)
-    if lines and lines[0].lower().startswith("sep="):
-        lines = lines[1:]
+    if lines and re.fullmatch(r"sep=.", lines[0].strip(), re.I):  # Excel's delimiter hint
+        delimiter, lines = lines[0].strip()[4], lines[1:]
+    else:
+        delimiter = _sniff(lines)
     try:
-        rows = [[v if v.strip() else None for v in row]
-                for row in csv.reader(lines, delimiter=delimiter)]
+        rows = [[v if v.strip() else None for v in row] for row in csv.reader(lines, delimiter=delimiter)]
     except csv.Error:
         raise ReturnFileError(name, "的 CSV 格式有误（引号不成对或含非法字符）") from None
     width = max((len(r) for r in rows), default=0)

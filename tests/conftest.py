@@ -1,0 +1,52 @@
+"""Shared fixtures: one Prefect test harness per session, a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from smtp_server import running_smtp_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def config_dir() -> Path:
+    return ROOT / "config"
+
+
+@pytest.fixture(scope="session")
+def config(config_dir):
+    from tasks.config import load_config
+    return load_config(config_dir, "energy-week-2023")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect server for every integration test of the session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def smtp_server():
+    with running_smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_env(smtp_server, monkeypatch):
+    """Point the mailer at the loopback SMTP server (plain, no login)."""
+    monkeypatch.setenv("BULLETIN_SMTP_HOST", smtp_server.host)
+    monkeypatch.setenv("BULLETIN_SMTP_PORT", str(smtp_server.port))
+    monkeypatch.setenv("BULLETIN_SMTP_SECURITY", "none")
+    monkeypatch.delenv("BULLETIN_SMTP_USER", raising=False)
+    return smtp_server
