@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install bench lock clean serve
+.PHONY: demo test install bench lock clean serve prefect-yaml
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,6 @@ lock: $(BIN)/python
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+prefect-yaml: $(STAMP)
+	$(BIN)/python -m flows.deployments

@@ -72,7 +72,7 @@ def reminder_message(config: Config, unit: Unit, tier: ReminderTier, *, state_no
     ctx = _common(config) | dict(contact=unit.contacts[0], unit=unit, tier=tier, overdue=overdue,
                                  state_note=state_note, subject=subject)
     return OutgoingMessage(
-        key=f"{camp.id}/reminder/{tier.name}/{unit.code}", to=tuple(_addr(c) for c in unit.contacts),
+        key=f"{camp.id}/reminder/{tier.offset}/{unit.code}", to=tuple(_addr(c) for c in unit.contacts),
         cc=(_addr(unit.supervisor),) if tier.escalate else (), subject=subject,
         text=render("reminder.txt.j2", override, **ctx), html=_html("reminder.html.j2", override, **ctx),
         reply_to=_addr(camp.coordinators[0]), headers=_headers(camp, "reminder", unit.code))

@@ -95,9 +95,9 @@ def read_sheets(path: Path, display_name: str | None = None, *,
         raise ReturnFileError(name, "是空文件（0 字节），请重新发送")
     if head.startswith((_ZIP, _OLE)):
         sheets = _read_workbook(path, name, head, max_unzipped_bytes, max_ratio, max_cells)
-    elif path.suffix.lower() in WORKBOOK_SUFFIXES:
+    elif Path(name).suffix.lower() in WORKBOOK_SUFFIXES:  # archived files have no suffix
         sheets = [_read_disguised(path, name)]
-    elif path.suffix.lower() in TEXT_SUFFIXES:
+    elif Path(name).suffix.lower() in TEXT_SUFFIXES:
         sheets = [_read_text(path, name)]
     else:
         raise ReturnFileError(name, "不是可识别的报表文件，请使用 .xlsx、.xls、.ods 或 .csv 格式")

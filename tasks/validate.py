@@ -55,6 +55,8 @@ class ReturnRecord:
 
 
 def _show(raw: object) -> str:
+    if isinstance(raw, float) and raw == raw and raw.is_integer():
+        raw = int(raw)  # spreadsheets hand back 5 as 5.0: show what the unit typed
     text = "" if raw is None else str(raw)
     return text if len(text) <= 60 else text[:57] + "…"
 
@@ -147,6 +149,7 @@ def _text(cell: CellValue | None) -> object:
 
 def _cross_checks(num: pd.DataFrame, form: Form, by_id: dict[int, ReturnRecord]) -> list[Finding]:
     out = []
+    labels = {f.key: f.label for f in form.counts}
     for check in form.checks:
         if not len(num):
             break
@@ -155,6 +158,7 @@ def _cross_checks(num: pd.DataFrame, form: Form, by_id: dict[int, ReturnRecord])
         # a rule over blank values neither holds nor fails: only definite failures warn
         failed = num.index[~held & num[used].notna().all(axis=1)]
         for sid in failed:
+            shown = "，".join(f"{labels[k]} {num.at[sid, k]:g}" for k in used)
             out.append(Finding(int(sid), WARNING, by_id[int(sid)].file_name, None, None, None, None,
-                               None, check.message))
+                               shown, check.message))
     return out

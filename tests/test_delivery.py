@@ -245,3 +245,23 @@ def test_smtp_server_down_is_failed_not_uncertain(ledger):
     with SmtpMailer(settings, SENDER, timeout=5) as mailer:
         assert deliver(ledger, mailer, message(), campaign=CAMPAIGN, step="receipt") == "failed"
     assert row(ledger, message().key).state == FAILED
+
+
+# ---------------------------------------------------------------- a message that cannot be built
+def test_config_accepts_an_address_the_mailer_refuses():
+    """Documents the trigger of the bug below: config takes a non-ASCII address ..."""
+    from tasks.config import Contact
+    assert Contact(name="张伟", email="张伟@example.org").email == "张伟@example.org"
+    with pytest.raises(ValueError):  # ... that build_mime (hence every mailer) refuses
+        build_mime(message(to="张伟@example.org"), SENDER)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "BUG: tasks/delivery.py deliver() only catches MailError; an exception raised before "
+    "anything is sent (build_mime's ValueError for a non-ASCII address, which tasks/config.py "
+    "Contact accepts) escapes with the key left 'sending' forever, so it is skipped on every "
+    "retry and later reported 'uncertain' though nothing went out; it should end 'failed'"))
+def test_unbuildable_message_is_failed_not_stuck_sending(ledger, outbox):
+    msg = message(to="张伟@example.org")
+    assert deliver(ledger, outbox, msg, campaign=CAMPAIGN, step="receipt") == "failed"
+    assert state_of(ledger, msg.key) == FAILED

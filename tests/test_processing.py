@@ -1,0 +1,275 @@
+"""From received files to decisions (tasks/processing.py), end to end on real .xlsx returns
+made by tasks/workbook.py: take_in each, then process_received."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from openpyxl import Workbook
+from sqlalchemy import select
+
+from tasks.intake import entry_files, take_in
+from tasks.ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED, Ledger,
+                          Submission, SubmissionFile, Value)
+from tasks.processing import process_received
+from tasks.status import completeness
+from tasks.workbook import build_request_workbook, fill_workbook
+
+TZ = ZoneInfo("Asia/Shanghai")
+BEFORE = dt.datetime(2023, 9, 25, 10, 0, tzinfo=TZ)   # deadline 2023-09-28 17:00
+LATER = dt.datetime(2023, 9, 26, 10, 0, tzinfo=TZ)
+AFTER = dt.datetime(2023, 9, 29, 9, 0, tzinfo=TZ)
+
+
+# ---------------------------------------------------------------- helpers (real files)
+def clean_values(config, unit, **over) -> dict[str, object]:
+    values: dict[str, object] = {f.key: 10 if f.kind == "count" else f"{unit.name}开展节能宣传活动。"
+                                 for f in config.campaign.form.fields}
+    values["participants"] = 100
+    values.update(over)
+    return values
+
+
+def write_return(folder: Path, config, unit, name: str | None = None, *, explanation: str | None = None,
+                 photos=(), campaign=None, **over) -> Path:
+    """The unit's generated request workbook, filled in (as flows/demo_units.py does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = build_request_workbook(campaign or config.campaign, unit)
+    path = folder / (name or f"{unit.name}报表.xlsx")
+    path.write_bytes(fill_workbook(data, clean_values(config, unit, **over), explanation=explanation,
+                                   photos=list(photos)))
+    return path
+
+
+def write_anonymous(folder: Path, config, name: str = "return.xlsx") -> Path:
+    """A unit's own long-layout sheet with every field but no hint of who sent it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wb = Workbook()
+    ws = wb.active
+    ws.append(["项目", "数值"])
+    for f in config.campaign.form.fields:
+        ws.append([f.label, 10 if f.kind == "count" else "开展了节能宣传活动。"])
+    path = folder / name
+    wb.save(path)
+    return path
+
+
+def submit(ledger: Ledger, config, entry: Path, now: dt.datetime, sender: str | None = None):
+    result = take_in(ledger, config.campaign.id, entry.name, entry_files(entry),
+                     source="imap" if sender else "folder", sender=sender, now=now,
+                     max_file_bytes=config.campaign.max_file_bytes)
+    assert result.outcome == "received", result
+    return result.submission_id
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(tmp_path / "home")
+
+
+@pytest.fixture
+def inbox(tmp_path) -> Path:
+    return tmp_path / "inbox"
+
+
+def sub(ledger: Ledger, sid: int) -> Submission:
+    with ledger.session() as s:
+        return s.get(Submission, sid)
+
+
+def values_of(ledger: Ledger, sid: int) -> dict[str, object]:
+    with ledger.session() as s:
+        return {v.field: (v.number if v.text is None else v.text)
+                for v in s.scalars(select(Value).where(Value.submission_id == sid))}
+
+
+def unit_entry(status: dict, code: str) -> dict:
+    return next(u for u in status["units"] if u["code"] == code)
+
+
+# ---------------------------------------------------------------- decisions
+def test_accepted_rejected_needs_explanation(ledger, config, inbox):
+    u = config.units
+    ok = submit(ledger, config, write_return(inbox, config, u[0], posters=321), BEFORE)
+    bad = submit(ledger, config, write_return(inbox, config, u[1], posters=-1, signs="很多"), BEFORE)
+    odd = submit(ledger, config, write_return(inbox, config, u[2], posters=20000), BEFORE)
+    outcomes = {o.submission_id: o for o in process_received(ledger, config, BEFORE)}
+    assert set(outcomes) == {ok, bad, odd}
+
+    o = outcomes[ok]
+    assert (o.state, o.unit_code, o.version, o.late, o.errors, o.warnings) == (ACCEPTED, u[0].code, 1, False, [], [])
+    assert values_of(ledger, ok)["posters"] == 321.0
+    assert values_of(ledger, ok)["activities"] == f"{u[0].name}开展节能宣传活动。"
+
+    o = outcomes[bad]
+    assert o.state == REJECTED and o.unit_code == u[1].code and len(o.errors) == 2
+    assert any("报表!B5" in e and "张贴宣传画" in e and "应为非负整数" in e for e in o.errors)
+    assert any("报表!B6" in e and "很多" in e for e in o.errors)
+    assert all(f"{u[1].name}报表.xlsx" in e for e in o.errors)
+    assert values_of(ledger, bad) == {}  # rejected values are not kept for the bulletin
+
+    o = outcomes[odd]
+    assert o.state == NEEDS_EXPLANATION and o.errors == [] and len(o.warnings) == 1
+    assert "15000" in o.warnings[0] and "B5" in o.warnings[0]
+
+    states = {x.id: (x.state, x.unit_code, x.version, x.decided_by) for x in ledger.submissions(config.campaign.id)}
+    assert states == {ok: (ACCEPTED, u[0].code, 1, "system"), bad: (REJECTED, u[1].code, 1, "system"),
+                      odd: (NEEDS_EXPLANATION, u[2].code, 1, "system")}
+    assert "单位代码" in sub(ledger, ok).identified_by
+    # decided once: nothing left to process
+    assert process_received(ledger, config, BEFORE) == []
+
+
+def test_warning_with_explanation_is_accepted(ledger, config, inbox):
+    sid = submit(ledger, config, write_return(inbox, config, config.units[3], posters=20000,
+                                              explanation="全市统一印制，数量较大"), BEFORE)
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == ACCEPTED and o.warnings and o.explanation == "全市统一印制，数量较大"
+    assert sub(ledger, sid).explanation == "全市统一印制，数量较大"
+    assert values_of(ledger, sid)["posters"] == 20000.0
+
+
+def test_resubmission_supersedes_earlier_accepted(ledger, config, inbox):
+    unit = config.units[0]
+    first = submit(ledger, config, write_return(inbox / "1", config, unit, posters=100), BEFORE)
+    (o1,) = process_received(ledger, config, BEFORE)
+    second = submit(ledger, config, write_return(inbox / "2", config, unit, posters=150), LATER)
+    (o2,) = process_received(ledger, config, LATER)
+    assert o1.state == ACCEPTED and o1.version == 1 and not o1.earlier_replaced
+    assert o2.state == ACCEPTED and o2.version == 2 and o2.earlier_replaced
+    assert o2.earlier_still_counts is None
+    assert sub(ledger, first).state == SUPERSEDED
+    assert sub(ledger, second).state == ACCEPTED
+    st = completeness(ledger, config, LATER)
+    e = unit_entry(st, unit.code)
+    assert (e["state"], e["version"]) == ("accepted", 2)
+    assert dt.datetime.fromisoformat(e["submitted_at"]) == LATER
+    assert st["accepted"] == 1
+
+
+def test_needs_explanation_then_accepted_supersedes(ledger, config, inbox):
+    unit = config.units[1]
+    first = submit(ledger, config, write_return(inbox / "1", config, unit, posters=20000), BEFORE)
+    process_received(ledger, config, BEFORE)
+    submit(ledger, config, write_return(inbox / "2", config, unit, posters=200), LATER)
+    (o,) = process_received(ledger, config, LATER)
+    assert o.state == ACCEPTED and o.earlier_replaced
+    assert sub(ledger, first).state == SUPERSEDED
+
+
+def test_rejected_correction_keeps_earlier_accepted(ledger, config, inbox):
+    unit = config.units[2]
+    first = submit(ledger, config, write_return(inbox / "1", config, unit, posters=100), BEFORE)
+    process_received(ledger, config, BEFORE)
+    second = submit(ledger, config, write_return(inbox / "2", config, unit, posters="很多"), LATER)
+    (o,) = process_received(ledger, config, LATER)
+    assert o.state == REJECTED and o.version == 2
+    assert o.earlier_still_counts == 1 and not o.earlier_replaced
+    assert sub(ledger, first).state == ACCEPTED
+    assert sub(ledger, second).state == REJECTED
+    e = unit_entry(completeness(ledger, config, LATER), unit.code)
+    assert (e["state"], e["version"]) == ("accepted", 2)
+    assert dt.datetime.fromisoformat(e["submitted_at"]) == BEFORE  # the return that counts
+
+
+def test_needs_explanation_correction_keeps_earlier_accepted(ledger, config, inbox):
+    unit = config.units[4]
+    first = submit(ledger, config, write_return(inbox / "1", config, unit), BEFORE)
+    process_received(ledger, config, BEFORE)
+    submit(ledger, config, write_return(inbox / "2", config, unit, posters=20000), LATER)
+    (o,) = process_received(ledger, config, LATER)
+    assert o.state == NEEDS_EXPLANATION and o.earlier_still_counts == 1
+    assert sub(ledger, first).state == ACCEPTED
+    assert unit_entry(completeness(ledger, config, LATER), unit.code)["state"] == "accepted"
+
+
+# ---------------------------------------------------------------- who sent it
+def test_unidentifiable_return_is_quarantined(ledger, config, inbox):
+    sid = submit(ledger, config, write_anonymous(inbox, config), BEFORE)
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == QUARANTINED and o.unit_code is None and o.version is None
+    assert o.reason and "无法识别报送单位" in o.reason
+    s = sub(ledger, sid)
+    assert s.state == QUARANTINED and s.unit_code is None and s.version is None
+    st = completeness(ledger, config, BEFORE)
+    assert st["quarantined"] == 1 and st["accepted"] == 0 and len(st["missing"]) == 24
+
+
+def test_return_named_after_its_unit_is_identified(ledger, config, inbox):
+    submit(ledger, config, write_anonymous(inbox, config, name="葫芦岛市节能周报表.xlsx"), BEFORE)
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == ACCEPTED and o.unit_code == "211400"
+
+
+def test_sender_identifies_an_anonymous_return(ledger, config, inbox):
+    unit = config.units[5]
+    submit(ledger, config, write_anonymous(inbox, config), BEFORE, sender=f"联络员 <{unit.contacts[0].email}>")
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == ACCEPTED and o.unit_code == unit.code
+
+
+def test_unknown_sender_is_quarantined(ledger, config, inbox):
+    submit(ledger, config, write_anonymous(inbox, config), BEFORE, sender="stranger@example.net")
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == QUARANTINED and "stranger@example.net" in o.reason
+
+
+# ---------------------------------------------------------------- lateness
+def test_late_return(ledger, config, inbox):
+    on_time, late = config.units[6], config.units[7]
+    submit(ledger, config, write_return(inbox, config, on_time), BEFORE)
+    sid = submit(ledger, config, write_return(inbox, config, late), AFTER)
+    outcomes = {o.unit_code: o for o in process_received(ledger, config, AFTER)}
+    assert outcomes[late.code].late is True and outcomes[late.code].state == ACCEPTED
+    assert outcomes[on_time.code].late is False
+    assert sub(ledger, sid).late is True
+    st = completeness(ledger, config, AFTER)
+    assert st["late"] == [late.code]
+
+
+def test_received_exactly_at_the_deadline_is_not_late(ledger, config, inbox):
+    submit(ledger, config, write_return(inbox, config, config.units[8]), config.campaign.calendar.deadline_at)
+    (o,) = process_received(ledger, config, AFTER)
+    assert o.late is False
+
+
+# ---------------------------------------------------------------- bad input never stops the rest
+def test_broken_files_are_rejected_and_others_still_decided(ledger, config, inbox):
+    u = config.units
+    garbage = inbox / f"{u[9].name}.xlsx"
+    inbox.mkdir(parents=True, exist_ok=True)
+    garbage.write_bytes(b"this is not a spreadsheet at all")
+    bad = submit(ledger, config, garbage, BEFORE)
+    two = inbox / "two"
+    write_return(two, config, u[10], name="a.xlsx")
+    write_return(two, config, u[10], name="b.xlsx")
+    both = submit(ledger, config, two, BEFORE)
+    other = config.campaign.model_copy(update={"id": "other-campaign"})
+    foreign = submit(ledger, config, write_return(inbox / "f", config, u[11], campaign=other), BEFORE)
+    good = submit(ledger, config, write_return(inbox, config, u[12]), BEFORE)
+    outcomes = {o.submission_id: o for o in process_received(ledger, config, BEFORE)}
+    assert outcomes[good].state == ACCEPTED
+    assert outcomes[bad].state == REJECTED and outcomes[bad].errors
+    assert any(f"{u[9].name}.xlsx" in e for e in outcomes[bad].errors)
+    assert outcomes[both].state in (REJECTED, QUARANTINED)
+    assert any("只能包含一个报表文件" in e for e in outcomes[both].errors)
+    assert outcomes[foreign].state == REJECTED
+    assert any("other-campaign" in e for e in outcomes[foreign].errors)
+
+
+def test_photos_get_captions(ledger, config, inbox):
+    unit = config.units[0]
+    entry = inbox / "沈阳"
+    write_return(entry, config, unit, name="报表.xlsx", photos=[("现场1.jpg", "启动仪式现场")])
+    (entry / "现场1.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (entry / "签名_活动.png").write_bytes(b"\x89PNG not really a png")
+    sid = submit(ledger, config, entry, BEFORE)
+    (o,) = process_received(ledger, config, BEFORE)
+    assert o.state == ACCEPTED
+    with ledger.session() as s:
+        captions = {f.name: f.caption for f in s.scalars(select(SubmissionFile).where(
+            SubmissionFile.submission_id == sid, SubmissionFile.role == "photo"))}
+    assert captions == {"现场1.jpg": "启动仪式现场", "签名_活动.png": "签名 活动"}
