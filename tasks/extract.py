@@ -18,7 +18,6 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from email.utils import parseaddr
-from pathlib import PurePath
 
 from tasks.config import Form, Unit
 from tasks.labels import LabelMatcher, normalize_label
@@ -98,6 +97,14 @@ class _SheetScan:
         for r, c, k in self.hits:
             self.by_row.setdefault(r, []).append((c, k))
             self.by_col.setdefault(c, []).append((r, k))
+        self.labels = {(r, c) for r, c, _ in self.hits}
+        self.unitish = {(r, c) for r, row in enumerate(sheet.rows) for c, v in enumerate(row)
+                        if self.unit_like(v)}
+
+    def is_value(self, r: int, c: int) -> bool:
+        """A non-blank cell that is neither a label nor a unit."""
+        return (_text(_get(self.rows, r, c)) is not None and (r, c) not in self.labels
+                and (r, c) not in self.unitish)
 
     def unit_like(self, v: object) -> bool:
         """'套', '（套）', '单位：套': a unit written where a value or label could be."""
@@ -113,9 +120,8 @@ class _SheetScan:
         if vcol is None:  # no value header: the first column right of the labels with values
             start = max([c1 + 1 for (r0, c0), (r1, c1) in self.sheet.merged
                          if c0 == col and r0 <= first <= r1] + [col + 1])
-            vcol = next((j for j in range(start, max(map(len, self.rows))) if any(
-                (v := _get(self.rows, r, j)) is not None and not self.unit_like(v)
-                and self.matcher.match(v) is None for r, _ in hits)), start)
+            vcol = next((j for j in range(start, max(map(len, self.rows)))
+                         if any(self.is_value(r, j) for r, _ in hits)), start)
         hits += [(r, k) for r, k in self.by_col[col] if k == "_explanation"]
         cells: dict[str, tuple[int, int]] = {}
         for r, k in hits:
@@ -132,8 +138,7 @@ class _SheetScan:
         cols = {c for c, k in band if not k.startswith("_")}
         below = max(band.values()) + 1
         data = [r for r in range(below, min(below + 200, len(self.rows)))
-                if any(_text(v := _get(self.rows, r, c)) is not None and not self.unit_like(v)
-                       and self.matcher.match(v) is None for c in cols)]
+                if any(self.is_value(r, c) for c in cols)]
         notes, vrow = [], data[0] if data else below
         if len(data) > 1:
             total = next((r for r in data if any(normalize_label(v) in ("合计", "总计")
@@ -149,9 +154,13 @@ class _SheetScan:
         return _Layout("wide", self.sheet, cells, label_cells, scan, notes)
 
     def layouts(self) -> list[_Layout]:
-        fields = [(r, c) for r, c, k in self.hits if not k.startswith("_")]
-        out = [self.long(c) for c in sorted({c for _, c in fields})]
-        return out + [self.wide(r) for r in sorted({r for r, _ in fields})]
+        def n(hits):
+            return len({k for _, k in hits if not k.startswith("_")})
+        cols = [c for c in sorted(self.by_col) if n(self.by_col[c])]
+        rows = [r for r in sorted(self.by_row) if n(self.by_row[r]) >= 2 or n(self.by_row[r]) and (
+            n(self.by_row.get(r - 1, [])) or n(self.by_row.get(r + 1, [])))]
+        rows.sort(key=lambda r: n(self.by_row[r]) < 2)  # real header rows first, then at most 50
+        return [self.long(c) for c in cols] + [self.wide(r) for r in rows[:50]]
 
     def pseudo(self, key: str) -> tuple[object, tuple[int, int]] | None:
         """A pseudo label's value: the next cell to its right, or inline '填报单位：沈阳市'."""
@@ -283,7 +292,7 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
     stem = re.sub(r"\.[A-Za-z0-9]{1,5}$", "", file_name)
     found = _units_in("".join(unicodedata.normalize("NFKC", stem).split()).lower(), units)
     if len(found) == 1:
-        return found[0], f"文件名“{PurePath(file_name).name}”"
+        return found[0], f"文件名“{file_name}”"
     if found:
         return None, f"文件名同时匹配多个单位：{'、'.join(u.name for u in found)}"
     if sender:

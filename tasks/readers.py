@@ -13,7 +13,8 @@ What python-calamine 0.9.1 gives (measured, see tests/test_readers.py):
   also list the ranges, kept in ``Sheet.merged``; .ods does not);
 - numbers come as float (``120.0``), dates as ``datetime.date``/``datetime``.
 calamine allocates a sheet's whole range (A1 to the farthest cell) when it loads it, so a
-tiny file with one far-away cell would exhaust memory: the extent is checked in the XML first.
+tiny file with one far-away cell would exhaust memory: the extent is checked in the XML first
+(.xlsx/.ods; .xls is not pre-checked, its format caps a sheet at 65536 x 256).
 
 Anything unreadable raises :class:`ReturnFileError` naming the file by its display name.
 """
@@ -93,14 +94,22 @@ def read_sheets(path: Path, display_name: str | None = None, *,
         raise ReturnFileError(name, "无法打开（文件不存在或无权读取）") from None
     if not head:
         raise ReturnFileError(name, "是空文件（0 字节），请重新发送")
-    if head.startswith((_ZIP, _OLE)):
-        sheets = _read_workbook(path, name, head, max_unzipped_bytes, max_ratio, max_cells)
-    elif Path(name).suffix.lower() in WORKBOOK_SUFFIXES:  # archived files have no suffix
-        sheets = [_read_disguised(path, name)]
-    elif Path(name).suffix.lower() in TEXT_SUFFIXES:
-        sheets = [_read_text(path, name)]
-    else:
-        raise ReturnFileError(name, "不是可识别的报表文件，请使用 .xlsx、.xls、.ods 或 .csv 格式")
+    suffix = Path(name).suffix.lower()  # the display name's: archived files have no suffix
+    try:
+        if head.startswith((_ZIP, _OLE)):
+            sheets = _read_workbook(path, name, head, max_unzipped_bytes, max_ratio, max_cells)
+        elif suffix in WORKBOOK_SUFFIXES:
+            sheets = [_read_disguised(path, name)]
+        elif suffix in TEXT_SUFFIXES:
+            sheets = [_read_text(path, name)]
+        else:
+            raise ReturnFileError(name, "不是可识别的报表文件，请使用 .xlsx、.xls、.ods 或 .csv 格式")
+    except (ReturnFileError, KeyboardInterrupt, SystemExit):
+        raise
+    except MemoryError:
+        raise ReturnFileError(name, "过大，无法读取，请删除多余的内容后重新发送") from None
+    except BaseException as exc:  # nothing but ReturnFileError leaves (pyo3 panics included)
+        raise ReturnFileError(name, "无法读取，文件可能已损坏") from exc
     if not any(v is not None for s in sheets for row in s.rows for v in row):
         raise ReturnFileError(name, "中没有任何内容（所有工作表都是空的）")
     return sheets
@@ -210,13 +219,9 @@ def _read_workbook(path: Path, name: str, head: bytes, max_bytes: int, max_ratio
                         for row in sheet.to_python(skip_empty_area=False)] if end else []
                 sheets.append(Sheet(meta.name, rows, meta.visible != pc.SheetVisibleEnum.Visible,
                                     tuple(sheet.merged_cell_ranges or ())))
-    except ReturnFileError:
-        raise
     except pc.PasswordError:
         raise ReturnFileError(name, "设置了密码，请取消密码后重新发送") from None
-    except (KeyboardInterrupt, SystemExit, MemoryError):
-        raise
-    except BaseException:  # CalamineError, OSError, and pyo3's PanicException (a BaseException)
+    except (pc.CalamineError, OSError, ValueError):
         raise ReturnFileError(name, "已损坏，或不是有效的 Excel/ODS 文件，无法读取") from None
     try:
         _restore_errors(xml, sheets)

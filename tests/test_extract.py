@@ -208,7 +208,7 @@ def _ex(code=None, name=None) -> Extracted:
     (None, "沈抚示范区报表.xlsx", None, "219000", "文件名“沈抚示范区报表.xlsx”"),
     (None, "SZ003.xlsx", None, "SZ003", "文件名“SZ003.xlsx”"),
     (None, "报表_210100.xlsx", None, "210100", "文件名“报表_210100.xlsx”"),
-    (None, "沈阳市/报表.xlsx", None, "210100", "文件名“报表.xlsx”"),
+    (None, "沈阳市/报表.xlsx", None, "210100", "文件名“沈阳市/报表.xlsx”"),  # folder in the drop box
     (None, "报表.xlsx", "dalian-jieneng@example.org", "210200", "发件人 dalian-jieneng@example.org"),
     (None, "报表.xlsx", "王芳 <DALIAN-Jieneng@Example.org>", "210200", "发件人 dalian-jieneng@example.org"),
 ])

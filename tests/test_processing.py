@@ -33,14 +33,21 @@ def clean_values(config, unit, **over) -> dict[str, object]:
     return values
 
 
+_MADE: dict[tuple, bytes] = {}
+
+
 def write_return(folder: Path, config, unit, name: str | None = None, *, explanation: str | None = None,
                  photos=(), campaign=None, **over) -> Path:
-    """The unit's generated request workbook, filled in (as flows/demo_units.py does)."""
+    """The unit's generated request workbook, filled in (as flows/demo_units.py does); the
+    bytes are made once per distinct content to keep the suite fast."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = build_request_workbook(campaign or config.campaign, unit)
+    camp = campaign or config.campaign
+    key = (camp.id, unit.code, explanation, tuple(photos), tuple(sorted(over.items())))
+    if key not in _MADE:
+        _MADE[key] = fill_workbook(build_request_workbook(camp, unit), clean_values(config, unit, **over),
+                                   explanation=explanation, photos=list(photos))
     path = folder / (name or f"{unit.name}报表.xlsx")
-    path.write_bytes(fill_workbook(data, clean_values(config, unit, **over), explanation=explanation,
-                                   photos=list(photos)))
+    path.write_bytes(_MADE[key])
     return path
 
 

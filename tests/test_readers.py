@@ -279,3 +279,10 @@ def test_xlsx_cells_without_reference_are_bounded(tmp_path):
             dst.writestr(info, data)
     with pytest.raises(ReturnFileError, match="数据区域过大"):
         read_sheets(path, "loose.xlsx")
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.name)
+def test_archived_copy_without_suffix_reads_the_same(tmp_path, path):
+    blob = tmp_path / "0f3a9c"  # the archive stores files without their suffix
+    blob.write_bytes(path.read_bytes())
+    assert read_sheets(blob, display_name=path.name) == read_sheets(path)

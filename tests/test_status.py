@@ -29,14 +29,28 @@ UNIT_KEYS = {"code", "name", "state", "submitted_at", "version"}
 UNIT_STATES = {"missing", "accepted", "rejected", "needs_explanation"}
 
 
-def write_return(folder: Path, config, unit, name: str | None = None, **over) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+_MADE: dict[tuple, bytes] = {}
+
+
+def _return_bytes(config, unit_code: str, over: tuple) -> bytes:
+    """Filled workbook bytes, made once per distinct content (keeps the suite fast)."""
+    key = (config.campaign.id, unit_code, over)
+    if key in _MADE:
+        return _MADE[key]
+    unit = config.unit_by_code[unit_code]
     values: dict[str, object] = {f.key: 10 if f.kind == "count" else f"{unit.name}开展节能宣传活动。"
                                  for f in config.campaign.form.fields}
     values["participants"] = 100
-    values.update(over)
+    values.update(dict(over))
+    _MADE[key] = fill_workbook(build_request_workbook(config.campaign, unit), values)
+    return _MADE[key]
+
+
+def write_return(folder: Path, config, unit, name: str | None = None, **over) -> Path:
+    """The unit's generated request workbook, filled in (as flows/demo_units.py does)."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name or f"{unit.name}报表.xlsx")
-    path.write_bytes(fill_workbook(build_request_workbook(config.campaign, unit), values))
+    path.write_bytes(_return_bytes(config, unit.code, tuple(sorted(over.items()))))
     return path
 
 

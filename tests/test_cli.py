@@ -1,0 +1,84 @@
+"""The `bulletin` command as a user runs it: help, exit codes, status --json, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.context import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent / "bulletin"
+COMMANDS = ["demo", "request", "remind", "collect", "status", "compile", "approve", "send", "serve"]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BULLETIN_"))}
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example: bulletin" in result.output
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"bulletin {command}" in readme
+
+
+def test_bad_config_exits_2_naming_file_key_and_reason(tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    path = config / "campaigns" / "energy-week-2023.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("distribution: [leaders,", "distribution: [bosses,"),
+                    encoding="utf-8")
+    result = CliRunner().invoke(app, ["status", "energy-week-2023", "--config", str(config),
+                                      "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2
+    assert "energy-week-2023.yaml" in result.output and "bulletin.distribution.0" in result.output
+    assert "bosses" in result.output
+
+
+def test_unknown_campaign_and_bad_now_exit_2(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["status", "no-such-campaign", "--home", str(tmp_path)]).exit_code == 2
+    assert runner.invoke(app, ["status", "energy-week-2023", "--home", str(tmp_path),
+                               "--now", "yesterday"]).exit_code == 2
+
+
+def test_status_json_on_an_empty_ledger(tmp_path):
+    out = subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(tmp_path),
+                          "--now", "2023-09-20T10:00:00+08:00"], env=_env(), capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)  # JSON alone on stdout
+    assert status["campaign"] == "energy-week-2023" and status["expected"] == 24
+    assert status["missing"] == [u["code"] for u in status["units"]]
+    assert status["latest_bulletin"] is None
+    assert not (tmp_path / "prefect").exists(), "status must not start Prefect"
+
+
+def test_demo_refuses_a_non_empty_home(tmp_path):
+    (tmp_path / "something").write_text("x")
+    assert CliRunner().invoke(app, ["demo", "--home", str(tmp_path)]).exit_code == 2
+
+
+def test_demo_runs_a_whole_campaign(tmp_path):
+    home = tmp_path / "demo"
+    out = subprocess.run([str(BIN), "demo", "--home", str(home)], env=_env(), capture_output=True,
+                         text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[失败]" not in out.stdout and "应报24家" in out.stdout
+    folder = home / "bulletins" / "energy-week-2023" / "v1"
+    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx"):
+        assert (folder / name).stat().st_size > 0
+    status = json.loads(subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(home)],
+                                       env=_env(), capture_output=True, text=True, cwd=tmp_path).stdout)
+    assert status["accepted"] == 23 and status["latest_bulletin"]["approved"] is True
