@@ -7,6 +7,7 @@ rejected submission with a message; it never stops the others.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,7 @@ from .readers import ReturnFileError, read_sheets
 from .validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,7 +90,14 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
             files[f.submission_id].append(f)
     parsed: list[_Parsed] = []
     for i, sub in enumerate(subs, 1):
-        parsed.append(_parse_one(ledger, config, sub, files[sub.id]))
+        try:
+            parsed.append(_parse_one(ledger, config, sub, files[sub.id]))
+        except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
+            log.exception("submission %s could not be parsed", sub.id)
+            broken = _Parsed(sub, files[sub.id], errors=[
+                f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"])
+            broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
+            parsed.append(broken)
         if progress:
             progress(i, len(subs))
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p))

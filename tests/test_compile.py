@@ -213,3 +213,46 @@ def test_compile_with_nothing_accepted(ledger, config):
     md = (folder_of(ledger, b) / "bulletin.md").read_text(encoding="utf-8")
     assert "本次应报24家，已报0家" in md
     assert set(md_totals(md).values()) == {0}
+
+
+# ---------------------------------------------------------------- photos
+def _jpeg(size=(1600, 1200)) -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _entry_with_photo(folder: Path, config, unit, photo_name: str, photo: bytes) -> Path:
+    write_return(folder, config, unit)
+    (folder / photo_name).write_bytes(photo)
+    return folder
+
+
+def test_photos_are_downscaled_into_the_bulletin(ledger, config, prepared, tmp_path):
+    submit(ledger, config, _entry_with_photo(tmp_path / "p", config, config.units[6], "启动仪式.jpg", _jpeg()), T2)
+    process_received(ledger, config, T2)
+    b, _ = compile_bulletin(ledger, config, COMPILE)
+    folder = folder_of(ledger, b)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    (photo,) = manifest["photos"]
+    assert photo["file"] == "images/photo-01.jpg" and photo["caption"] == "启动仪式"
+    from PIL import Image
+    with Image.open(folder / photo["file"]) as im:
+        assert max(im.size) <= 1280
+    assert f'cid:{photo["cid"]}' in (folder / "mail.html").read_text(encoding="utf-8")
+    assert 'src="images/photo-01.jpg"' in (folder / "bulletin.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: tasks/compile.py _copy_photos opens every gallery photo with PIL and lets "
+    "UnidentifiedImageError escape: one unit's corrupt .jpg (accepted, since photos are never "
+    "checked in tasks/processing.py) makes compile_bulletin fail for the whole campaign; the "
+    "photo should be skipped (or the submission told) and the bulletin compiled"))
+def test_a_corrupt_photo_does_not_stop_the_bulletin(ledger, config, prepared, tmp_path):
+    submit(ledger, config, _entry_with_photo(tmp_path / "bad", config, config.units[6], "现场.jpg",
+                                             b"\xff\xd8\xff\xe0" + bytes(60)), T2)
+    assert [o.state for o in process_received(ledger, config, T2)] == ["accepted"]
+    b, created = compile_bulletin(ledger, config, COMPILE)
+    assert created and len(b.submission_ids) == 4

@@ -204,3 +204,16 @@ def test_calendar_mixing_naive_and_aware_times(cfg_copy):
     edit(cfg_copy, CAMPAIGN_FILE, "deadline: 2023-09-28T17:00:00", "deadline: 2023-09-28T17:00:00+08:00")
     err = load_error(cfg_copy)
     assert err.key.startswith("calendar")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: tasks/config.py load_config only checks the names in form.checks[].rule, not that it "
+    "is an expression; a broken rule loads fine and then tasks/validate.py _cross_checks "
+    "(DataFrame.eval) raises SyntaxError/AttributeError/IndexError for the whole batch of returns, "
+    "instead of a ConfigError (exit 2) naming the file and form.checks.0.rule"))
+@pytest.mark.parametrize("rule", ["participants >= ", "participants trainings", "participants = trainings",
+                                  "participants >> trainings"])
+def test_check_rule_that_is_not_an_expression(cfg_copy, rule):
+    edit(cfg_copy, CAMPAIGN_FILE, '"participants >= trainings"', f'"{rule}"')
+    err = load_error(cfg_copy)
+    assert err.key == "form.checks.0.rule"
