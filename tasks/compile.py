@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import json
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from .render import render, template_files
 from .render_docx import write_docx
 from .safe_sheet import export_frame
 
-FORMATS = ("html", "txt", "md", "docx")
+log = logging.getLogger(__name__)
 PHOTO_MAX_SIDE = 1280
 
 
@@ -151,12 +152,17 @@ def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path) -> tu
     chosen = _one_per_unit_first(merged.photos, unit_of)[:limit]
     (folder / "images").mkdir(parents=True, exist_ok=True)
     out = []
-    for i, f in enumerate(chosen, 1):
-        name = f"photo-{i:02d}.jpg"
-        with Image.open(home / f.archive_path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
-            im.save(folder / "images" / name, "JPEG", quality=80, optimize=True)
+    for f in chosen:
+        name = f"photo-{len(out) + 1:02d}.jpg"
+        try:
+            with Image.open(home / f.archive_path) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
+                im.save(folder / "images" / name, "JPEG", quality=80, optimize=True)
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            log.warning("photo %s of submission %s skipped: %s", f.name, f.submission_id, exc)
+            continue
+        i = len(out) + 1
         out.append(Photo(folder / "images" / name, f.caption or "", units[unit_of[f.submission_id]].name,
                          f"photo-{i:02d}@bulletin"))
     return tuple(out)

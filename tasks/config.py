@@ -55,7 +55,7 @@ class Contact(_Model):
     @field_validator("email")
     @classmethod
     def _looks_like_email(cls, v: str) -> str:
-        if not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", v):
+        if not v.isascii() or not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", v):
             raise ValueError(f"'{v}' is not an email address")
         return v.lower()
 
@@ -176,7 +176,7 @@ class Calendar(_Model):
 
     @model_validator(mode="after")
     def _order(self) -> "Calendar":
-        if not (self.opens < self.deadline <= self.closes):
+        if not (self.opens_at < self.deadline_at <= self.closes_at):
             raise ValueError("calendar must satisfy opens < deadline <= closes")
         return self
 
@@ -326,6 +326,18 @@ def load_lists(config_dir: Path) -> dict[str, DistributionList]:
     return _validated(_ListsFile, _read_yaml(path), path).lists
 
 
+def _check_rule_evaluates(rule: str, keys: set[str], path: Path, key: str) -> None:
+    """A cross-field rule must be a comparison pandas can evaluate row by row."""
+    import pandas as pd
+    sample = pd.DataFrame({k: [1.0, 2.0] for k in keys})
+    try:
+        result = sample.eval(rule)
+    except Exception as exc:  # noqa: BLE001 - any failure means the rule is unusable
+        raise ConfigError(path, key, f"'{rule}' is not a valid expression ({type(exc).__name__})") from None
+    if not isinstance(result, pd.Series) or result.dtype != bool:
+        raise ConfigError(path, key, f"'{rule}' must be a comparison that is true or false, e.g. a >= b")
+
+
 def load_config(config_dir: Path | str, campaign: str) -> Config:
     """Load and cross-check everything a campaign step needs; raise ConfigError on any flaw."""
     config_dir = Path(config_dir)
@@ -354,5 +366,6 @@ def load_config(config_dir: Path | str, campaign: str) -> Config:
         if unknown:
             raise ConfigError(path, f"form.checks.{i}.rule",
                               f"unknown field(s) {', '.join(sorted(unknown))}")
+        _check_rule_evaluates(check.rule, keys, path, f"form.checks.{i}.rule")
     return Config(directory=config_dir, campaign_file=path, units_all=units, lists=lists,
                   campaign=camp)

@@ -60,6 +60,11 @@ def deliver(ledger: Ledger, mailer: Mailer, msg: OutgoingMessage, *, campaign: s
             s.execute(update(Delivery).where(Delivery.key == msg.key)
                       .values(state=state, error=str(exc)[:500]))
         return "uncertain" if exc.uncertain else "failed"
+    except Exception as exc:  # noqa: BLE001 - e.g. a message that cannot be built: nothing went out
+        with ledger.session() as s:
+            s.execute(update(Delivery).where(Delivery.key == msg.key)
+                      .values(state=FAILED, error=f"{type(exc).__name__}: {exc}"[:500]))
+        return "failed"
     with ledger.session() as s:
         s.execute(update(Delivery).where(Delivery.key == msg.key)
                   .values(state=SENT, sent_at=_utcnow(), message_id=message_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-_URL = re.compile(r"(?i)\b((?:https?|ftp)://|www\.)")
+_URL = re.compile(r"(?i)(?<![a-z0-9])((?:https?|ftp)://|www\.)")  # CJK may touch the link
 
 
 def round_down_prose(value: int | float, significant: int = 3) -> str:
@@ -46,7 +46,7 @@ def defang_links(text: str) -> str:
     return _URL.sub(_sub, text)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~=])")
 
 
 def escape_markdown(text: str) -> str:

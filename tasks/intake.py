@@ -51,8 +51,8 @@ def file_role(name: str) -> str:
 
 def safe_name(name: str, limit: int = 80) -> str:
     """A name we can put on disk: no separators, no dots in front, bounded length."""
-    cleaned = _SAFE.sub("_", name).strip("._") or "file"
-    return cleaned[-limit:]
+    cleaned = _SAFE.sub("_", name)[-limit:].strip("._")
+    return cleaned or "file"
 
 
 def drop_folder_entries(inbox: Path) -> list[Path]:
@@ -81,10 +81,11 @@ def entry_files(entry: Path) -> list[IncomingFile]:
 
 
 def fingerprint(parts: list[tuple[str, str]]) -> str:
-    """sha256 over the (name, sha256) pairs of a submission's files."""
+    """sha256 over the contents (sha256s) of a submission's files: names do not matter, so
+    the same bytes sent again under another name are a duplicate."""
     h = hashlib.sha256()
-    for name, sha in sorted(parts):
-        h.update(f"{name}\0{sha}\n".encode())
+    for sha in sorted(sha for _, sha in parts):
+        h.update(f"{sha}\n".encode())
     return h.hexdigest()
 
 

@@ -90,7 +90,8 @@ def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
     else:
         return None  # a drop-folder file nobody can be told about: the coordinators are
     greeting = f"{unit.contacts[0].name}同志" if unit and not outcome.sender else "您好"
-    subject = f"【回执】{camp.name}：{_STATE_WORDS.get(outcome.state, outcome.state)}（{outcome.name}）"
+    name = " ".join(outcome.name.split())  # a sender's file name may hold line breaks
+    subject = f"【回执】{camp.name}：{_STATE_WORDS.get(outcome.state, outcome.state)}（{name}）"
     ctx = _common(config) | dict(o=outcome, unit=unit, greeting=greeting, subject=subject,
                                  received_at=received_at.astimezone(camp.calendar.tz))
     return OutgoingMessage(

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from .config import Config, Unit
@@ -41,6 +42,7 @@ class Outcome:
     late: bool = False
     explanation: str | None = None
     reason: str | None = None  # quarantine reason
+    notes: list[str] = field(default_factory=list)  # told to the submitter, no action needed
 
 
 @dataclass
@@ -134,7 +136,8 @@ def _decide(ledger: Ledger, config: Config, p: _Parsed, findings: list[Finding],
     else:
         state = ACCEPTED
     out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
-                  errors, warnings, explanation=explanation, reason=None if p.unit else p.how)
+                  errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
+                  notes=list(p.extracted.notes) if p.extracted else [])
     with ledger.session() as s:
         sub = s.get(Submission, p.sub.id)
         sub.state, sub.errors, sub.warnings = state, errors, warnings
@@ -142,12 +145,17 @@ def _decide(ledger: Ledger, config: Config, p: _Parsed, findings: list[Finding],
         sub.decided_at, sub.decided_by = now, "system"
         sub.late = p.sub.received_at > camp.calendar.deadline_at
         out.late = sub.late
+        captions = p.extracted.photo_captions if p.extracted else {}
         for f in p.files:
-            if f.role == "photo" and p.extracted is not None:
-                f_db = s.get(SubmissionFile, f.id)
-                f_db.caption = p.extracted.photo_captions.get(f.name) or _caption_from_name(f.name)
-            elif f.role == "photo":
-                s.get(SubmissionFile, f.id).caption = _caption_from_name(f.name)
+            if f.role != "photo":
+                continue
+            f_db = s.get(SubmissionFile, f.id)
+            problem = photo_problem(ledger.home / f.archive_path)
+            if problem:
+                f_db.role = "refused"
+                out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
+            else:
+                f_db.caption = captions.get(f.name) or _caption_from_name(f.name)
         if p.unit is not None:
             sub.unit_code = p.unit.code
             earlier = list(s.scalars(select(Submission).where(
@@ -181,6 +189,19 @@ def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts) -> None:
         v = texts.at[sid, f.key]
         s.add(Value(submission_id=sid, field=f.key, number=None, text=v,
                     cell=cells[f.key].cell if f.key in cells else None))
+
+
+def photo_problem(path) -> str | None:
+    """Why a photo cannot be used, or None: it must be a real JPEG or PNG image."""
+    try:
+        with Image.open(path) as im:
+            kind = im.format
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "无法识别为图片（支持 .jpg、.png）"
+    if kind not in ("JPEG", "PNG"):
+        return f"格式为 {kind}，请使用 .jpg 或 .png"
+    return None
 
 
 def _caption_from_name(name: str) -> str:

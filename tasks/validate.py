@@ -133,7 +133,7 @@ def validate_returns(records: list[ReturnRecord], form: Form) -> tuple[pd.DataFr
             if row.check == "not_nullable":
                 findings.append(finding(sid, ERROR, key, "必填项未填写"))
             else:
-                findings.append(finding(sid, level, key, str(row.check), value=row.failure_case))
+                findings.append(finding(sid, level, key, str(row.check)))  # shows the cell as typed
     findings.extend(_cross_checks(num, form, by_id))
     findings.sort(key=lambda f: (f.submission_id, f.level != ERROR, list(labels).index(f.field)
                                  if f.field in labels else -1))
@@ -158,7 +158,7 @@ def _cross_checks(num: pd.DataFrame, form: Form, by_id: dict[int, ReturnRecord])
         # a rule over blank values neither holds nor fails: only definite failures warn
         failed = num.index[~held & num[used].notna().all(axis=1)]
         for sid in failed:
-            shown = "，".join(f"{labels[k]} {num.at[sid, k]:g}" for k in used)
+            shown = "，".join(f"{labels[k]} {num.at[sid, k]:.0f}" for k in used)
             out.append(Finding(int(sid), WARNING, by_id[int(sid)].file_name, None, None, None, None,
                                shown, check.message))
     return out

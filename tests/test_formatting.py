@@ -118,9 +118,6 @@ def test_defang_links_leaves_text_without_links_unchanged(text):
     assert defang_links(text) == text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tasks/formatting.py _URL uses \\b before the scheme; a CJK character is a word "
-    "character, so a link written right after Chinese text (详见http://…, 访问www.…) stays live"))
 @pytest.mark.parametrize("text", ["详见http://evil.example.com/x", "请访问www.evil.example.com"])
 def test_defang_links_after_chinese_text(text):
     out = defang_links(text)
@@ -150,10 +147,6 @@ def test_escape_markdown_keeps_chinese_text():
     assert escape_markdown("节能宣传周活动情况") == "节能宣传周活动情况"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): tasks/formatting.py escape_markdown does not escape '=', so a multi-line "
-    "narrative (Alt+Enter in Excel) whose second line is '===' turns its first line into a "
-    "Markdown heading in bulletin.md"))
 def test_escape_markdown_setext_heading_stays_text():
     out = escape_markdown("活动总结\n===")
     assert not re.search(r"^=+\s*$", out, re.M)

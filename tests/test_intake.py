@@ -144,10 +144,6 @@ def test_same_bytes_from_another_source_is_recorded_duplicate(ledger, inbox):
     assert states == [(first.submission_id, RECEIVED), (second.submission_id, DUPLICATE)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tasks/intake.py fingerprint() hashes (file name, sha256) pairs, so identical bytes "
-    "sent again under another name are recorded 'received' (a new version of the unit's "
-    "return, another receipt) instead of 'duplicate' ('same bytes seen before', tasks/ledger.py)"))
 def test_identical_bytes_under_another_name_is_duplicate(ledger, inbox):
     data = b"PK\x03\x04 benxi"
     first = take(ledger, put(inbox, "本溪市.xlsx", data))
@@ -279,10 +275,6 @@ def test_safe_name_bounded(name):
     assert 0 < len(out) <= 80 and "/" not in out and not out.startswith(".")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tasks/intake.py safe_name() strips leading dots before cutting to the last "
-    "`limit` characters, so a long name can come out starting with '.' (a hidden file name), "
-    "against its own 'no dots in front' contract"))
 def test_safe_name_long_name_has_no_leading_dot():
     out = safe_name("x" * 10 + "." + "y" * 79)
     assert not out.startswith(".")

@@ -172,11 +172,6 @@ def test_receipt_says_earlier_return_still_counts(config):
     assert "此前第1次报送的报表已通过审核" in msg.html
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: tasks/notices.py receipt_message puts the sender's file name (Outcome.name) into the "
-    "Subject unchanged; a name with a line break (legal on Linux and in mail attachments) makes "
-    "build_mime raise ValueError, so the receipt can never be sent (and tasks/delivery.py leaves "
-    "it stuck in 'sending'); the subject should use a one-line form of the name"))
 def test_receipt_for_a_file_name_with_a_line_break_can_be_sent(config):
     msg = receipt_message(config, outcome(name="沈阳市\n报表.xlsx", state="accepted", errors=[], warnings=[]),
                           dt.datetime(2023, 9, 25, 2, 0, tzinfo=dt.timezone.utc))

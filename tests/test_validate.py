@@ -218,10 +218,6 @@ def test_finding_value_shows_integers_as_typed(form, over, key, shown):
     assert f"填写为“{shown}”" in f.text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): tasks/validate.py validate_returns shows row.failure_case (the parsed number) "
-    "for schema failures, not the cell as typed: a unit that wrote 二万零一 or 20,001 is told it "
-    "wrote 20001"))
 @pytest.mark.parametrize("typed", ["二万零一", "20,001", "20001份"])
 def test_finding_value_is_the_text_typed(form, typed):
     _, _, findings = run(form, ReturnRecord(1, "a.xlsx", cells(form, materials=typed)))
@@ -236,9 +232,6 @@ def test_cross_check_finding_shows_the_values(form):
     assert f.value in f.text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tasks/validate.py _cross_checks formats the values with :g (6 significant digits), "
-    "so a failing rule over large counts shows 1234567 as '1.23457e+06'"))
 def test_cross_check_finding_shows_large_values_exactly(form):
     from tasks.config import CrossCheck
     form2 = form.model_copy(update={"checks": [CrossCheck(rule="materials >= bags", message="宣传材料少于购物袋")]})

@@ -1,0 +1,532 @@
+"""Scale benchmark: collect + compile on N synthetic returns against a bare baseline.
+
+    python bench/collect.py                  # N = 1,000 and 10,000
+    python bench/collect.py --n 1000         # one size
+    python bench/collect.py --huge           # adds N = 100,000 (.csv only)
+    python bench/collect.py --n 10000 --profile   # product run under cProfile (slower)
+
+For each N it generates, in a temporary folder, a campaign configuration with N units
+(``B000001`` / ``单位000001``, kind department, one contact on example.org) and N returns in
+the wide layout (a header row of labels with a ``填报单位`` column, one row of values): half
+.xlsx (one openpyxl template, cells patched in the zip) and half UTF-8 .csv. About 1 % carry
+a negative count (rejected) and 1 % a count above ``warn_above`` without an explanation
+(needs explanation); the rest are accepted.
+
+Then, each in a fresh child process (so peak memory is each one's own):
+
+- **baseline**: a plain script doing the same essential work, no Prefect and no ledger:
+  sha256 + copy of every file into ``archive/<sha[:2]>/<sha>`` (archiving is part of the
+  product's work, so the baseline does it too; without the product's fsync), read with
+  python-calamine's own API (``CalamineWorkbook.from_path``) or ``csv``, identify the unit
+  by its name (a dict), build one DataFrame, the same vectorised checks as one pandera pass
+  (non-negative, required not null, ``warn_above``, the campaign's cross-check), group sums of
+  the accepted returns, and one small text file per return as its "receipt";
+- **product**: the real flows in one process, ``collect_returns(...)`` then
+  ``compile_bulletin(...)``, with home and config pointing at the bench folder, the file
+  outbox (no ``BULLETIN_SMTP_HOST``), SQLite ledger and Prefect's ephemeral server in a
+  ``PREFECT_HOME`` of its own. The server's start (the first, trivial flow run) and the
+  imports are timed and reported apart and left out of the ratio.
+
+Printed per N: product seconds (collect + compile), baseline seconds, the ratio, peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of each child process; the Prefect server is a
+separate process, its peak (VmHWM) is shown apart), and the Prefect start. A check compares
+the product's decisions and totals with the baseline's (the same work was done). Progress
+goes to stderr; Prefect's own console logs go to ``<folder>/n<N>/product.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CAMPAIGN = "energy-week-2023"
+COLLECT_AT = "2023-09-25T10:00:00+08:00"  # before the deadline: nothing late
+COMPILE_AT = "2023-10-09T09:00:00+08:00"
+TARGET_RATIO = 1.5
+
+_progress = sys.stderr
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=_progress, flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------- generation
+def _load_yaml(path: Path):
+    import yaml
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+
+
+def form_fields(config_dir: Path) -> list[dict]:
+    return _load_yaml(config_dir / "campaigns" / f"{CAMPAIGN}.yaml")["form"]["fields"]
+
+
+def header_label(f: dict) -> str:
+    """What a unit's own sheet puts in the header: the label with its unit in brackets."""
+    return f"{f['label']}（{f['unit']}）" if f.get("unit") else f["label"]
+
+
+def unit_code(i: int) -> str:
+    return f"B{i:06d}"
+
+
+def unit_name(i: int) -> str:
+    return f"单位{i:06d}"
+
+
+def write_config(config_dir: Path, n: int) -> None:
+    (config_dir / "campaigns").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "config" / "lists.yaml", config_dir / "lists.yaml")
+    shutil.copy(ROOT / "config" / "campaigns" / f"{CAMPAIGN}.yaml",
+                config_dir / "campaigns" / f"{CAMPAIGN}.yaml")
+    lines = ["# synthetic units for bench/collect.py", "units:"]
+    for i in range(1, n + 1):
+        code, name = unit_code(i), unit_name(i)
+        lines += [f'  - code: "{code}"', f"    name: {name}", "    kind: department",
+                  f"    contacts: [{{name: 联系人{i:06d}, email: {code.lower()}@example.org}}]",
+                  f"    supervisor: {{name: 负责人{i:06d}, email: {code.lower()}-leader@example.org}}"]
+    (config_dir / "units.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def return_values(i: int, fields: list[dict], rng: random.Random) -> dict[str, object]:
+    """One unit's figures; every 97th has a negative count, every 89th one above warn_above."""
+    v: dict[str, object] = {}
+    for f in fields:
+        if f.get("kind") == "text":
+            continue
+        cap = f.get("warn_above") or 1000
+        v[f["key"]] = rng.randint(0, max(1, cap // 3))
+    v["trainings"] = rng.randint(0, 16)
+    v["participants"] = rng.randint(100, 100_000)  # >= trainings: the cross-check holds
+    if i % 97 == 0:
+        v["posters"] = -rng.randint(1, 50)
+    if i % 89 == 0:
+        v["banners"] = 1000 + rng.randint(1, 500)
+    v["activities"] = (f"{unit_name(i)}组织开展节能宣传周活动，张贴宣传画{v['posters']}套，"
+                       f"举办节能培训{v['trainings']}场，参与干部职工{v['participants']}人次，"
+                       "营造了绿色低碳的良好氛围。")
+    v["highlights"] = "开展节能知识竞赛，职工踊跃参与。" if i % 3 == 0 else ""
+    return v
+
+
+class XlsxTemplate:
+    """One openpyxl workbook with placeholders; each return patches the XML in the zip."""
+
+    def __init__(self, fields: list[dict]):
+        from openpyxl import Workbook
+        self.fields = fields
+        wb = Workbook()
+        ws = wb.active
+        ws.title = "报送表"
+        ws.append(["填报单位"] + [header_label(f) for f in fields])
+        row: list[object] = ["@@UNIT@@"]
+        for k, f in enumerate(fields):
+            row.append(f"@@{f['key']}@@" if f.get("kind") == "text" else 987_600 + k)
+        ws.append(row)
+        buf = io.BytesIO()
+        wb.save(buf)
+        with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+            self.members = [(info, zf.read(info)) for info in zf.infolist()]
+
+    def write(self, path: Path, name: str, values: dict[str, object]) -> None:
+        subs: list[tuple[bytes, bytes]] = [(b"@@UNIT@@", name.encode())]
+        for k, f in enumerate(self.fields):
+            if f.get("kind") == "text":
+                subs.append((f"@@{f['key']}@@".encode(), str(values[f["key"]]).encode()))
+            else:
+                subs.append((f"<v>{987_600 + k}</v>".encode(), f"<v>{values[f['key']]}</v>".encode()))
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for info, data in self.members:
+                if info.filename.startswith("xl/worksheets/") or info.filename == "xl/sharedStrings.xml":
+                    for old, new in subs:
+                        data = data.replace(old, new)
+                zf.writestr(info.filename, data)
+
+
+def generate(folder: Path, n: int, xlsx_share: float) -> dict:
+    """Config + N returns under ``folder``; returns what the run needs to know."""
+    config_dir, returns = folder / "config", folder / "returns"
+    write_config(config_dir, n)
+    fields = form_fields(config_dir)
+    returns.mkdir(parents=True, exist_ok=True)
+    template = XlsxTemplate(fields) if xlsx_share > 0 else None
+    rng = random.Random(20261125 + n)
+    header = ["填报单位"] + [header_label(f) for f in fields]
+    step = max(1, n // 10)
+    xlsx_every = round(1 / xlsx_share) if xlsx_share > 0 else 0
+    n_xlsx = 0
+    for i in range(1, n + 1):
+        values = return_values(i, fields, rng)
+        name = unit_name(i)
+        if xlsx_every and i % xlsx_every == 0:
+            template.write(returns / f"{name}-节能宣传周报送表.xlsx", name, values)
+            n_xlsx += 1
+        else:
+            with open(returns / f"{name}-节能宣传周报送表.csv", "w", encoding="utf-8", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(header)
+                w.writerow([name] + [values[f["key"]] for f in fields])
+        if i % step == 0:
+            say(f"  generated {i:,}/{n:,}")
+    size = sum(p.stat().st_size for p in returns.iterdir())
+    return {"xlsx": n_xlsx, "csv": n - n_xlsx, "bytes": size}
+
+
+# ----------------------------------------------------------------------------- baseline
+def run_baseline(folder: Path) -> dict:
+    """The bare script: archive, read, one frame, one pandera pass, group sums, receipts."""
+    t_imp = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+    import pandera.pandas as pa
+    import python_calamine as pc
+    from pandera.errors import SchemaErrors
+    imports = time.perf_counter() - t_imp
+
+    out = folder / "baseline"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    # configuration: the units (name -> code, kind) and the form
+    units = _load_yaml(folder / "config" / "units.yaml")["units"]
+    by_name = {u["name"]: (u["code"], u["kind"]) for u in units}
+    fields = form_fields(folder / "config")
+    counts = [f for f in fields if f.get("kind", "count") == "count"]
+    texts = [f for f in fields if f.get("kind") == "text"]
+    camp = _load_yaml(folder / "config" / "campaigns" / f"{CAMPAIGN}.yaml")
+    key_of = {f["label"]: f["key"] for f in fields}  # the header is the label (unit)
+    key_of["填报单位"] = "_unit"
+    phases["config"] = time.perf_counter() - t0
+
+    # archive + read, one file at a time
+    t = time.perf_counter()
+    archive = out / "archive"
+    records: list[dict] = []
+    read_s = 0.0
+    for path in sorted((folder / "returns").iterdir()):
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        target = archive / sha[:2] / sha
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        r0 = time.perf_counter()
+        if path.suffix == ".xlsx":
+            wb = pc.CalamineWorkbook.from_path(str(path))
+            rows = wb.get_sheet_by_index(0).to_python()
+            wb.close()
+        else:
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                rows = list(csv.reader(fh))
+        read_s += time.perf_counter() - r0
+        head, vals = rows[0], rows[1]
+        rec = {"file": path.name, "sha256": sha}
+        for h, v in zip(head, vals):
+            key = key_of.get(re.sub(r"（[^（）]*）$", "", str(h)))
+            if key:
+                rec[key] = None if v == "" else v
+        rec["code"], rec["kind"] = by_name.get(rec.get("_unit"), (None, None))
+        records.append(rec)
+    phases["archive+read"] = time.perf_counter() - t
+    phases["  of which read"] = read_s
+
+    # one frame, one pass of vectorised checks
+    t = time.perf_counter()
+    df = pd.DataFrame.from_records(records)
+    for f in counts:
+        df[f["key"]] = pd.to_numeric(df[f["key"]], errors="coerce").astype("float64")
+    errors = pa.DataFrameSchema({f["key"]: pa.Column(float, nullable=not f.get("required", True),
+                                                     checks=pa.Check.ge(0)) for f in counts}
+                                | {f["key"]: pa.Column(object, nullable=not f.get("required", True),
+                                                       checks=pa.Check(lambda s, n=f.get("max_length") or 10**9:
+                                                                       s.str.len() <= n))
+                                   for f in texts})
+    warns = pa.DataFrameSchema({f["key"]: pa.Column(float, nullable=True,
+                                                    checks=pa.Check.le(f["warn_above"]))
+                                for f in counts if f.get("warn_above") is not None})
+    bad = np.zeros(len(df), bool)
+    warned = np.zeros(len(df), bool)
+    for schema, mark in ((errors, bad), (warns, warned)):
+        try:
+            schema.validate(df, lazy=True)
+        except SchemaErrors as exc:
+            idx = exc.failure_cases["index"].dropna().astype(int).unique()
+            mark[idx] = True
+    for check in camp["form"].get("checks", []):
+        warned |= ~df.eval(check["rule"]).astype(bool).to_numpy()
+    bad |= df["code"].isna().to_numpy()
+    df["state"] = np.where(bad, "rejected", np.where(warned, "needs_explanation", "accepted"))
+    phases["frame+checks"] = time.perf_counter() - t
+
+    # group sums over the accepted returns
+    t = time.perf_counter()
+    keys = [f["key"] for f in counts]
+    accepted = df[df["state"] == "accepted"]
+    by_kind = accepted.groupby("kind")[keys].sum()
+    total = accepted[keys].fillna(0).sum().round().astype("int64")
+    (out / "sums.txt").write_text(by_kind.to_string() + "\n\n" + total.to_string() + "\n",
+                                  encoding="utf-8")
+    phases["group sums"] = time.perf_counter() - t
+
+    # one small text file per return: its receipt
+    t = time.perf_counter()
+    outbox = out / "outbox"
+    outbox.mkdir(parents=True)
+    for rec, state in zip(records, df["state"]):
+        (outbox / f"{rec['sha256'][:16]}.txt").write_text(
+            f"{rec.get('code')} {rec['file']}: {state}\n", encoding="utf-8")
+    phases["receipts"] = time.perf_counter() - t
+
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "imports": imports, "phases": phases, "peak_rss_mb": peak_rss_mb(),
+            "states": df["state"].value_counts().to_dict(),
+            "totals": {k: int(v) for k, v in total.items()}}
+
+
+# ----------------------------------------------------------------------------- product
+def _prefect_env(folder: Path) -> None:
+    """Before Prefect is imported: a PREFECT_HOME of our own, the embedded default everywhere."""
+    home = folder / "prefect-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    for var in ("PREFECT_API_URL", "BULLETIN_SMTP_HOST", "BULLETIN_IMAP_HOST", "BULLETIN_DB_URL",
+                "BULLETIN_HOME", "BULLETIN_CONFIG"):
+        os.environ.pop(var, None)
+
+
+def _children_peak_mb() -> float:
+    """Peak RSS (VmHWM) of this process's live children: the Prefect server."""
+    total = 0.0
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] != me:
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run_product(folder: Path, profile: bool) -> dict:
+    _prefect_env(folder)
+    sys.path.insert(0, str(ROOT))
+    t = time.perf_counter()
+    from prefect import flow
+
+    from flows.collect_returns import collect_returns
+    from flows.compile_bulletin import compile_bulletin
+    imports = time.perf_counter() - t
+
+    @flow(name="bench-warm-up")
+    def warm_up() -> int:
+        return 1
+
+    say("  product: starting the Prefect server (a trivial flow run)")
+    t = time.perf_counter()
+    warm_up()
+    prefect_start = time.perf_counter() - t
+    t = time.perf_counter()
+    warm_up()
+    trivial_flow = time.perf_counter() - t
+
+    home = folder / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    inbox = home / "inbox" / CAMPAIGN
+    inbox.mkdir(parents=True)
+    for p in (folder / "returns").iterdir():
+        os.link(p, inbox / p.name)  # the flow moves the links to processed/; returns/ stays
+    args = dict(home=str(home), config_dir=str(folder / "config"))
+    profiler = None
+    if profile:
+        import cProfile
+        profiler = cProfile.Profile()
+    say(f"  product: collect_returns on {len(list(inbox.iterdir())):,} returns")
+    t = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    collected = collect_returns(CAMPAIGN, now=dt.datetime.fromisoformat(COLLECT_AT), **args)
+    t_collect = time.perf_counter() - t
+    say(f"  product: collect {t_collect:.1f} s; compile_bulletin")
+    t = time.perf_counter()
+    compiled = compile_bulletin(CAMPAIGN, now=dt.datetime.fromisoformat(COMPILE_AT), **args)
+    t_compile = time.perf_counter() - t
+    if profiler:
+        profiler.disable()
+        _write_profile(profiler, folder)
+    say(f"  product: compile {t_compile:.1f} s")
+
+    # untimed: what the product decided and totalled, to compare with the baseline
+    from tasks.compile import merge_accepted, totals
+    from tasks.config import load_config
+    from tasks.ledger import Ledger
+    merged = merge_accepted(Ledger(home), load_config(folder / "config", CAMPAIGN))
+    eml = sum(1 for _ in (home / "outbox").glob("*.eml"))
+    return {"seconds": t_collect + t_compile, "collect": t_collect, "compile": t_compile,
+            "imports": imports, "prefect_start": prefect_start, "trivial_flow": trivial_flow,
+            "peak_rss_mb": peak_rss_mb(), "server_peak_rss_mb": _children_peak_mb(),
+            "states": collected["decided"], "receipts": collected["receipts"], "eml_files": eml,
+            "bulletin_version": compiled["version"],
+            "totals": {k: int(v) for k, v in totals(merged.numbers).items()}, "profiled": profile}
+
+
+def _write_profile(profiler, folder: Path) -> None:
+    import pstats
+    profiler.dump_stats(folder / "product.prof")
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    (folder / "product-profile.txt").write_text(buf.getvalue(), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- driver
+def child_main(role: str, folder: Path, profile: bool, progress_fd: int | None) -> None:
+    global _progress
+    if progress_fd is not None:
+        _progress = os.fdopen(progress_fd, "w", buffering=1)
+    result = run_baseline(folder) if role == "baseline" else run_product(folder, profile)
+    (folder / f"{role}.json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def run_child(role: str, folder: Path, profile: bool) -> dict:
+    fd = os.dup(2)
+    log = folder / f"{role}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--dir", str(folder),
+           "--progress-fd", str(fd)] + (["--profile"] if profile else [])
+    try:
+        with open(log, "wb") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                                cwd=folder).returncode
+    finally:
+        os.close(fd)
+    if rc != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"{role} run failed (exit {rc}); end of {log}:\n{tail}")
+    return json.loads((folder / f"{role}.json").read_text(encoding="utf-8"))
+
+
+def bench_one(base: Path, n: int, xlsx_share: float, profile: bool) -> dict:
+    folder = base / f"n{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"N={n:,}: generating config ({n:,} units) and returns ({xlsx_share:.0%} .xlsx) in {folder}")
+    t = time.perf_counter()
+    made = generate(folder, n, xlsx_share)
+    made["seconds"] = time.perf_counter() - t
+    say(f"N={n:,}: generated {made['xlsx']:,} .xlsx + {made['csv']:,} .csv, "
+        f"{made['bytes'] / 2**20:.1f} MB in {made['seconds']:.1f} s")
+    say(f"N={n:,}: baseline")
+    base_r = run_child("baseline", folder, False)
+    say(f"N={n:,}: baseline {base_r['seconds']:.2f} s")
+    say(f"N={n:,}: product (Prefect logs: {folder / 'product.log'})")
+    prod_r = run_child("product", folder, profile)
+    same = base_r["states"] == prod_r["states"] and base_r["totals"] == prod_r["totals"]
+    return {"n": n, "generated": made, "baseline": base_r, "product": prod_r,
+            "ratio": prod_r["seconds"] / base_r["seconds"], "same_result": same, "folder": str(folder)}
+
+
+def report(results: list[dict]) -> str:
+    lines = [f"bench/collect.py — {dt.datetime.now().astimezone().isoformat(timespec='seconds')}, "
+             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", ""]
+    head = (f"{'N':>8} {'product s':>10} {'(collect':>9} {'+ compile)':>10} {'baseline s':>10} "
+            f"{'ratio':>7} {'RSS prod MB':>11} {'RSS base MB':>11} {'server MB':>9} "
+            f"{'Prefect start s':>15}")
+    lines += [head, "-" * len(head)]
+    for r in results:
+        p, b = r["product"], r["baseline"]
+        lines.append(f"{r['n']:>8,} {p['seconds']:>10.2f} {p['collect']:>9.2f} {p['compile']:>10.2f} "
+                     f"{b['seconds']:>10.2f} {r['ratio']:>7.2f} {p['peak_rss_mb']:>11.0f} "
+                     f"{b['peak_rss_mb']:>11.0f} {p['server_peak_rss_mb']:>9.0f} "
+                     f"{p['prefect_start']:>15.2f}")
+    lines.append("")
+    for r in results:
+        p, b = r["product"], r["baseline"]
+        verdict = "meets" if r["ratio"] <= TARGET_RATIO else "misses"
+        lines.append(f"N={r['n']:,}: ratio {r['ratio']:.2f} {verdict} the target ≤ {TARGET_RATIO}"
+                     f"{' (profiled run: timings inflated by cProfile)' if p['profiled'] else ''}; "
+                     f"same decisions and totals as the baseline: {'yes' if r['same_result'] else 'NO'}")
+        lines.append(f"  product decisions {p['states']}, receipts {p['receipts']}, "
+                     f".eml files {p['eml_files']:,}, bulletin v{p['bulletin_version']}")
+        lines.append(f"  baseline decisions {b['states']}")
+        lines.append(f"  apart: imports product {p['imports']:.2f} s / baseline {b['imports']:.2f} s, "
+                     f"Prefect server start (first trivial flow run) {p['prefect_start']:.2f} s, "
+                     f"a later trivial flow run {p['trivial_flow']:.2f} s")
+        lines.append("  baseline phases: " + ", ".join(f"{k.strip()} {v:.2f} s"
+                                                       for k, v in b["phases"].items()))
+        g = r["generated"]
+        lines.append(f"  generated {g['xlsx']:,} .xlsx + {g['csv']:,} .csv ({g['bytes'] / 2**20:.1f} MB) "
+                     f"in {g['seconds']:.1f} s; folder {r['folder']}")
+    lines.append("")
+    lines.append("peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of each child process; "
+                 "server MB: VmHWM of the Prefect server process (apart).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000], help="sizes (default 1000 10000)")
+    ap.add_argument("--huge", action="store_true", help="also N=100,000 (.csv only)")
+    ap.add_argument("--xlsx-share", type=float, default=0.5, help="share of .xlsx returns (default 0.5)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the product under cProfile; writes product-profile.txt and product.prof")
+    ap.add_argument("--dir", type=Path, help="work folder (default: a new one under /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--child", choices=["baseline", "product"], help=argparse.SUPPRESS)
+    ap.add_argument("--progress-fd", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child_main(a.child, a.dir, a.profile, a.progress_fd)
+        return 0
+    base = a.dir or Path(tempfile.mkdtemp(prefix="bulletin-bench-"))
+    base.mkdir(parents=True, exist_ok=True)
+    keep = a.keep or a.profile or a.dir is not None
+    sizes = [(n, a.xlsx_share) for n in a.n] + ([(100_000, 0.0)] if a.huge else [])
+    results = []
+    try:
+        for n, share in sizes:
+            results.append(bench_one(base, n, share, a.profile))
+            say(f"N={n:,}: product {results[-1]['product']['seconds']:.2f} s, "
+                f"ratio {results[-1]['ratio']:.2f}")
+    finally:
+        if results:
+            print(report(results), flush=True)
+            if a.json:
+                a.json.write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
+        if keep:
+            say(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0 if all(r["same_result"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
