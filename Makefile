@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install bench lock clean serve prefect-yaml
+.PHONY: demo test test-deps install bench lock clean serve prefect-yaml
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulletin demo $(if $(HOME_DIR),--home $(HOME_DIR),)
 
-test: $(TSTAMP)
+# The IMAP tests run a real dovecot on 127.0.0.1 (tests/imap_server.py). Installed here as
+# root; the system service apt may start is stopped again (the tests use their own config/port).
+test-deps:
+	@if command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing dovecot-imapd for the IMAP tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null) && \
+	  { systemctl disable --now dovecot >/dev/null 2>&1 || service dovecot stop >/dev/null 2>&1 || true; }; \
+	else echo "test-deps: dovecot missing and not root (or no apt-get): the IMAP tests skip, or fail when CI is set"; fi
+
+test: $(TSTAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 serve: $(STAMP)

@@ -137,6 +137,31 @@ def status(campaign: Campaign, as_json: Annotated[bool, typer.Option("--json", h
     print_status(result)
 
 
+@app.command()
+def review(campaign: Campaign, unit: Annotated[str, typer.Argument(help="Unit code.")],
+           by: Annotated[str, typer.Option("--by", help="Who decides (recorded).")],
+           note: Annotated[str, typer.Option("--note", help="Why (recorded, and told to the unit).")],
+           accept: Annotated[bool, typer.Option("--accept", help="Accept the unit's latest return (or --submission).")] = False,
+           reject: Annotated[bool, typer.Option("--reject", help="Reject the unit's current return.")] = False,
+           reopen: Annotated[bool, typer.Option("--reopen", help="Ask the unit for a new return; the current one stops counting.")] = False,
+           submission: Annotated[Optional[int], typer.Option("--submission", help="A submission id (e.g. a quarantined one).")] = None,
+           home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Accept, reject or reopen a unit's return by hand, with a note; the unit is told.
+
+    Example: bulletin review energy-week-2023 210200 --accept --by 王处长 --note 已电话核实
+    """
+    actions = [name for name, on in (("accept", accept), ("reject", reject), ("reopen", reopen)) if on]
+    if len(actions) != 1:
+        raise _err("review: give exactly one of --accept, --reject, --reopen")
+    h, c, moment = _prepare(campaign, home, config, now)
+    from .review_return import review_return
+    result = review_return(campaign, unit, actions[0], by, note, submission=submission, now=moment,
+                           home=h, config_dir=c)
+    if "error" in result:
+        raise _err(result["error"], 1)
+    _report(result, bool(result.get("failed")))
+
+
 @app.command(name="compile")
 def compile_(campaign: Campaign,
              lead: Annotated[Optional[str], typer.Option("--lead", help="Lead paragraph (default: the campaign's).")] = None,

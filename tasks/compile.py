@@ -52,8 +52,11 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
             Submission.unit_code.in_([u.code for u in config.units])).order_by(Submission.id)))
         latest = {x.unit_code: x for x in subs}  # later ids win
         ids = [x.id for x in latest.values()]
+        reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
+        # spam-flagged narratives stay out until a coordinator accepted the return by hand
         values = pd.DataFrame([(v.submission_id, v.field, v.number, v.text) for v in s.scalars(
-            select(Value).where(Value.submission_id.in_(ids)))],
+            select(Value).where(Value.submission_id.in_(ids)))
+            if not (v.flag and v.submission_id not in reviewed)],
             columns=["submission_id", "field", "number", "text"])
         photos = list(s.scalars(select(SubmissionFile).where(
             SubmissionFile.submission_id.in_(ids), SubmissionFile.role == "photo")

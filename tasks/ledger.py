@@ -101,6 +101,7 @@ class Value(Base):
     number: Mapped[float | None] = mapped_column(Float)
     text: Mapped[str | None] = mapped_column(Text)
     cell: Mapped[str | None] = mapped_column(String(64))
+    flag: Mapped[str | None] = mapped_column(String(16))  # spam: left out of the bulletin until reviewed
 
 
 class Bulletin(Base):

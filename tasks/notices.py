@@ -101,6 +101,22 @@ def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
         headers=_headers(camp, "receipt", outcome.unit_code))
 
 
+def review_message(config: Config, sub, action: str, by: str, note: str,
+                   override: str | None = None) -> OutgoingMessage:
+    """Tell a unit what a coordinator decided by hand about one of its submissions."""
+    camp = config.campaign
+    unit = config.unit_by_code[sub.unit_code]
+    to = (Address("", sub.sender),) if sub.sender else tuple(_addr(c) for c in unit.contacts)
+    words = {"accept": "已采用", "reject": "未采用，请修改", "reopen": "请重新报送"}[action]
+    subject = f"【审核结果】{camp.name}：{words}（{unit.name}）"
+    ctx = _common(config) | dict(sub=sub, action=action, by=by, note=note, subject=subject,
+                                 greeting=f"{unit.contacts[0].name}同志" if not sub.sender else "您好")
+    return OutgoingMessage(
+        key=f"{camp.id}/review/{sub.id}/{action}/{sub.decided_at:%Y%m%dT%H%M%S}", to=to, subject=subject,
+        text=render("review.txt.j2", override, **ctx), html=_html("review.html.j2", override, **ctx),
+        reply_to=_addr(camp.coordinators[0]), headers=_headers(camp, "review", unit.code))
+
+
 def coordinator_notice(config: Config, key: str, subject: str, intro: str, lines: list[str],
                        override: str | None = None) -> OutgoingMessage:
     camp = config.campaign

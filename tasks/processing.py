@@ -7,6 +7,7 @@ rejected submission with a message; it never stops the others.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,7 +18,8 @@ from sqlalchemy import select
 from .config import Config, Unit
 from .extract import Extracted, extract_return, identify_unit
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
-                     Ledger, Submission, SubmissionFile, Value)
+                     Event, Ledger, Submission, SubmissionFile, Value)
+from .spam import looks_like_spam
 from .readers import ReturnFileError, read_sheets
 from .validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
 
@@ -43,6 +45,7 @@ class Outcome:
     explanation: str | None = None
     reason: str | None = None  # quarantine reason
     notes: list[str] = field(default_factory=list)  # told to the submitter, no action needed
+    flagged: list[str] = field(default_factory=list)  # narrative fields held back for review
 
 
 @dataclass
@@ -87,7 +90,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     with ledger.session() as s:
         subs = list(s.scalars(select(Submission).where(
             Submission.campaign == camp.id, Submission.state == RECEIVED).order_by(Submission.id)))
-        files = {sid: [] for sid in (x.id for x in subs)}
+        files: dict[int, list[SubmissionFile]] = {x.id: [] for x in subs}
         for f in s.scalars(select(SubmissionFile).where(SubmissionFile.submission_id.in_(list(files)))):
             files[f.submission_id].append(f)
     parsed: list[_Parsed] = []
@@ -103,12 +106,30 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         if progress:
             progress(i, len(subs))
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p))
-               for p in parsed if p.extracted is not None and p.unit is not None and not p.errors]
+               for p in parsed if p.extracted is not None and not p.errors]
     numbers, texts, findings = validate_returns(records, camp.form) if records else (None, None, [])
     by_sub: dict[int, list[Finding]] = {}
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
-    return [_decide(ledger, config, p, by_sub.get(p.sub.id, []), numbers, texts, now) for p in parsed]
+    with ledger.session() as s:  # one transaction for the whole batch
+        history = _unit_history(s, camp.id)
+        outcomes = [_decide(s, ledger.home, config, p, by_sub.get(p.sub.id, []), numbers, texts, now, history)
+                    for p in parsed]
+        s.add_all(Event(at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
+                        subject=str(o.submission_id),
+                        detail=json.dumps({"unit": o.unit_code, "errors": len(o.errors),
+                                           "warnings": len(o.warnings)}, ensure_ascii=False))
+                  for o in outcomes)
+    return outcomes
+
+
+def _unit_history(s, campaign: str) -> dict[str, list[Submission]]:
+    """Every earlier identified submission of the campaign, by unit, oldest first."""
+    history: dict[str, list[Submission]] = {}
+    for sub in s.scalars(select(Submission).where(Submission.campaign == campaign,
+                                                  Submission.version.is_not(None)).order_by(Submission.id)):
+        history.setdefault(sub.unit_code, []).append(sub)
+    return history
 
 
 def _return_name(p: _Parsed) -> str:
@@ -121,12 +142,13 @@ def _explanation(p: _Parsed) -> str | None:
     return text or None
 
 
-def _decide(ledger: Ledger, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
-            now: dt.datetime) -> Outcome:
+def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
+            now: dt.datetime, history: dict[str, list[Submission]]) -> Outcome:
     camp = config.campaign
     errors = p.errors + [f.text() for f in findings if f.level == ERROR]
     warnings = [f.text() for f in findings if f.level == WARNING]
     explanation = _explanation(p)
+    flagged = _flag_spam(p, texts)
     if p.unit is None:
         state = QUARANTINED
     elif errors:
@@ -138,57 +160,71 @@ def _decide(ledger: Ledger, config: Config, p: _Parsed, findings: list[Finding],
     out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
                   errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
                   notes=list(p.extracted.notes) if p.extracted else [])
-    with ledger.session() as s:
-        sub = s.get(Submission, p.sub.id)
-        sub.state, sub.errors, sub.warnings = state, errors, warnings
-        sub.explanation, sub.identified_by = explanation, p.how
-        sub.decided_at, sub.decided_by = now, "system"
-        sub.late = p.sub.received_at > camp.calendar.deadline_at
-        out.late = sub.late
-        captions = p.extracted.photo_captions if p.extracted else {}
-        for f in p.files:
-            if f.role != "photo":
-                continue
-            f_db = s.get(SubmissionFile, f.id)
-            problem = photo_problem(ledger.home / f.archive_path)
-            if problem:
-                f_db.role = "refused"
-                out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
-            else:
-                f_db.caption = captions.get(f.name) or _caption_from_name(f.name)
-        if p.unit is not None:
-            sub.unit_code = p.unit.code
-            earlier = list(s.scalars(select(Submission).where(
-                Submission.campaign == camp.id, Submission.unit_code == p.unit.code,
-                Submission.id != sub.id, Submission.version.is_not(None))))
-            sub.version = len(earlier) + 1
-            out.version = sub.version
-            counted = [e for e in earlier if e.state == ACCEPTED]
-            if state == ACCEPTED:
-                for e in earlier:
-                    if e.state in (ACCEPTED, NEEDS_EXPLANATION):
-                        e.state = SUPERSEDED
-                        out.earlier_replaced = True
-            elif counted:
-                out.earlier_still_counts = max(e.version for e in counted)
-            if state in (ACCEPTED, NEEDS_EXPLANATION) and numbers is not None:
-                _store_values(s, sub.id, p, camp, numbers, texts)
-    ledger.record(camp.id, f"submission.{state}", subject=str(p.sub.id),
-                  detail={"unit": out.unit_code, "errors": len(errors), "warnings": len(warnings),
-                          "identified_by": p.how}, at=now)
+    if flagged:
+        out.notes.append(f"“{'”“'.join(labels_of(camp, flagged))}”中含有疑似广告或无关内容，"
+                         "暂不编入简讯，待协调人审核（数据照常采用）")
+        out.flagged = flagged
+    sub = s.get(Submission, p.sub.id)
+    sub.state, sub.errors, sub.warnings = state, errors, warnings
+    sub.explanation, sub.identified_by = explanation, p.how
+    sub.decided_at, sub.decided_by = now, "system"
+    sub.late = p.sub.received_at > camp.calendar.deadline_at
+    out.late = sub.late
+    _check_photos(s, home, p, out)
+    if p.unit is not None:
+        earlier = history.setdefault(p.unit.code, [])
+        sub.unit_code, sub.version = p.unit.code, len(earlier) + 1
+        out.version = sub.version
+        counted = [e for e in earlier if e.state == ACCEPTED]
+        if state == ACCEPTED:
+            for e in earlier:
+                if e.state in (ACCEPTED, NEEDS_EXPLANATION):
+                    e.state = SUPERSEDED
+                    out.earlier_replaced = True
+        elif counted:
+            out.earlier_still_counts = max(e.version for e in counted)
+        earlier.append(sub)
+    if numbers is not None and p.sub.id in numbers.index:
+        _store_values(s, p.sub.id, p, camp, numbers, texts, flagged)
     return out
 
 
-def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts) -> None:
+def labels_of(camp, keys) -> list[str]:
+    return [camp.form.field(k).label for k in keys]
+
+
+def _flag_spam(p: _Parsed, texts) -> list[str]:
+    if texts is None or p.sub.id not in texts.index:
+        return []
+    row = texts.loc[p.sub.id]
+    return [k for k, v in row.items() if isinstance(v, str) and looks_like_spam(v)]
+
+
+def _check_photos(s, home, p: _Parsed, out: Outcome) -> None:
+    """Photos must be real JPEG/PNG images; a bad one is refused with a note, not the return."""
+    captions = p.extracted.photo_captions if p.extracted else {}
+    for f in p.files:
+        if f.role != "photo":
+            continue
+        f_db = s.get(SubmissionFile, f.id)
+        problem = photo_problem(home / f.archive_path)
+        if problem:
+            f_db.role = "refused"
+            out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
+        else:
+            f_db.caption = captions.get(f.name) or _caption_from_name(f.name)
+
+
+def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts, flagged: list[str]) -> None:
     cells = p.extracted.values
-    for f in camp.form.counts:
-        v = numbers.at[sid, f.key]
-        s.add(Value(submission_id=sid, field=f.key, number=None if v != v else float(v),
-                    text=None, cell=cells[f.key].cell if f.key in cells else None))
-    for f in camp.form.texts:
-        v = texts.at[sid, f.key]
-        s.add(Value(submission_id=sid, field=f.key, number=None, text=v,
-                    cell=cells[f.key].cell if f.key in cells else None))
+    s.add_all(Value(submission_id=sid, field=f.key,
+                    number=None if numbers.at[sid, f.key] != numbers.at[sid, f.key] else float(numbers.at[sid, f.key]),
+                    text=None, cell=cells[f.key].cell if f.key in cells else None)
+              for f in camp.form.counts)
+    s.add_all(Value(submission_id=sid, field=f.key, number=None, text=texts.at[sid, f.key],
+                    cell=cells[f.key].cell if f.key in cells else None,
+                    flag="spam" if f.key in flagged else None)
+              for f in camp.form.texts)
 
 
 def photo_problem(path) -> str | None:

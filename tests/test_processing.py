@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import Workbook
+from PIL import Image
 from sqlalchemy import select
 
 from tasks.intake import entry_files, take_in
@@ -116,7 +117,11 @@ def test_accepted_rejected_needs_explanation(ledger, config, inbox):
     assert any("报表!B5" in e and "张贴宣传画" in e and "应为非负整数" in e for e in o.errors)
     assert any("报表!B6" in e and "很多" in e for e in o.errors)
     assert all(f"{u[1].name}报表.xlsx" in e for e in o.errors)
-    assert values_of(ledger, bad) == {}  # rejected values are not kept for the bulletin
+    # a rejected return's readable values are kept (a coordinator may accept it by hand) but
+    # only accepted returns are merged into the bulletin
+    assert values_of(ledger, bad)["banners"] == 10.0
+    from tasks.compile import merge_accepted
+    assert u[1].code not in merge_accepted(ledger, config).numbers.index
 
     o = outcomes[odd]
     assert o.state == NEEDS_EXPLANATION and o.errors == [] and len(o.warnings) == 1
@@ -271,8 +276,9 @@ def test_photos_get_captions(ledger, config, inbox):
     unit = config.units[0]
     entry = inbox / "沈阳"
     write_return(entry, config, unit, name="报表.xlsx", photos=[("现场1.jpg", "启动仪式现场")])
-    (entry / "现场1.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (entry / "签名_活动.png").write_bytes(b"\x89PNG not really a png")
+    Image.new("RGB", (40, 30), "red").save(entry / "现场1.jpg", "JPEG")
+    Image.new("RGB", (40, 30), "blue").save(entry / "签名_活动.png", "PNG")
+    (entry / "坏图.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     sid = submit(ledger, config, entry, BEFORE)
     (o,) = process_received(ledger, config, BEFORE)
     assert o.state == ACCEPTED
@@ -280,3 +286,4 @@ def test_photos_get_captions(ledger, config, inbox):
         captions = {f.name: f.caption for f in s.scalars(select(SubmissionFile).where(
             SubmissionFile.submission_id == sid, SubmissionFile.role == "photo"))}
     assert captions == {"现场1.jpg": "启动仪式现场", "签名_活动.png": "签名 活动"}
+    assert any("坏图.jpg" in n and "无法识别为图片" in n for n in o.notes)  # refused, the return goes on

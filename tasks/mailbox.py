@@ -1,0 +1,249 @@
+"""Taking returns in from an IMAP mailbox: the attachments and photos of one message are one
+submission.
+
+For each message of ``BULLETIN_IMAP_FOLDER``: its raw bytes are archived first (exactly as the
+server sent them), then it is classified: an auto-reply (out-of-office, bounce) or a message
+without attachments is recorded as an event; otherwise its attachments go through
+:func:`tasks.intake.take_in` (``source='imap'``). Only then is it moved to the done folder,
+so a crash loses nothing and a re-run duplicates nothing (``take_in`` and the events here
+recognise what was already recorded). Names from the message are display text only: the
+attachments are written under names we make, in a temp folder under ``work_dir``.
+
+Who may send a unit's return: :func:`sender_allowed` (its contacts and delegates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import imaplib
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from email.header import decode_header
+from email.message import Message
+from email.utils import parseaddr
+from pathlib import Path
+
+from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted, MailMessage
+from imap_tools.errors import ImapToolsError
+from imap_tools.utils import decode_value
+from sqlalchemy import select
+
+from .archive import archive_bytes
+from .config import Unit
+from .intake import PHOTO_SUFFIXES, RETURN_SUFFIXES, IncomingFile, TakeInResult, take_in
+from .ledger import Event, Ledger
+from .settings import ImapSettings
+
+log = logging.getLogger(__name__)
+SOURCE = "imap"
+_OUR_SUFFIXES = RETURN_SUFFIXES | PHOTO_SUFFIXES  # anything else is kept as .bin
+_TYPE_SUFFIXES = {"image/jpeg": ".jpg", "image/png": ".png", "text/csv": ".csv",
+                  "application/vnd.ms-excel": ".xls",
+                  "application/vnd.oasis.opendocument.spreadsheet": ".ods",
+                  "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx"}
+_AUTO_SUBJECT = re.compile(
+    r"^\W*(auto:|automatic reply|auto.?reply|自动回复|自动答复|out of office|退信|系统退信|"
+    r"undeliverable|undelivered mail|delivery status notification|delivery failure|"
+    r"mail delivery failed|returned mail)", re.IGNORECASE)
+_DAEMONS = {"mailer-daemon", "postmaster"}
+_INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_UID = re.compile(rb"UID (\d+)")
+
+
+class MailboxError(Exception):
+    """The mailbox could not be reached or logged into (host, port and user named; never the
+    password)."""
+
+
+@dataclass(frozen=True)
+class MailboxResult:
+    taken: list[TakeInResult]  # one per message with attachments
+    auto_replies: int  # recorded ('mail.auto_reply'), moved, never answered
+    skipped: int  # no attachment: recorded ('mail.no_attachment'), moved; no receipt is sent
+    failed: int = 0  # could not be handled: recorded ('mail.failed'), left in place for next run
+
+
+class _RawMessage(MailMessage):
+    """A fetched message that keeps the bytes exactly as the server sent them."""
+
+    def __init__(self, fetch_data: list) -> None:
+        super().__init__(fetch_data)
+        self.raw: bytes = self._get_message_data_parts(fetch_data)[0]
+
+
+def _header_text(value: object) -> str:
+    if value is None:
+        return ""
+    try:
+        return "".join(decode_value(*part) for part in decode_header(str(value))).strip()
+    except Exception:  # noqa: BLE001 - a broken header is still text to look at
+        return str(value).strip()
+
+
+def is_auto_reply(msg: Message | MailMessage) -> bool:
+    """Out-of-office replies, bounces and other machine-sent mail (RFC 3834 and usual habits)."""
+    m: Message = getattr(msg, "obj", msg)
+    auto = str(m.get("Auto-Submitted", "")).split(";")[0].strip().lower()
+    if auto and auto != "no":
+        return True
+    if m.get("X-Autoreply") or m.get("X-Autorespond") or m.get("X-Failed-Recipients"):
+        return True
+    if str(m.get("Precedence", "")).strip().lower() in {"bulk", "junk", "auto_reply"}:
+        return True
+    if m.get_content_type() == "multipart/report":  # DSNs, bounces, read receipts
+        return True
+    if str(m.get("Return-Path", "")).strip() == "<>":
+        return True
+    local = parseaddr(_header_text(m.get("From")))[1].split("@")[0].lower()
+    return local in _DAEMONS or bool(_AUTO_SUBJECT.match(_header_text(m.get("Subject"))))
+
+
+def _address(sender: str | None) -> str:
+    return (parseaddr(sender or "")[1] or (sender or "")).strip().lower()
+
+
+def sender_allowed(sender: str | None, unit: Unit) -> bool:
+    """Whether ``sender`` (an address or ``Name <address>``) is a contact or delegate of ``unit``."""
+    address = _address(sender)
+    return bool(address) and address in ({c.email.lower() for c in unit.contacts}
+                                         | {d.strip().lower() for d in unit.delegates})
+
+
+def sender_unit(sender: str | None, units: list[Unit]) -> Unit | None:
+    """The one unit whose contacts or delegates include ``sender`` (case-insensitive); None for
+    a stranger, and for an address several units list (then use :func:`sender_allowed`)."""
+    found = [u for u in units if sender_allowed(sender, u)]
+    return found[0] if len(found) == 1 else None
+
+
+def _connect(settings: ImapSettings):
+    port = settings.port or (993 if settings.security == "ssl" else 143)
+    where = f"{settings.user or '(无用户名)'}@{settings.host}:{port}（{settings.security}）"
+    if not settings.host:
+        raise MailboxError("未设置收件邮箱服务器 BULLETIN_IMAP_HOST")
+    password = settings.password.get_secret_value() if settings.password else ""
+    cls = {"ssl": MailBox, "starttls": MailBoxStartTls, "none": MailBoxUnencrypted}[settings.security]
+    box = None
+    try:
+        box = cls(settings.host, port=port, timeout=60)
+        box.email_message_class = _RawMessage
+        box.login(settings.user or "", password, initial_folder=None)
+        if not box.folder.exists(settings.done_folder):
+            box.folder.create(settings.done_folder)
+        box.folder.set(settings.folder)
+        return box
+    except (OSError, imaplib.IMAP4.error, ImapToolsError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if password:
+            reason = reason.replace(password, "***")
+        if box is not None:
+            with contextlib.suppress(Exception):  # already failing: the first error is reported
+                box.client.shutdown()
+        raise MailboxError(f"无法连接或登录收件邮箱 {where}：{reason}") from None
+
+
+def _arrivals(box) -> dict[str, dt.datetime]:
+    """INTERNALDATE (when the server received each message), by UID."""
+    typ, data = box.client.uid("FETCH", "1:*", "(INTERNALDATE)")
+    found = {}
+    for item in data if typ == "OK" else []:
+        line = item[0] if isinstance(item, tuple) else item
+        uid, date = _UID.search(line or b""), _INTERNALDATE.search(line or b"")
+        if uid and date:
+            with contextlib.suppress(ValueError):
+                found[uid.group(1).decode()] = dt.datetime.strptime(
+                    date.group(1).decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+    return found
+
+
+def _record_once(ledger: Ledger, campaign: str, action: str, actor: str, sha: str,
+                 detail: dict, now: dt.datetime) -> None:
+    """An event keyed by the raw message's sha256, recorded once however often it is seen."""
+    with ledger.session() as s:
+        if s.scalars(select(Event.id).where(Event.campaign == campaign, Event.action == action,
+                                            Event.subject == sha)).first() is not None:
+            return
+    ledger.record(campaign, action, actor=actor, subject=sha, detail=detail, at=now)
+
+
+def _files(msg: _RawMessage, folder: Path, max_file_bytes: int) -> list[IncomingFile]:
+    """Write the attachments under names we make; the sender's names are display text only."""
+    files = []
+    parts = [a for a in msg.attachments if a.content_type != "message/rfc822"]  # its parts follow
+    for i, att in enumerate(parts, 1):
+        display = att.filename.strip()
+        m = re.search(r"\.[A-Za-z0-9]{1,5}$", display)
+        suffix = m.group(0).lower() if m else ""
+        if not display:
+            suffix = _TYPE_SUFFIXES.get(att.content_type, "")
+            display = f"附件{i}{suffix}"
+        path = folder / f"{i:03d}{suffix if suffix in _OUR_SUFFIXES else '.bin'}"
+        payload = att.payload or b""
+        if len(payload) <= max_file_bytes:  # take_in refuses larger ones without reading them
+            path.write_bytes(payload)
+        files.append(IncomingFile(name=display, path=path, size=len(payload)))
+    return files
+
+
+def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.datetime,
+                  max_file_bytes: int, work_dir: Path) -> TakeInResult | str:
+    sha, _ = archive_bytes(ledger.home, msg.raw)
+    sender = _address(msg.from_) or None
+    subject = " ".join(msg.subject.split())
+    note = {"subject": subject, "sha256": sha, "message_id": _header_text(msg.obj.get("Message-ID"))}
+    if is_auto_reply(msg):
+        _record_once(ledger, campaign, "mail.auto_reply", sender or SOURCE, sha, note, now)
+        return "auto_reply"
+    if not [a for a in msg.attachments if a.content_type != "message/rfc822"]:
+        _record_once(ledger, campaign, "mail.no_attachment", sender or SOURCE, sha, note, now)
+        return "skipped"
+    folder = Path(tempfile.mkdtemp(prefix="imap-", dir=work_dir))
+    try:
+        files = _files(msg, folder, max_file_bytes)
+        result = take_in(ledger, campaign, subject or "(无主题)", files, source=SOURCE,
+                         sender=sender, now=now, max_file_bytes=max_file_bytes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    _record_once(ledger, campaign, "mail.received", sender or SOURCE, sha,
+                 note | {"submission": result.submission_id, "outcome": result.outcome}, now)
+    return result
+
+
+def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.datetime,
+                    max_file_bytes: int, work_dir: Path) -> MailboxResult:
+    """Take in every message of ``settings.folder``; move each to ``settings.done_folder``.
+
+    A submission's ``received_at`` is when the server received the message (INTERNALDATE),
+    but never later than ``now``. Messages without attachments get no receipt.
+    Raises :class:`MailboxError` when the server cannot be reached or logged into.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    taken: list[TakeInResult] = []
+    counts = {"auto_reply": 0, "skipped": 0, "failed": 0}
+    box = _connect(settings)
+    with box:
+        uids = box.uids()
+        arrived = _arrivals(box) if uids else {}
+        log.info("邮箱 %s：%d 封待处理", settings.folder, len(uids))
+        for msg in box.fetch(uid_list=uids, mark_seen=False, bulk=20):
+            at = min(now, arrived.get(msg.uid, now))
+            try:
+                out = _take_message(ledger, campaign, msg, now=at, max_file_bytes=max_file_bytes,
+                                    work_dir=work_dir)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the others
+                log.exception("message %s could not be taken in", msg.uid)
+                counts["failed"] += 1
+                ledger.record(campaign, "mail.failed", actor=_address(msg.from_) or SOURCE,
+                              detail={"subject": msg.subject, "error": f"{type(exc).__name__}: {exc}"},
+                              at=now)
+                continue  # left in the folder: tried again next run
+            box.move(msg.uid, settings.done_folder)
+            if isinstance(out, str):
+                counts[out] += 1
+            else:
+                taken.append(out)
+    return MailboxResult(taken, counts["auto_reply"], counts["skipped"], counts["failed"])
