@@ -1,11 +1,10 @@
 # Two commands do everything on a fresh machine (Python 3.11+, git, make):
 #   make demo   create .venv, install pinned dependencies, run a whole campaign
-#   make test   install test dependencies too, run the test suite
+#   make test   the same install (the lock pins test tools too), then the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-TSTAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-deps install bench lock clean serve prefect-yaml
 
@@ -15,10 +14,6 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $@
-
-$(TSTAMP): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
 install: $(STAMP)
@@ -36,13 +31,13 @@ test-deps:
 	  { systemctl disable --now dovecot >/dev/null 2>&1 || service dovecot stop >/dev/null 2>&1 || true; }; \
 	else echo "test-deps: dovecot missing and not root (or no apt-get): the IMAP tests skip, or fail when CI is set"; fi
 
-test: $(TSTAMP) test-deps
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/bulletin serve
 
-bench: $(TSTAMP)
+bench: $(STAMP)
 	$(BIN)/python bench/collect.py
 
 lock: $(BIN)/python

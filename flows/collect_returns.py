@@ -10,6 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.intake import drop_folder_entries, entry_files, move_processed, take_in
 from tasks.ledger import QUARANTINED, REFUSED, Submission
+from tasks.mailbox import MailboxError, collect_mailbox
+from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_message
 from tasks.processing import Outcome, process_received
 
@@ -36,6 +38,28 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
         if i % 200 == 0 or i == len(entries):
             log.info("已归档 %d/%d", i, len(entries))
     return results
+
+
+@task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def take_in_mailbox(ctx: Context) -> tuple[list, list[str]]:
+    """Archive and record every message of the campaign's IMAP folder (when a host is set)."""
+    settings = ImapSettings()
+    if not settings.host:
+        return [], []
+    if ctx.config.campaign.mailbox_folder:
+        settings = settings.model_copy(update={"folder": ctx.config.campaign.mailbox_folder})
+    log = get_run_logger()
+    try:
+        r = collect_mailbox(ctx.ledger, ctx.campaign_id, settings, now=ctx.now,
+                            max_file_bytes=ctx.config.campaign.max_file_bytes,
+                            work_dir=ctx.home / "work" / "imap" / ctx.campaign_id)
+    except MailboxError as exc:
+        log.error("%s", exc)
+        return [], [f"无法读取邮箱：{exc}"]
+    log.info("邮箱 %s：%d 份报送，%d 封自动回复（已记录，不回复），%d 封无附件，%d 封处理失败",
+             settings.folder, len(r.taken), r.auto_replies, r.skipped, r.failed)
+    problems = [f"{r.failed} 封邮件处理失败，已留在邮箱中下次重试"] if r.failed else []
+    return r.taken, problems
 
 
 @task(name="decide-returns", cache_policy=NO_CACHE)
@@ -84,12 +108,15 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     get_run_logger().info("收取报表：%s，主目录 %s", ctx.campaign_id, ctx.home)
     check_uncertain(ctx)
     taken = take_in_drop_folder(ctx, inbox)
+    mailed, mailbox_problems = take_in_mailbox(ctx)
+    taken = taken + mailed
     outcomes = decide_returns(ctx)
     receipts = send_messages(ctx, build_receipts(ctx, outcomes), "receipt")
     refused = [r for r in taken if r.outcome == REFUSED]
-    lines = _notice_lines(outcomes, refused)
+    lines = mailbox_problems + _notice_lines(outcomes, refused)
     if lines:
-        first = min(o.submission_id for o in outcomes) if outcomes else refused[0].submission_id
+        first = min([o.submission_id for o in outcomes] + [r.submission_id for r in refused]
+                    or [int(ctx.now.timestamp())])
         notice = coordinator_notice(ctx.config, f"intake/{first}", "有报送材料需要人工处理",
                                     "以下报送材料无法自动处理（已归档，未丢失），请核实：", lines,
                                     ctx.override_dir)
@@ -100,4 +127,5 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
         states[o.state] = states.get(o.state, 0) + 1
     return {"campaign": ctx.campaign_id, "taken_in": len(taken), "decided": states,
             "receipts": receipts, "accepted_units": status["accepted"], "expected": status["expected"],
-            "problems": sum(v for k, v in states.items() if k != "accepted") + len(refused)}
+            "problems": sum(v for k, v in states.items() if k != "accepted") + len(refused)
+            + len(mailbox_problems)}

@@ -21,6 +21,7 @@ from .demo_units import (PHOTO_SCENES, SimulatedReturn, make_photo, narrative_fo
                          write_csv, write_generated, write_long_xlsx, write_wide_xlsx)
 
 CAMPAIGN = "energy-week-2023"
+PREVIOUS = "energy-week-2022"
 NEVER, LATE, BROKEN, WARNS = "SZ008", "211400", "210300", "210200"
 FIRST_WAVE = ["210100", BROKEN, WARNS, "210400", "210500", "210600", "210700", "219000",
               "SZ001", "SZ002", "SZ003", "SZ004"]
@@ -95,6 +96,23 @@ def drop(config: Config, inbox: Path, r: SimulatedReturn, style: str, stamp: str
 STYLES = {"219000": "wide-xlsx", "210500": "gbk-csv", "210800": "bom-csv", "SZ002": "long-xlsx"}
 
 
+def run_previous_round(home: Path, config_dir: Path, returns: dict[str, SimulatedReturn]) -> None:
+    """The 2022 campaign's returns (about 15% lower; 大连市 far lower, so its 2023 figure jumps)."""
+    from .collect_returns import collect_returns
+    config = load_config(config_dir, PREVIOUS)
+    inbox = home / "inbox" / PREVIOUS
+    inbox.mkdir(parents=True, exist_ok=True)
+    for code, r in returns.items():
+        if code == NEVER:
+            continue
+        values = {k: int(v * 0.85) for k, v in r.exact.items()}
+        if code == WARNS:
+            values["posters"] = r.exact["posters"] // 4
+        drop(config, inbox, SimulatedReturn(r.unit, values, values, r.narrative), "generated")
+    collect_returns(PREVIOUS, now=config.campaign.calendar.deadline_at - dt.timedelta(days=1),
+                    home=str(home), config_dir=str(config_dir))
+
+
 def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     """Walk the campaign's calendar; return True when everything came out as designed."""
     from .collect_returns import collect_returns
@@ -113,6 +131,9 @@ def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     at = lambda delta: cal.deadline_at + delta  # noqa: E731
     day = dt.timedelta(days=1)
     print(f"演示主目录 demo home: {home}")
+
+    _say("上一轮（2022年）各单位已通过的报表，作为本轮的比较基数 the previous round")
+    run_previous_round(home, config_dir, returns)
 
     _say(f"{cal.opens_at:%Y-%m-%d %H:%M} 发出报送通知 request")
     request_returns(CAMPAIGN, now=cal.opens_at, **args)

@@ -229,6 +229,9 @@ class Campaign(_Model):
     form: Form
     bulletin: BulletinSettings
     english: bool = False  # add English beside the Chinese in messages
+    previous: str | None = None  # an earlier campaign id: jumps and drops against it are warnings
+    mailbox_folder: str | None = None  # IMAP folder of this campaign (default BULLETIN_IMAP_FOLDER)
+    change_factor: float = Field(default=3.0, gt=1)
     max_return_bytes: int = 20 * 1024 * 1024
     max_file_bytes: int = 100 * 1024 * 1024  # refused at the door above this
 
@@ -359,6 +362,8 @@ def load_config(config_dir: Path | str, campaign: str) -> Config:
         if name not in lists:
             raise ConfigError(path, f"bulletin.distribution.{i}",
                               f"unknown list '{name}' (lists.yaml has: {', '.join(lists)})")
+    if camp.previous is not None and not campaign_path(config_dir, camp.previous).is_file():
+        raise ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}")
     keys = {f.key for f in camp.form.counts}
     for i, check in enumerate(camp.form.checks):
         names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import css_inline
 
 from .config import Campaign, Config, Contact, ReminderTier, Unit
+from .mailbox import sender_unit
 from .message import Address, Attachment, InlineImage, OutgoingMessage
 from .processing import Outcome
 from .render import render
@@ -83,6 +84,8 @@ def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
     """The receipt for one submission: to the sender if known, else to the unit's contacts."""
     camp = config.campaign
     unit = config.unit_by_code.get(outcome.unit_code) if outcome.unit_code else None
+    if outcome.state == "quarantined" and outcome.sender and not sender_unit(outcome.sender, config.units):
+        return None  # never answer a stranger (or a forged From): the coordinators are told
     if outcome.sender:
         to = (Address("", outcome.sender),)
     elif unit:

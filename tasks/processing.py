@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
@@ -19,9 +20,10 @@ from .config import Config, Unit
 from .extract import Extracted, extract_return, identify_unit
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value)
+from .mailbox import sender_allowed
 from .spam import looks_like_spam
 from .readers import ReturnFileError, read_sheets
-from .validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
+from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -77,10 +79,18 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
                             f"请使用本次任务下发的报表")
     file_name = returns[0].name if len(returns) == 1 else sub.original_name
     p.unit, p.how = identify_unit(p.extracted, file_name, config.units, sub.sender)
+    _check_sender(p)
     for f in files:
         if f.role == "other":
             p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png）")
     return p
+
+
+def _check_sender(p: _Parsed) -> None:
+    """Mail must come from a registered contact or delegate of the unit it reports for."""
+    sub = p.sub
+    if p.unit is not None and sub.source == "imap" and not sender_allowed(sub.sender, p.unit):
+        p.unit, p.how = None, f"发件人 {sub.sender} 不是{p.unit.name}登记的联系人或授权人"
 
 
 def process_received(ledger: Ledger, config: Config, now: dt.datetime,
@@ -102,12 +112,15 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
             broken = _Parsed(sub, files[sub.id], errors=[
                 f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"])
             broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
+            _check_sender(broken)
             parsed.append(broken)
         if progress:
             progress(i, len(subs))
-    records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p))
+    records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
+                            p.unit.code if p.unit else None)
                for p in parsed if p.extracted is not None and not p.errors]
-    numbers, texts, findings = validate_returns(records, camp.form) if records else (None, None, [])
+    previous = previous_figures(ledger, config) if records else None
+    numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
     by_sub: dict[int, list[Finding]] = {}
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
@@ -121,6 +134,21 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
                                            "warnings": len(o.warnings)}, ensure_ascii=False))
                   for o in outcomes)
     return outcomes
+
+
+def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
+    """Each unit's latest accepted figures in the campaign's ``previous`` campaign, if any."""
+    camp = config.campaign
+    if not camp.previous:
+        return None
+    with ledger.session() as s:
+        rows = s.execute(select(Submission.unit_code, Submission.id, Value.field, Value.number)
+                         .join(Value, Value.submission_id == Submission.id)
+                         .where(Submission.campaign == camp.previous, Submission.state == ACCEPTED,
+                                Value.number.is_not(None))).all()
+    frame = pd.DataFrame(rows, columns=["unit", "sid", "field", "number"])
+    latest = frame.sort_values("sid").groupby(["unit", "field"])["number"].last().unstack()
+    return Previous(camp.previous, latest.astype("float64"), camp.change_factor)
 
 
 def _unit_history(s, campaign: str) -> dict[str, list[Submission]]:

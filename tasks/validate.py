@@ -52,6 +52,17 @@ class ReturnRecord:
     file_name: str
     cells: dict[str, CellValue]
     explanation: str | None = None
+    unit_code: str | None = None  # for the comparison with the unit's previous return
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The same units' accepted figures in an earlier campaign, for spotting jumps and drops."""
+
+    campaign: str
+    numbers: pd.DataFrame  # index unit code, columns count fields
+    factor: float = 3.0  # warn above previous × factor or below previous ÷ factor
+    minimum: float = 10.0  # ignore small numbers: 2 → 7 is no jump worth asking about
 
 
 def _show(raw: object) -> str:
@@ -87,7 +98,8 @@ def _failures(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns=["column", "check", "failure_case", "index"])
 
 
-def validate_returns(records: list[ReturnRecord], form: Form) -> tuple[pd.DataFrame, pd.DataFrame, list[Finding]]:
+def validate_returns(records: list[ReturnRecord], form: Form, previous: Previous | None = None,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, list[Finding]]:
     """Check a batch of returns; return (numbers, texts, findings).
 
     ``numbers``: index submission id, one float column per count field (NaN = blank or bad);
@@ -135,9 +147,34 @@ def validate_returns(records: list[ReturnRecord], form: Form) -> tuple[pd.DataFr
             else:
                 findings.append(finding(sid, level, key, str(row.check)))  # shows the cell as typed
     findings.extend(_cross_checks(num, form, by_id))
+    if previous is not None:
+        findings.extend(_compare_previous(num, form, by_id, previous))
     findings.sort(key=lambda f: (f.submission_id, f.level != ERROR, list(labels).index(f.field)
                                  if f.field in labels else -1))
     return num, txt, findings
+
+
+def _compare_previous(num: pd.DataFrame, form: Form, by_id: dict[int, ReturnRecord],
+                      previous: Previous) -> list[Finding]:
+    """Warn where a figure moved by more than ``factor`` against the unit's previous return."""
+    units = pd.Series({sid: r.unit_code for sid, r in by_id.items()}, dtype=object)
+    keys = [k for k in num.columns if k in previous.numbers.columns]
+    before = previous.numbers.reindex(units.reindex(num.index).to_numpy())[keys]
+    before.index = num.index
+    now = num[keys]
+    big = (now.where(now >= previous.minimum) > before * previous.factor) & (before >= 0)
+    small = (before >= previous.minimum) & (now < before / previous.factor)
+    out = []
+    labels = {f.key: f.label for f in form.counts}
+    for sid, key in zip(*((big | small).to_numpy().nonzero())):
+        sid, key = int(num.index[sid]), keys[key]
+        r = by_id[sid]
+        cell = r.cells.get(key)
+        out.append(Finding(sid, WARNING, r.file_name, key, labels[key], cell.sheet if cell else None,
+                           cell.cell if cell else None, _show(cell.raw) if cell else None,
+                           f"与上次（{previous.campaign}）的{before.at[sid, key]:.0f}相比变化超过{previous.factor:g}倍，"
+                           f"请核实或在“{form.explanation_label}”中说明"))
+    return out
 
 
 def _text(cell: CellValue | None) -> object:

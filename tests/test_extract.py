@@ -31,6 +31,12 @@ EXPECTED = {
         counts=dict(posters=1234, banners=30, boards=20, trainings=5, participants=3000),
         errors={}, approx={"participants"}, cells=dict(posters="B6", participants="F6"),
         texts={}, explanation=None, photos={}, unknown=["宣传品发放", "节能讲座"]),
+    # the same sheet saved as .xls (BIFF8) by LibreOffice: `soffice --convert-to xls`
+    "xls_libreoffice_沈阳.xls": dict(
+        layout="wide", sheet="统计表", unit="210100", how="表中填报单位“沈阳市机关事务服务中心”",
+        counts=dict(posters=1234, banners=30, boards=20, trainings=5, participants=3000),
+        errors={}, approx={"participants"}, cells=dict(posters="B6", participants="F6"),
+        texts={}, explanation=None, photos={}, unknown=["宣传品发放", "节能讲座"]),
     "long_no_header_大连市.xlsx": dict(
         layout="long", sheet="Sheet", unit="210200", how="表中填报单位“大连市”",
         counts=dict(posters=200, banners=3000, boards=15, trainings=0, participants=2000),

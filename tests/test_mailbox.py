@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import itertools
 import json
-import os
 from email.header import Header
 from email.message import Message
 from email.message import EmailMessage
