@@ -96,10 +96,10 @@ def unit_name(i: int) -> str:
 
 
 def write_config(config_dir: Path, n: int) -> None:
-    (config_dir / "campaigns").mkdir(parents=True, exist_ok=True)
+    """The bundled lists and campaigns (the 2023 one refers to 2022), N units of our own."""
+    config_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "config" / "lists.yaml", config_dir / "lists.yaml")
-    shutil.copy(ROOT / "config" / "campaigns" / f"{CAMPAIGN}.yaml",
-                config_dir / "campaigns" / f"{CAMPAIGN}.yaml")
+    shutil.copytree(ROOT / "config" / "campaigns", config_dir / "campaigns", dirs_exist_ok=True)
     lines = ["# synthetic units for bench/collect.py", "units:"]
     for i in range(1, n + 1):
         code, name = unit_code(i), unit_name(i)
@@ -453,9 +453,22 @@ def bench_one(base: Path, n: int, xlsx_share: float, profile: bool) -> dict:
             "ratio": prod_r["seconds"] / base_r["seconds"], "same_result": same, "folder": str(folder)}
 
 
+def source_revision() -> str:
+    """The product's commit (and whether the work tree differs from it), when git can tell."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        return rev + (f" + {len(dirty)} uncommitted file(s)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return f"{ROOT} (not a git work tree)"
+
+
 def report(results: list[dict]) -> str:
     lines = [f"bench/collect.py — {dt.datetime.now().astimezone().isoformat(timespec='seconds')}, "
-             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", ""]
+             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, source {source_revision()}", ""]
     head = (f"{'N':>8} {'product s':>10} {'(collect':>9} {'+ compile)':>10} {'baseline s':>10} "
             f"{'ratio':>7} {'RSS prod MB':>11} {'RSS base MB':>11} {'server MB':>9} "
             f"{'Prefect start s':>15}")

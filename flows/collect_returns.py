@@ -30,7 +30,8 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
     results = []
     for i, entry in enumerate(entries, 1):
         result = take_in(ctx.ledger, ctx.campaign_id, entry.name, entry_files(entry), source="folder",
-                         sender=None, now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes)
+                         sender=None, now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes,
+                         max_photo_bytes=ctx.config.campaign.max_photo_bytes)
         move_processed(ctx.home, ctx.campaign_id, entry, ctx.now)
         results.append(result)
         if result.outcome != "received":

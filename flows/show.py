@@ -18,13 +18,13 @@ def summary_line(status: dict) -> str:
 def print_status(status: dict, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"{status['campaign']} 报送情况（截止 {status['deadline']}）")
-    for col in ("代码", "单位", "状态", "报送时间", "次数", "逾期"):
+    for col in ("代码", "单位", "状态", "报送时间", "次数", "逾期", "盖章件"):
         table.add_column(col)
     late = set(status["late"])
     for u in status["units"]:
         table.add_row(u["code"], u["name"], STATE_LABELS.get(u["state"], u["state"]),
                       (u["submitted_at"] or "")[:16].replace("T", " "), str(u["version"] or ""),
-                      "是" if u["code"] in late else "")
+                      "是" if u["code"] in late else "", "有" if u.get("signed_copy") else "")
     console.print(table)
     console.print(summary_line(status))
     b = status["latest_bulletin"]

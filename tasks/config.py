@@ -232,7 +232,8 @@ class Campaign(_Model):
     previous: str | None = None  # an earlier campaign id: jumps and drops against it are warnings
     mailbox_folder: str | None = None  # IMAP folder of this campaign (default BULLETIN_IMAP_FOLDER)
     change_factor: float = Field(default=3.0, gt=1)
-    max_return_bytes: int = 20 * 1024 * 1024
+    max_return_bytes: int = 20 * 1024 * 1024  # a return file above this is refused (kept in the archive)
+    max_photo_bytes: int = 10 * 1024 * 1024
     max_file_bytes: int = 100 * 1024 * 1024  # refused at the door above this
 
     @field_validator("id")

@@ -18,10 +18,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from .archive import archive_file
+from .attachments import PHOTO_SUFFIXES, unpack_photos
 from .ledger import (DUPLICATE, RECEIVED, REFUSED, Ledger, Submission, SubmissionFile)
 
 RETURN_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".ods", ".csv"}
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _SAFE = re.compile(r"[^A-Za-z0-9._\-\u4e00-\u9fff]+")
 
 
@@ -40,13 +40,17 @@ class TakeInResult:
     detail: str = ""
 
 
+OTHER_ROLES = {".zip": "zip", ".pdf": "signed", ".docx": "narrative"}
+
+
 def file_role(name: str) -> str:
+    """return | photo | zip (of photos) | signed (stamped PDF scan) | narrative (.docx) | other"""
     suffix = Path(name).suffix.lower()
     if suffix in RETURN_SUFFIXES:
         return "return"
     if suffix in PHOTO_SUFFIXES:
         return "photo"
-    return "other"
+    return OTHER_ROLES.get(suffix, "other")
 
 
 def safe_name(name: str, limit: int = 80) -> str:
@@ -90,7 +94,8 @@ def fingerprint(parts: list[tuple[str, str]]) -> str:
 
 
 def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[IncomingFile], *,
-            source: str, sender: str | None, now: dt.datetime, max_file_bytes: int) -> TakeInResult:
+            source: str, sender: str | None, now: dt.datetime, max_file_bytes: int,
+            max_photo_bytes: int = 10 * 1024 * 1024) -> TakeInResult:
     """Archive every file of one submission and record it as ``received`` (or refused).
 
     Re-running over the same entry (a crash before the move) finds the same fingerprint
@@ -126,7 +131,14 @@ def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[Incoming
         for f, sha, rel in kept:
             role = "refused" if sha is None else file_role(f.name)
             s.add(SubmissionFile(submission_id=sub.id, role=role, name=f.name, sha256=sha,
-                                 size=f.size, archive_path=rel))
+                                 size=f.size, archive_path=rel,
+                                 note="超过文件大小上限" if sha is None else None))
+            if role == "zip" and state == RECEIVED:
+                for u in unpack_photos(ledger.home, ledger.home / rel, f.name, max_photo_bytes,
+                                       max_total_bytes=max_file_bytes):
+                    s.add(SubmissionFile(submission_id=sub.id, role="refused" if u.refused else "photo",
+                                         name=u.name, sha256=u.sha256, size=u.size,
+                                         archive_path=u.archive_path, note=u.refused))
         sub_id = sub.id
     outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
     ledger.record(campaign, f"submission.{outcome}", actor=sender or source, subject=str(sub_id),

@@ -85,12 +85,13 @@ class SubmissionFile(Base):
     __tablename__ = "submission_files"
     id: Mapped[int] = mapped_column(primary_key=True)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), index=True)
-    role: Mapped[str] = mapped_column(String(16))  # return | photo | other | refused
+    role: Mapped[str] = mapped_column(String(16))  # return|photo|zip|signed|narrative|other|refused
     name: Mapped[str] = mapped_column(Text)  # display name only, never used as a path
     sha256: Mapped[str | None] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     archive_path: Mapped[str | None] = mapped_column(Text)  # relative to <home>
     caption: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)  # why a file was refused (told to the sender)
 
 
 class Value(Base):

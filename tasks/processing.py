@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from .config import Config, Unit
-from .extract import Extracted, extract_return, identify_unit
+from .attachments import docx_text, is_pdf
+from .extract import CellValue, Extracted, extract_return, identify_unit
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value)
 from .mailbox import sender_allowed
@@ -67,6 +68,9 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
         p.errors.append(f"《{sub.original_name}》中未找到报表文件（支持 .xlsx、.xls、.ods、.csv）")
     elif len(returns) > 1:
         p.errors.append("一次报送只能包含一个报表文件，收到：" + "、".join(f"《{f.name}》" for f in returns))
+    elif returns[0].size > config.campaign.max_return_bytes:
+        p.errors.append(f"《{returns[0].name}》有 {returns[0].size / 2**20:.0f} MB，超过报表文件上限 "
+                        f"{config.campaign.max_return_bytes // 2**20} MB（已归档），请精简后重新报送")
     else:
         ret = returns[0]
         try:
@@ -74,6 +78,8 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
             p.extracted = extract_return(sheets, config.campaign.form, ret.name)
         except ReturnFileError as exc:
             p.errors.append(exc.message)
+        if p.extracted is not None:
+            _take_docx_narrative(ledger, config, p)
         if p.extracted and p.extracted.campaign_id and p.extracted.campaign_id != config.campaign.id:
             p.errors.append(f"《{ret.name}》是其他报送任务（{p.extracted.campaign_id}）的报表，"
                             f"请使用本次任务下发的报表")
@@ -82,8 +88,28 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
     _check_sender(p)
     for f in files:
         if f.role == "other":
-            p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png）")
+            p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png，"
+                            f"照片压缩包 .zip，盖章扫描件 .pdf，文字材料 .docx）")
+        elif f.role == "signed" and not is_pdf(ledger.home / f.archive_path):
+            p.errors.append(f"《{f.name}》不是有效的 PDF 文件")
     return p
+
+
+def _take_docx_narrative(ledger: Ledger, config: Config, p: _Parsed) -> None:
+    """A .docx sent with the return fills the first narrative field when the sheet left it blank."""
+    texts = config.campaign.form.texts
+    docs = [f for f in p.files if f.role == "narrative"]
+    if not texts or not docs:
+        return
+    key = texts[0].key
+    cell = p.extracted.values.get(key)
+    if cell is not None and cell.raw not in (None, "") and str(cell.raw).strip():
+        return
+    text = docx_text(ledger.home / docs[0].archive_path)
+    if text is None:
+        p.errors.append(f"《{docs[0].name}》无法读取（文件损坏或过大），请另存为 .docx 后重新发送")
+        return
+    p.extracted.values[key] = CellValue(text, docs[0].name, "全文")
 
 
 def _check_sender(p: _Parsed) -> None:
@@ -198,7 +224,7 @@ def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], number
     sub.decided_at, sub.decided_by = now, "system"
     sub.late = p.sub.received_at > camp.calendar.deadline_at
     out.late = sub.late
-    _check_photos(s, home, p, out)
+    _check_photos(s, home, p, out, camp.max_photo_bytes)
     if p.unit is not None:
         earlier = history.setdefault(p.unit.code, [])
         sub.unit_code, sub.version = p.unit.code, len(earlier) + 1
@@ -228,19 +254,24 @@ def _flag_spam(p: _Parsed, texts) -> list[str]:
     return [k for k, v in row.items() if isinstance(v, str) and looks_like_spam(v)]
 
 
-def _check_photos(s, home, p: _Parsed, out: Outcome) -> None:
-    """Photos must be real JPEG/PNG images; a bad one is refused with a note, not the return."""
+def _check_photos(s, home, p: _Parsed, out: Outcome, max_photo_bytes: int) -> None:
+    """Photos must be real JPEG/PNG images within the size limit; a bad one is refused with a
+    note, not the return. Files refused earlier (oversized, odd zip members) are noted too."""
     captions = p.extracted.photo_captions if p.extracted else {}
     for f in p.files:
+        if f.role == "refused" and f.note:
+            out.notes.append(f"《{f.name}》{f.note}，未采用")
         if f.role != "photo":
             continue
         f_db = s.get(SubmissionFile, f.id)
-        problem = photo_problem(home / f.archive_path)
+        problem = (f"超过 {max_photo_bytes // 2**20} MB" if f.size > max_photo_bytes
+                   else photo_problem(home / f.archive_path))
         if problem:
             f_db.role = "refused"
             out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
         else:
-            f_db.caption = captions.get(f.name) or _caption_from_name(f.name)
+            base = f.name.rsplit("/", 1)[-1]  # photos from a zip are shown as 照片.zip/现场.jpg
+            f_db.caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
 
 
 def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts, flagged: list[str]) -> None:

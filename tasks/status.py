@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from .config import Config
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, UNCERTAIN,
-                     Bulletin, Delivery, Ledger, Submission)
+                     Bulletin, Delivery, Ledger, Submission, SubmissionFile)
 
 _UNIT_STATES = (ACCEPTED, REJECTED, NEEDS_EXPLANATION)
 
@@ -33,6 +33,9 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
                            .order_by(Bulletin.version.desc()).limit(1)).first()
         uncertain = list(s.scalars(select(Delivery.key).where(
             Delivery.campaign == camp.id, Delivery.state == UNCERTAIN)))
+        signed = set(s.scalars(select(SubmissionFile.submission_id).join(
+            Submission, Submission.id == SubmissionFile.submission_id).where(
+            Submission.campaign == camp.id, SubmissionFile.role == "signed")))
     by_unit: dict[str, list[Submission]] = {}
     for sub in subs:
         if sub.unit_code and sub.version is not None:
@@ -53,6 +56,7 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
             "code": u.code, "name": u.name, "state": state,
             "submitted_at": counted.received_at.astimezone(camp.calendar.tz).isoformat() if counted else None,
             "version": len(mine) or None,
+            "signed_copy": counted is not None and counted.id in signed,  # a stamped PDF scan came with it
         })
     used = set(latest.submission_ids) if latest else set()
     current = {x.id for x in subs if x.state == ACCEPTED}

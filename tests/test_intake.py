@@ -115,7 +115,8 @@ def test_folder_entry_is_one_submission_with_roles(ledger, home, inbox):
 
 @pytest.mark.parametrize("name, role", [("a.xlsx", "return"), ("a.XLS", "return"), ("a.ods", "return"),
                                         ("a.csv", "return"), ("a.xlsm", "return"), ("p.JPG", "photo"),
-                                        ("p.jpeg", "photo"), ("p.png", "photo"), ("x.pdf", "other"),
+                                        ("p.jpeg", "photo"), ("p.png", "photo"), ("x.pdf", "signed"),
+                                        ("x.ZIP", "zip"), ("x.docx", "narrative"), ("x.doc", "other"),
                                         ("noext", "other"), ("a.xlsx.exe", "other")])
 def test_file_role(name, role):
     assert file_role(name) == role

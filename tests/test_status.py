@@ -115,7 +115,8 @@ def test_completeness_has_the_keys_and_types_of_status_json(campaign_run, config
     assert st["latest_bulletin"] is None
     assert isinstance(st["units"], list) and len(st["units"]) == 24
     for u in st["units"]:
-        assert set(u) == UNIT_KEYS
+        assert set(u) == UNIT_KEYS | {"signed_copy"}  # documented addition
+        assert type(u["signed_copy"]) is bool
         assert isinstance(u["code"], str) and isinstance(u["name"], str)
         assert u["state"] in UNIT_STATES
         if u["state"] == "missing":
