@@ -109,7 +109,7 @@ def test_folder_entry_is_one_submission_with_roles(ledger, home, inbox):
     result = take(ledger, entry)
     assert result.outcome == "received"
     roles = {f.name: f.role for f in files_of(ledger, result.submission_id)}
-    assert roles == {"报表.xlsx": "return", "现场1.jpg": "photo", "现场2.PNG": "photo", "说明.docx": "other"}
+    assert roles == {"报表.xlsx": "return", "现场1.jpg": "photo", "现场2.PNG": "photo", "说明.docx": "narrative"}
     assert len(archived(home)) == 4
 
 
