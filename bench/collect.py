@@ -444,12 +444,14 @@ def bench_one(base: Path, n: int, xlsx_share: float, profile: bool) -> dict:
     say(f"N={n:,}: generated {made['xlsx']:,} .xlsx + {made['csv']:,} .csv, "
         f"{made['bytes'] / 2**20:.1f} MB in {made['seconds']:.1f} s")
     say(f"N={n:,}: baseline")
+    load_before = os.getloadavg()[0]
     base_r = run_child("baseline", folder, False)
     say(f"N={n:,}: baseline {base_r['seconds']:.2f} s")
     say(f"N={n:,}: product (Prefect logs: {folder / 'product.log'})")
     prod_r = run_child("product", folder, profile)
     same = base_r["states"] == prod_r["states"] and base_r["totals"] == prod_r["totals"]
     return {"n": n, "generated": made, "baseline": base_r, "product": prod_r,
+            "load_average": [load_before, os.getloadavg()[0]],
             "ratio": prod_r["seconds"] / base_r["seconds"], "same_result": same, "folder": str(folder)}
 
 
@@ -495,6 +497,8 @@ def report(results: list[dict]) -> str:
         lines.append("  baseline phases: " + ", ".join(f"{k.strip()} {v:.2f} s"
                                                        for k, v in b["phases"].items()))
         g = r["generated"]
+        lines.append(f"  1-min load average before the baseline {r['load_average'][0]:.2f}, "
+                     f"after the product {r['load_average'][1]:.2f} (other work on the machine skews both)")
         lines.append(f"  generated {g['xlsx']:,} .xlsx + {g['csv']:,} .csv ({g['bytes'] / 2**20:.1f} MB) "
                      f"in {g['seconds']:.1f} s; folder {r['folder']}")
     lines.append("")

@@ -98,15 +98,24 @@ def _activities(doc, c: BulletinContent) -> None:
 def _results(doc, c: BulletinContent) -> None:
     _text(doc, c.totals_sentence)
     _figure_table(doc, "全省活动情况汇总", _figures(c, "activity"))
-    if c.unit_rows:
-        n_values = len(c.unit_rows[0].values)
-        headers = list(c.table_headers)
-        headers = headers if len(headers) == n_values + 1 else ["单位", *headers]
+    if not c.unit_rows:
+        return
+    # one table per kind of figure (activities, media) so the columns fit the type area
+    groups: dict[str, list[int]] = {}
+    if len(c.figures) == len(c.table_headers):
+        for i, f in enumerate(c.figures):
+            groups.setdefault(f.section, []).append(i)
+    else:  # columns that are not the figures: one table
+        groups["activity"] = list(range(len(c.table_headers)))
+    titles = {"activity": "各单位活动情况", "media": "各单位宣传报道情况"}
+    for section, idx in groups.items():
+        headers = ["单位", *(c.table_headers[i] for i in idx)]
         rows = [[r.unit_name + ("（逾期）" if r.late else ""),
-                 *("—" if v is None else str(v) for v in r.values)] for r in c.unit_rows]
+                 *("—" if r.values[i] is None else str(r.values[i]) for i in idx)] for r in c.unit_rows]
         first = Mm(34)
-        rest = Emu((_TYPE_WIDTH - first) // max(len(headers) - 1, 1))
-        _table(doc, "各单位活动情况", headers, rows, Pt(10.5), [first] + [rest] * (len(headers) - 1))
+        rest = Emu((_TYPE_WIDTH - first) // max(len(idx), 1))
+        size = Pt(10.5) if len(idx) <= 6 else Pt(9)
+        _table(doc, titles.get(section, "各单位情况"), headers, rows, size, [first] + [rest] * len(idx))
 
 
 def _media(doc, c: BulletinContent) -> None:

@@ -225,3 +225,16 @@ def test_large_photo_is_downscaled(tmp_path):
 @pytest.mark.parametrize("n, text", [(1, "一"), (5, "五"), (10, "十"), (11, "十一"), (20, "二十"), (23, "二十三")])
 def test_cn_ordinal(n, text):
     assert _cn_ordinal(n) == text
+
+
+def test_per_unit_figures_split_by_section_when_columns_are_the_figures(tmp_path):
+    """Activities and media get a table each, so twelve columns never share one A4 width."""
+    from docx import Document
+    content = make_content(
+        tmp_path, table_headers=("张贴宣传画（套）", "节能标识（个）", "举办培训（场）", "省级以上媒体报道（篇）"),
+        unit_rows=(UnitRow("210100", "沈阳市", (30000, 17000, 40, 12)),))
+    doc = Document(str(write_docx(content, tmp_path / "split.docx")))
+    unit_tables = [t for t in doc.tables if t.rows[0].cells[0].text == "单位"]
+    assert [[c.text for c in t.rows[0].cells] for t in unit_tables] == [
+        ["单位", "张贴宣传画（套）", "节能标识（个）", "举办培训（场）"], ["单位", "省级以上媒体报道（篇）"]]
+    assert unit_tables[1].rows[1].cells[1].text == "12"
