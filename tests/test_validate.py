@@ -238,3 +238,23 @@ def test_cross_check_finding_shows_large_values_exactly(form):
     _, _, findings = run(form2, ReturnRecord(1, "a.xlsx", cells(form2, materials=1000000, bags=1234567)))
     f = only(findings, None)
     assert "1234567" in f.value and "1000000" in f.value
+
+
+# ---------------------------------------------------------------- against the previous campaign
+def test_jumps_and_drops_against_the_previous_campaign_are_warnings(config):
+    import pandas as pd
+
+    from tasks.validate import Previous
+    form = config.campaign.form
+    before = pd.DataFrame({"posters": [100.0, 100.0, 5.0], "banners": [50.0, 50.0, 50.0]},
+                          index=["210100", "210200", "210300"])
+    previous = Previous("energy-week-2022", before, factor=3.0, minimum=10.0)
+    records = [ReturnRecord(1, "a.xlsx", cells(form, posters=400, banners=50), unit_code="210100"),  # jump
+               ReturnRecord(2, "b.xlsx", cells(form, posters=100, banners=10), unit_code="210200"),  # drop
+               ReturnRecord(3, "c.xlsx", cells(form, posters=9, banners=40), unit_code="210300"),  # small: no
+               ReturnRecord(4, "d.xlsx", cells(form, posters=900), unit_code="211400")]  # no history
+    _, _, findings = validate_returns(records, form, previous)
+    compared = [(f.submission_id, f.field) for f in findings if "energy-week-2022" in f.expected]
+    assert compared == [(1, "posters"), (2, "banners")]
+    jump = next(f for f in findings if f.submission_id == 1 and f.field == "posters" and "2022" in f.expected)
+    assert jump.level == WARNING and "100" in jump.expected and jump.value == "400"
