@@ -105,7 +105,7 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
     stories = []
     for code, row in merged.texts.iterrows():
         first = camp.form.texts[0].key if camp.form.texts else None
-        text = lambda k: defang_links(str(row[k])) if k in row and pd.notna(row[k]) else ""  # noqa: E731
+        text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
         rest = [t.key for t in camp.form.texts[1:]]
         if first and text(first):
             stories.append(Story(code, units[code].name, units[code].kind, text(first),
@@ -133,6 +133,12 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         table_headers=tuple(f"{f.label}（{f.unit}）" if f.unit else f.label for f in camp.form.counts),
         unit_rows=rows, photos=photos, recipients=recipients, copies=b.copies or copies,
         generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _sentence(text: str) -> str:
+    """A narrative as a finished sentence: trimmed, ending in 。 unless it already ends in punctuation."""
+    text = text.strip()
+    return text if not text or text[-1] in "。！？；.!?…）)”\"" else text + "。"
 
 
 def _recipients(config: Config) -> tuple[tuple[Recipients, ...], int]:
