@@ -14,6 +14,7 @@ from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_message
 from tasks.processing import Outcome, process_received
+from tasks.review import explain_by_reply
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
 from .context import Context, open_context
@@ -42,11 +43,12 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
 
 
 @task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
-def take_in_mailbox(ctx: Context) -> tuple[list, list[str]]:
-    """Archive and record every message of the campaign's IMAP folder (when a host is set)."""
+def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
+    """Archive and record every message of the campaign's IMAP folder (when a host is set):
+    (taken-in submissions, replies carrying explanations, problems for the coordinators)."""
     settings = ImapSettings()
     if not settings.host:
-        return [], []
+        return [], [], []
     if ctx.config.campaign.mailbox_folder:
         settings = settings.model_copy(update={"folder": ctx.config.campaign.mailbox_folder})
     log = get_run_logger()
@@ -56,11 +58,26 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list[str]]:
                             work_dir=ctx.home / "work" / "imap" / ctx.campaign_id)
     except MailboxError as exc:
         log.error("%s", exc)
-        return [], [f"无法读取邮箱：{exc}"]
+        return [], [], [f"无法读取邮箱：{exc}"]
     log.info("邮箱 %s：%d 份报送，%d 封自动回复（已记录，不回复），%d 封无附件，%d 封处理失败",
              settings.folder, len(r.taken), r.auto_replies, r.skipped, r.failed)
     problems = [f"{r.failed} 封邮件处理失败，已留在邮箱中下次重试"] if r.failed else []
-    return r.taken, problems
+    return r.taken, r.replies, problems
+
+
+@task(name="apply-explanations", cache_policy=NO_CACHE)
+def apply_explanations(ctx: Context, replies: list) -> list[Outcome]:
+    """Replies from a unit's contacts explain the warnings on its waiting return: accept it."""
+    outcomes = []
+    for reply in replies:
+        sub = explain_by_reply(ctx.ledger, ctx.config, reply.sender, reply.text, ctx.now)
+        if sub is None:
+            get_run_logger().info("来自 %s 的邮件没有附件，也没有待说明的报表：已记录", reply.sender)
+            continue
+        outcomes.append(Outcome(sub.id, sub.original_name, sub.state, sub.unit_code, reply.sender,
+                                warnings=list(sub.warnings), version=sub.version, late=sub.late,
+                                explanation=sub.explanation))
+    return outcomes
 
 
 @task(name="decide-returns", cache_policy=NO_CACHE)
@@ -109,10 +126,11 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     get_run_logger().info("收取报表：%s，主目录 %s", ctx.campaign_id, ctx.home)
     check_uncertain(ctx)
     taken = take_in_drop_folder(ctx, inbox)
-    mailed, mailbox_problems = take_in_mailbox(ctx)
+    mailed, replies, mailbox_problems = take_in_mailbox(ctx)
     taken = taken + mailed
     outcomes = decide_returns(ctx)
-    receipts = send_messages(ctx, build_receipts(ctx, outcomes), "receipt")
+    explained = apply_explanations(ctx, replies) if replies else []
+    receipts = send_messages(ctx, build_receipts(ctx, outcomes + explained), "receipt")
     refused = [r for r in taken if r.outcome == REFUSED]
     lines = mailbox_problems + _notice_lines(outcomes, refused)
     if lines:

@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import decode_header
 from email.message import Message
 from email.utils import parseaddr
@@ -63,8 +63,32 @@ class MailboxError(Exception):
 class MailboxResult:
     taken: list[TakeInResult]  # one per message with attachments
     auto_replies: int  # recorded ('mail.auto_reply'), moved, never answered
-    skipped: int  # no attachment: recorded ('mail.no_attachment'), moved; no receipt is sent
+    skipped: int  # no attachment and no text: recorded ('mail.no_attachment'), moved, no receipt
     failed: int = 0  # could not be handled: recorded ('mail.failed'), left in place for next run
+    replies: list["Reply"] = field(default_factory=list)  # text without attachments: explanations
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message with text and no attachment: a unit's explanation of the warnings on its return."""
+
+    sender: str
+    subject: str
+    text: str
+    sha256: str
+
+
+_QUOTE_START = re.compile(r"^\s*(>|-{3,}\s*(原始邮件|Original Message)|在.{0,60}写道[:：]|On .{0,80}wrote:|发件人[:：]|From:)")
+
+
+def reply_text(body: str, limit: int = 2000) -> str:
+    """The new text of a reply: lines above the quoted original, trimmed and bounded."""
+    lines = []
+    for line in body.replace("\r\n", "\n").split("\n"):
+        if _QUOTE_START.match(line):
+            break
+        lines.append(line.rstrip())
+    return "\n".join(lines).strip()[:limit]
 
 
 class _RawMessage(MailMessage):
@@ -199,8 +223,9 @@ def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.da
         _record_once(ledger, campaign, "mail.auto_reply", sender or SOURCE, sha, note, now)
         return "auto_reply"
     if not [a for a in msg.attachments if a.content_type != "message/rfc822"]:
-        _record_once(ledger, campaign, "mail.no_attachment", sender or SOURCE, sha, note, now)
-        return "skipped"
+        text = reply_text(msg.text or "")
+        _record_once(ledger, campaign, "mail.no_attachment", sender or SOURCE, sha, note | {"text": text}, now)
+        return Reply(sender, subject, text, sha) if sender and text else "skipped"
     folder = Path(tempfile.mkdtemp(prefix="imap-", dir=work_dir))
     try:
         files = _files(msg, folder, max_file_bytes)
@@ -223,6 +248,7 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     taken: list[TakeInResult] = []
+    replies: list[Reply] = []
     counts = {"auto_reply": 0, "skipped": 0, "failed": 0}
     box = _connect(settings)
     with box:
@@ -244,6 +270,8 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
             box.move(msg.uid, settings.done_folder)
             if isinstance(out, str):
                 counts[out] += 1
+            elif isinstance(out, Reply):
+                replies.append(out)
             else:
                 taken.append(out)
-    return MailboxResult(taken, counts["auto_reply"], counts["skipped"], counts["failed"])
+    return MailboxResult(taken, counts["auto_reply"], counts["skipped"], counts["failed"], replies)

@@ -98,7 +98,7 @@ def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
     ctx = _common(config) | dict(o=outcome, unit=unit, greeting=greeting, subject=subject,
                                  received_at=received_at.astimezone(camp.calendar.tz))
     return OutgoingMessage(
-        key=f"{camp.id}/receipt/{outcome.submission_id}", to=to, subject=subject,
+        key=f"{camp.id}/receipt/{outcome.submission_id}/{outcome.state}", to=to, subject=subject,
         text=render("receipt.txt.j2", override, **ctx), html=_html("receipt.html.j2", override, **ctx),
         reply_to=_addr(camp.coordinators[0]),
         headers=_headers(camp, "receipt", outcome.unit_code))

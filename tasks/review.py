@@ -68,3 +68,29 @@ def review(ledger: Ledger, config: Config, unit_code: str, *, action: str, by: s
     ledger.record(config.campaign.id, f"review.{action}", actor=by, subject=str(result.id),
                   detail={"unit": unit_code, "note": note}, at=now)
     return result
+
+
+def explain_by_reply(ledger: Ledger, config: Config, sender: str, text: str,
+                     now: dt.datetime) -> Submission | None:
+    """A unit's reply explaining the warnings on its latest return: that return is accepted
+    with the explanation kept. Returns it, or None when the sender's unit has nothing waiting."""
+    from .mailbox import sender_unit  # the contact lists decide who may explain for a unit
+    unit = sender_unit(sender, config.units)
+    if unit is None:
+        return None
+    with ledger.session() as s:
+        sub = s.scalars(select(Submission).where(
+            Submission.campaign == config.campaign.id, Submission.unit_code == unit.code,
+            Submission.state == NEEDS_EXPLANATION).order_by(Submission.id.desc()).limit(1)).first()
+        if sub is None:
+            return None
+        for other in s.scalars(select(Submission).where(
+                Submission.campaign == sub.campaign, Submission.unit_code == unit.code,
+                Submission.id != sub.id, Submission.state == ACCEPTED)):
+            other.state = SUPERSEDED
+        sub.state, sub.explanation = ACCEPTED, text
+        sub.decided_at, sub.decided_by = now, f"{sender}（回复说明）"
+        result = sub
+    ledger.record(config.campaign.id, "submission.explained", actor=sender, subject=str(result.id),
+                  detail={"unit": unit.code, "explanation": text}, at=now)
+    return result

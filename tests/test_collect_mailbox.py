@@ -73,3 +73,43 @@ def test_collect_reads_the_mailbox_and_answers_contacts_only(tmp_path, config, c
     again = collect_returns(CAMPAIGN, now=config.campaign.calendar.deadline_at, home=str(tmp_path),
                             config_dir=str(config_dir))
     assert again["taken_in"] == 0 and len(smtp_env.messages) == len(mails)
+
+
+def test_a_reply_explains_the_warnings_and_the_return_is_accepted(tmp_path, config, config_dir, smtp_env,
+                                                                  imap_server, monkeypatch):  # noqa: F811
+    from flows.collect_returns import collect_returns
+    from tasks.ledger import Ledger
+    from tasks.status import completeness
+    folder = "Replies2023"
+    for key, value in (("HOST", imap_server.host), ("PORT", str(imap_server.port)), ("USER", imap_server.user),
+                       ("PASSWORD", imap_server.password), ("SECURITY", "none"), ("FOLDER", folder),
+                       ("DONE_FOLDER", "RepliesDone")):
+        monkeypatch.setenv(f"BULLETIN_IMAP_{key}", value)
+    unit = config.unit_by_code["210200"]
+    values = {f.key: 10 for f in config.campaign.form.counts} | {"activities": "开展节能宣传。",
+                                                                  "participants": 1, "trainings": 5}
+    data = fill_workbook(build_request_workbook(config.campaign, unit), values)
+    xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    sender = unit.contacts[0].email
+    args = dict(home=str(tmp_path), config_dir=str(config_dir))
+    with MailBoxUnencrypted(imap_server.host, port=imap_server.port).login(
+            imap_server.user, imap_server.password) as box:
+        if not box.folder.exists(folder):
+            box.folder.create(folder)
+        box.append(_mail(sender, "大连市报表", [("大连市报表.xlsx", data, xlsx)]), folder)
+    first = collect_returns(CAMPAIGN, now=config.campaign.calendar.deadline_at, **args)
+    assert first["decided"] == {"needs_explanation": 1}
+    reply = EmailMessage()
+    reply["From"], reply["To"], reply["Subject"] = sender, "reports@example.com", "回复：【回执】需要说明"
+    reply.set_content("培训以视频会议形式开展，参与人次按分会场统计。\n\n在 2023年9月28日 写道：\n> 审核结果：需要说明")
+    with MailBoxUnencrypted(imap_server.host, port=imap_server.port).login(
+            imap_server.user, imap_server.password) as box:
+        box.append(reply.as_bytes(), folder)
+    collect_returns(CAMPAIGN, now=config.campaign.calendar.deadline_at, **args)
+    status = completeness(Ledger(tmp_path), config, config.campaign.calendar.deadline_at)
+    assert next(u for u in status["units"] if u["code"] == "210200")["state"] == "accepted"
+    receipts = [email.message_from_bytes(m.data, policy=policy.default) for m in smtp_env.messages]
+    last = receipts[-1]
+    assert "已通过" in str(last["Subject"])
+    body = last.get_body(("plain",)).get_content()
+    assert "视频会议" in body and "写道" not in body  # the explanation, without the quoted original

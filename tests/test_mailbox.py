@@ -221,12 +221,15 @@ def test_bounce_is_an_auto_reply(ledger, settings, work):
 
 def test_message_without_attachment_is_skipped_and_moved(ledger, settings, work):
     put(settings, mail(CONTACT, "请问报表何时截止？", body="请问截止时间？"))
+    put(settings, mail(CONTACT, "空邮件", body="   "))
     result = collect(ledger, settings, work)
+    # text without attachments is kept as a possible explanation (the flow decides), empty mail is skipped
     assert (result.taken, result.auto_replies, result.skipped) == ([], 0, 1)
-    [ev] = events(ledger, "mail.no_attachment")
-    assert json.loads(ev.detail)["subject"] == "请问报表何时截止？"
+    assert [(r.sender, r.text) for r in result.replies] == [(CONTACT.lower(), "请问截止时间？")]
+    evs = events(ledger, "mail.no_attachment")
+    assert sorted(json.loads(ev.detail)["subject"] for ev in evs) == sorted(["请问报表何时截止？", "空邮件"])
     assert messages_in(settings, settings.folder) == []
-    assert len(messages_in(settings, settings.done_folder)) == 1
+    assert len(messages_in(settings, settings.done_folder)) == 2
 
 
 @pytest.mark.parametrize("headers, sender, subject", [
