@@ -30,7 +30,7 @@ from .render_docx import write_docx
 from .safe_sheet import export_frame
 
 log = logging.getLogger(__name__)
-PHOTO_MAX_SIDE = 1280
+PHOTO_SIDES = (1280, 960, 640, 480)  # tried in turn until the bulletin mail fits its budget
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,37 @@ def _recipients(config: Config) -> tuple[tuple[Recipients, ...], int]:
     return tuple(Recipients(r, tuple(by_role[r])) for r in order if r in by_role), count
 
 
-def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path) -> tuple[Photo, ...]:
+def mail_size(folder: Path) -> int:
+    """What the bulletin email will weigh: body, inline photos and DOCX, base64-encoded."""
+    parts = [folder / "mail.html", folder / "bulletin.txt", folder / "bulletin.docx",
+             *sorted((folder / "images").glob("*.jpg"))]
+    return int(sum(p.stat().st_size for p in parts if p.exists()) * 4 / 3) + 4096
+
+
+def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Path, version: int,
+                          day: dt.date, lead: str, override_dir: str | None) -> BulletinContent:
+    """Render; while the mail is over ``max_mail_bytes``, shrink the photos, then use fewer."""
+    budget = config.campaign.bulletin.max_mail_bytes
+    limit = config.campaign.bulletin.max_photos
+    for side in PHOTO_SIDES + (PHOTO_SIDES[-1],) * 8:
+        if (folder / "images").exists():
+            shutil.rmtree(folder / "images")
+        photos = _copy_photos(home, merged, config, folder, side, limit)
+        content = build_content(config, merged, version, day, lead, photos)
+        render_files(content, folder, config, override_dir)
+        if mail_size(folder) <= budget or not photos:
+            return content
+        if side == PHOTO_SIDES[-1]:
+            limit = len(photos) // 2
+    log.warning("bulletin v%s is %d bytes, over max_mail_bytes %d", version, mail_size(folder), budget)
+    return content
+
+
+def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path, side: int,
+                 limit: int) -> tuple[Photo, ...]:
     """Downscaled JPEG copies of the gallery photos (one name per photo, never the sender's)."""
     units = config.unit_by_code
     unit_of = {x.id: x.unit_code for x in merged.submissions}
-    limit = config.campaign.bulletin.max_photos
     chosen = _one_per_unit_first(merged.photos, unit_of)[:limit]
     (folder / "images").mkdir(parents=True, exist_ok=True)
     out = []
@@ -166,7 +192,7 @@ def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path) -> tu
         try:
             with Image.open(home / f.archive_path) as im:
                 im = ImageOps.exif_transpose(im).convert("RGB")
-                im.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))
+                im.thumbnail((side, side))
                 im.save(folder / "images" / name, "JPEG", quality=80, optimize=True)
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
             log.warning("photo %s of submission %s skipped: %s", f.name, f.submission_id, exc)
@@ -227,10 +253,9 @@ def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: 
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
     try:
-        photos = _copy_photos(ledger.home, merged, config, work)
         day = camp.bulletin.date or now.astimezone(camp.calendar.tz).date()
-        content = build_content(config, merged, version, day, lead or camp.bulletin.lead, photos)
-        render_files(content, work, config, override_dir)
+        content = _render_within_budget(ledger.home, merged, config, work, version, day,
+                                        lead or camp.bulletin.lead, override_dir)
         table = merged.numbers.copy()
         table.columns = list(content.table_headers)
         table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])

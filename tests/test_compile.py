@@ -267,3 +267,35 @@ def test_a_corrupt_photo_does_not_stop_the_bulletin(ledger, config, prepared, tm
     assert [o.state for o in process_received(ledger, config, T2)] == ["accepted"]
     b, created = compile_bulletin(ledger, config, COMPILE)
     assert created and len(b.submission_ids) == 4
+
+
+def test_bulletin_mail_is_kept_under_its_size_budget(tmp_path, config):
+    """Large photos shrink (then fewer are used) until mail.html + photos + DOCX fit."""
+    import io
+
+    from PIL import Image
+
+    from tasks.compile import compile_bulletin, mail_size
+    from tasks.intake import entry_files, take_in
+    from tasks.ledger import Ledger
+    from tasks.processing import process_received
+    from test_processing import BEFORE, write_return
+    ledger = Ledger(tmp_path / "home")
+    for i, code in enumerate(["210100", "210200", "210300"]):
+        entry = tmp_path / "in" / code
+        write_return(entry, config, config.unit_by_code[code])
+        noise = Image.effect_noise((2400, 1800), 80).convert("RGB")  # noise does not compress
+        noise.save(entry / f"现场{i}.jpg", "JPEG", quality=95)
+        take_in(ledger, config.campaign.id, entry.name, entry_files(entry), source="folder", sender=None,
+                now=BEFORE, max_file_bytes=config.campaign.max_file_bytes)
+    process_received(ledger, config, BEFORE)
+    budget = 900_000
+    small = config.campaign.model_copy(update={"bulletin": config.campaign.bulletin.model_copy(
+        update={"max_mail_bytes": budget})})
+    cfg = config.model_copy(update={"campaign": small})
+    row, created = compile_bulletin(ledger, cfg, BEFORE)
+    folder = ledger.home / row.folder
+    assert created and mail_size(folder) <= budget
+    photos = sorted((folder / "images").glob("*.jpg"))
+    assert photos, "some photos still shown"
+    assert max(Image.open(p).size[0] for p in photos) < 1280  # they had to shrink
