@@ -77,7 +77,7 @@ def test_docx_fills_a_blank_narrative(tmp_path, config):
     doc.add_paragraph("铁岭市组织开展节能宣传周启动仪式。")
     doc.add_paragraph("向干部职工发放节能倡议书。")
     doc.save(entry / "活动总结.docx")
-    sid = submit(ledger, config, entry, BEFORE)
+    submit(ledger, config, entry, BEFORE)
     (o,) = process_received(ledger, config, BEFORE)
     assert o.state == ACCEPTED, o.errors
     from tasks.compile import merge_accepted

@@ -18,7 +18,6 @@ from tasks.formatting import round_down_prose
 from tasks.intake import entry_files, take_in
 from tasks.ledger import ACCEPTED, Bulletin, Ledger
 from tasks.processing import process_received
-from tasks.workbook import build_request_workbook, fill_workbook
 
 TZ = ZoneInfo("Asia/Shanghai")
 T1 = dt.datetime(2023, 9, 25, 10, 0, tzinfo=TZ)
@@ -34,36 +33,7 @@ ACCEPTED_VALUES = [
 ]
 
 
-_MADE: dict[tuple, bytes] = {}
-
-
-def _return_bytes(config, unit_code: str, over: tuple) -> bytes:
-    """Filled workbook bytes, made once per distinct content (keeps the suite fast)."""
-    key = (config.campaign.id, unit_code, over)
-    if key in _MADE:
-        return _MADE[key]
-    unit = config.unit_by_code[unit_code]
-    values: dict[str, object] = {f.key: 10 if f.kind == "count" else f"{unit.name}开展节能宣传活动。"
-                                 for f in config.campaign.form.fields}
-    values["participants"] = 100
-    values.update(dict(over))
-    _MADE[key] = fill_workbook(build_request_workbook(config.campaign, unit), values)
-    return _MADE[key]
-
-
-def write_return(folder: Path, config, unit, name: str | None = None, **over) -> Path:
-    """The unit's generated request workbook, filled in (as flows/demo_units.py does)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (name or f"{unit.name}报表.xlsx")
-    path.write_bytes(_return_bytes(config, unit.code, tuple(sorted(over.items()))))
-    return path
-
-
-def submit(ledger: Ledger, config, entry: Path, now: dt.datetime) -> int:
-    result = take_in(ledger, config.campaign.id, entry.name, entry_files(entry), source="folder",
-                     sender=None, now=now, max_file_bytes=config.campaign.max_file_bytes)
-    assert result.outcome == "received"
-    return result.submission_id
+from test_processing import submit, write_return  # noqa: E402 - shared real-file helpers
 
 
 @pytest.fixture(scope="module")
@@ -271,12 +241,10 @@ def test_a_corrupt_photo_does_not_stop_the_bulletin(ledger, config, prepared, tm
 
 def test_bulletin_mail_is_kept_under_its_size_budget(tmp_path, config):
     """Large photos shrink (then fewer are used) until mail.html + photos + DOCX fit."""
-    import io
 
     from PIL import Image
 
     from tasks.compile import compile_bulletin, mail_size
-    from tasks.intake import entry_files, take_in
     from tasks.ledger import Ledger
     from tasks.processing import process_received
     from test_processing import BEFORE, write_return
