@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from sqlalchemy import select
 
 from .archive import archive_file
 from .attachments import PHOTO_SUFFIXES, unpack_photos
-from .ledger import (DUPLICATE, RECEIVED, REFUSED, Ledger, Submission, SubmissionFile)
+from .ledger import DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile
 
 RETURN_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".ods", ".csv"}
 _SAFE = re.compile(r"[^A-Za-z0-9._\-\u4e00-\u9fff]+")
@@ -140,9 +141,11 @@ def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[Incoming
                                          name=u.name, sha256=u.sha256, size=u.size,
                                          archive_path=u.archive_path, note=u.refused))
         sub_id = sub.id
-    outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
-    ledger.record(campaign, f"submission.{outcome}", actor=sender or source, subject=str(sub_id),
-                  detail={"name": entry_name, "files": [f.name for f in files], "note": detail}, at=now)
+        outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
+        s.add(Event(at=now, campaign=campaign, actor=sender or source, action=f"submission.{outcome}",
+                    subject=str(sub_id), detail=json.dumps(
+                        {"name": entry_name, "files": [f.name for f in files], "note": detail},
+                        ensure_ascii=False)))
     return TakeInResult(sub_id, entry_name, outcome, detail)
 
 

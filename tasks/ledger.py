@@ -170,6 +170,9 @@ def engine_for(url: str) -> Engine:
             def _pragmas(conn, _record):  # noqa: ANN001
                 cur = conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives a crash of the process (what the guards need);
+                # only a power cut may lose the last commits, and the archive is fsynced apart
+                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
         Base.metadata.create_all(eng)
