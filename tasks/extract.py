@@ -250,16 +250,56 @@ def _wordy(text: str) -> bool:
         r"[\d.,\s]+[\u4e00-\u9fff]{0,2}", text)
 
 
+class _UnitIndex:
+    """Lookups over a unit list built once (at national scale a list holds ~590,000 units,
+    so nothing here may walk the whole list per return)."""
+
+    def __init__(self, units: list[Unit]):
+        self.units = units
+        self.by_code = {u.code.lower(): u for u in units}
+        self.by_name: dict[str, list[Unit]] = {}
+        self.by_email: dict[str, list[Unit]] = {}
+        for u in units:
+            for n in {normalize_label(x) for x in [u.name, *u.aliases]} - {""}:
+                self.by_name.setdefault(n, []).append(u)
+            for e in {c.email.lower() for c in u.contacts} | {d.lower() for d in u.delegates}:
+                self.by_email.setdefault(e, []).append(u)
+        self.longest_name = max((len(n) for n in self.by_name), default=0)
+        self.longest_code = max((len(c) for c in self.by_code), default=0)
+
+
+_INDEXES: dict[int, _UnitIndex] = {}
+
+
+def _index(units: list[Unit]) -> _UnitIndex:
+    """The index of this very list (configs keep one list per campaign)."""
+    found = _INDEXES.get(id(units))
+    if found is None or found.units is not units:
+        if len(_INDEXES) > 16:
+            _INDEXES.clear()
+        found = _INDEXES[id(units)] = _UnitIndex(units)
+    return found
+
+
+_CODE_CHAR = re.compile(r"[0-9a-z]")
+
+
 def _units_in(text: str, units: list[Unit]) -> list[Unit]:
     """Units whose name, alias or code occurs in ``text``; a match inside a longer match of
     another unit does not count (``沈抚示范区`` is not ``沈阳``)."""
+    idx = _index(units)
     spans: list[tuple[int, int, Unit]] = []
-    for u in units:
-        for n in {normalize_label(x) for x in [u.name, *u.aliases]} - {""}:
-            spans += [(m.start(), m.end(), u) for m in re.finditer(re.escape(n), text)]
-        code = re.escape(u.code.lower())
-        spans += [(m.start(), m.end(), u) for m in
-                  re.finditer(rf"(?<![0-9a-z]){code}(?![0-9a-z])", text)]
+    for a in range(len(text)):
+        for b in range(a + 1, min(len(text), a + idx.longest_name) + 1):
+            spans += [(a, b, u) for u in idx.by_name.get(text[a:b], ())]
+        if a and _CODE_CHAR.match(text[a - 1]):
+            continue  # a code must not be glued to letters or digits before it
+        for b in range(a + 1, min(len(text), a + idx.longest_code) + 1):
+            if b < len(text) and _CODE_CHAR.match(text[b]):
+                continue
+            unit = idx.by_code.get(text[a:b])
+            if unit is not None:
+                spans.append((a, b, unit))
     kept = [(a, b, u) for a, b, u in spans if not any(
         a2 <= a and b <= b2 and b2 - a2 > b - a and u2.code != u.code for a2, b2, u2 in spans)]
     return list({u.code: u for _, _, u in kept}.values())
@@ -275,14 +315,14 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
     problems: list[str] = []
     if extracted and extracted.unit_code:
         code = extracted.unit_code.strip()
-        unit = next((u for u in units if u.code.lower() == code.lower()), None)
+        unit = _index(units).by_code.get(code.lower())
         if unit:
             return unit, f"单位代码 {code}"
         problems.append(f"表中的单位代码“{code}”不在本次报送单位名单中")
     if extracted and extracted.unit_name:
         name = extracted.unit_name
         norm = normalize_label(name)
-        found = [u for u in units if norm in {normalize_label(x) for x in [u.name, *u.aliases]}]
+        found = list({u.code: u for u in _index(units).by_name.get(norm, [])}.values())
         found = found or _units_in(norm, units)
         if len(found) == 1:
             return found[0], f"表中填报单位“{name}”"
@@ -297,8 +337,7 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
         return None, f"文件名同时匹配多个单位：{'、'.join(u.name for u in found)}"
     if sender:
         address = parseaddr(sender)[1].lower() or sender.strip().lower()
-        found = [u for u in units if address in {c.email.lower() for c in u.contacts}
-                 | {d.lower() for d in u.delegates}]
+        found = list({u.code: u for u in _index(units).by_email.get(address, [])}.values())
         if len(found) == 1:
             return found[0], f"发件人 {address}"
         if found:
