@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from tasks.intake import drop_folder_entries, entry_files, move_processed, take_in
 from tasks.ledger import QUARANTINED, REFUSED, Submission
@@ -130,7 +131,7 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     taken = taken + mailed
     outcomes = decide_returns(ctx)
     explained = apply_explanations(ctx, replies) if replies else []
-    receipts = send_messages(ctx, build_receipts(ctx, outcomes + explained), "receipt")
+    receipts = send_messages(ctx, quote(build_receipts(ctx, quote(outcomes + explained))), "receipt")
     refused = [r for r in taken if r.outcome == REFUSED]
     lines = mailbox_problems + _notice_lines(outcomes, refused)
     if lines:

@@ -34,6 +34,8 @@ def run_name(step: str) -> Callable[[], str]:
     return _name
 
 
+# Callers pass big message lists wrapped in prefect.utilities.annotations.quote: Prefect then
+# hands the list over as is instead of walking every message (and its attachments).
 @task(name="send-messages", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE,
       task_run_name="send-{step}-{ctx.campaign_id}")
 def send_messages(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,

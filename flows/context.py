@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.config import Config, load_config
@@ -57,14 +56,17 @@ def resolve_now(now: dt.datetime | str | None, config: Config) -> dt.datetime:
     return now if now.tzinfo else now.replace(tzinfo=tz)
 
 
-@dataclass
 class Context:
-    """One step's view of a campaign."""
+    """One step's view of a campaign.
 
-    config: Config
-    ledger: Ledger
-    home: Path
-    now: dt.datetime
+    A plain class on purpose: Prefect walks dataclasses and pydantic models passed to tasks
+    (looking for futures), and a config holds every unit, up to hundreds of thousands."""
+
+    def __init__(self, config: Config, ledger: Ledger, home: Path, now: dt.datetime):
+        self.config, self.ledger, self.home, self.now = config, ledger, home, now
+
+    def __repr__(self) -> str:
+        return f"Context({self.campaign_id}, {self.home}, {self.now.isoformat()})"
 
     @property
     def campaign_id(self) -> str:

@@ -7,6 +7,7 @@ import datetime as dt
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
@@ -71,7 +72,7 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
         return {"campaign": ctx.campaign_id, "version": bulletin.version,
                 "approval": bulletin.approval, "sent": 0}
     messages = build_bulletin_mail(ctx, bulletin)
-    counts = send_messages(ctx, messages, "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
+    counts = send_messages(ctx, quote(messages), "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
     if not dry_run:
         _deliveries_artifact(ctx, bulletin, messages, counts)
     return {"campaign": ctx.campaign_id, "version": bulletin.version, "approval": bulletin.approval,

@@ -6,6 +6,7 @@ import datetime as dt
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from sqlalchemy import func, select
 
 from tasks.archive import archive_bytes
@@ -59,6 +60,6 @@ def request_returns(campaign: str, units: list[str] | None = None, force: bool =
     log.info("报送通知：%s，主目录 %s", ctx.campaign_id, ctx.home)
     check_uncertain(ctx)
     messages = build_requests(ctx, units, force, dry_run)
-    counts = send_messages(ctx, messages, "request", dry_run=dry_run)
+    counts = send_messages(ctx, quote(messages), "request", dry_run=dry_run)
     log.info("报送通知结果：%s", counts)
     return {"campaign": ctx.campaign_id, "units": len(messages), **counts}

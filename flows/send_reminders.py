@@ -6,6 +6,7 @@ import datetime as dt
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from tasks.notices import reminder_message
 from tasks.reminders import due_tier, units_to_remind
@@ -34,5 +35,5 @@ def send_reminders(campaign: str, units: list[str] | None = None, dry_run: bool 
     ctx = open_context(campaign, home, config_dir, now)
     check_uncertain(ctx)
     messages = build_reminders(ctx, units)
-    counts = send_messages(ctx, messages, "reminder", dry_run=dry_run)
+    counts = send_messages(ctx, quote(messages), "reminder", dry_run=dry_run)
     return {"campaign": ctx.campaign_id, "reminders": len(messages), **counts}

@@ -103,22 +103,32 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         phrase([f for f in figures if f.section == "media"])
     units = config.unit_by_code
     stories = []
-    for code, row in merged.texts.iterrows():
-        first = camp.form.texts[0].key if camp.form.texts else None
+    first = camp.form.texts[0].key if camp.form.texts else None
+    rest = [t.key for t in camp.form.texts[1:]]
+    for code, row in merged.texts.head(b.max_stories).iterrows():
         text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
-        rest = [t.key for t in camp.form.texts[1:]]
         if first and text(first):
             stories.append(Story(code, units[code].name, units[code].kind, text(first),
                                  "；".join(text(k) for k in rest if text(k))))
     late = {x.unit_code for x in merged.submissions if x.late}
+    shown = merged.numbers.index if len(merged.numbers) <= b.max_table_rows else []
     rows = tuple(UnitRow(code, units[code].name,
                          tuple(None if pd.isna(v) else int(v) for v in merged.numbers.loc[code]),
-                         code in late) for code in merged.numbers.index)
+                         code in late) for code in shown)
     reported, expected = len(merged.submissions), len(config.units)
     reported_codes = set(merged.numbers.index)
     missing = tuple(u.name for u in config.units if u.code not in reported_codes)
     completeness = f"本次应报{expected}家，已报{reported}家"
-    completeness += f"，未报{len(missing)}家：{'、'.join(missing)}。" if missing else "，全部按要求报送。"
+    if missing:
+        names = "、".join(missing[:b.max_table_rows])
+        more = f"等{len(missing)}家" if len(missing) > b.max_table_rows else ""
+        completeness += f"，未报{len(missing)}家：{names}{more}。"
+    else:
+        completeness += "，全部按要求报送。"
+    if len(merged.texts) > b.max_stories:
+        completeness += f"活动情况摘录前{b.max_stories}家单位，"
+    if not rows and len(merged.numbers):
+        completeness += "各单位明细数据见附件汇总表。"
     recipients, copies = _recipients(config)
     return BulletinContent(
         campaign_id=camp.id, version=version, name=b.name, issue=b.issue, title=b.title,
@@ -155,8 +165,10 @@ def _recipients(config: Config) -> tuple[tuple[Recipients, ...], int]:
 
 def mail_size(folder: Path) -> int:
     """What the bulletin email will weigh: body, inline photos and DOCX, base64-encoded."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     parts = [folder / "mail.html", folder / "bulletin.txt", folder / "bulletin.docx",
-             *sorted((folder / "images").glob("*.jpg"))]
+             *sorted((folder / "images").glob("*.jpg")),
+             *([folder / "merged.xlsx"] if manifest.get("attach_table") else [])]
     return int(sum(p.stat().st_size for p in parts if p.exists()) * 4 / 3) + 4096
 
 
@@ -219,6 +231,7 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     (folder / "bulletin.html").write_text(css_inline.inline(html), encoding="utf-8")
     (folder / "mail.html").write_text(mail_html(content, config, override_dir), encoding="utf-8")
     manifest = {"version": content.version, "title": content.title, "date": content.date_text,
+                "attach_table": not content.unit_rows and content.reported > 0,
                 "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
                            for p in content.photos]}
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
@@ -239,6 +252,14 @@ def _units_label(config: Config) -> list[str]:
     return [f.label for f in config.campaign.form.counts]
 
 
+def _export_table(merged: Merged, config: Config, path: Path) -> None:
+    """Every unit's exact figures as an .xlsx (text cells written as text, never formulas)."""
+    table = merged.numbers.copy()
+    table.columns = [f"{f.label}（{f.unit}）" if f.unit else f.label for f in config.campaign.form.counts]
+    table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])
+    export_frame(table.reset_index(names="单位代码"), path)
+
+
 def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: str | None = None,
                      override_dir: str | None = None) -> tuple[Bulletin, bool]:
     """Return (bulletin, created): the existing version when nothing changed."""
@@ -253,13 +274,10 @@ def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: 
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
     try:
+        _export_table(merged, config, work / "merged.xlsx")
         day = camp.bulletin.date or now.astimezone(camp.calendar.tz).date()
-        content = _render_within_budget(ledger.home, merged, config, work, version, day,
-                                        lead or camp.bulletin.lead, override_dir)
-        table = merged.numbers.copy()
-        table.columns = list(content.table_headers)
-        table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])
-        export_frame(table.reset_index(names="单位代码"), work / "merged.xlsx")
+        _render_within_budget(ledger.home, merged, config, work, version, day,
+                              lead or camp.bulletin.lead, override_dir)
         row = Bulletin(campaign=camp.id, version=version, fingerprint=fp,
                        submission_ids=[x.id for x in merged.submissions],
                        folder=str(final.relative_to(ledger.home)), created_at=now)

@@ -217,6 +217,8 @@ class BulletinSettings(_Model):
     distribution: list[str] = Field(min_length=1)  # list ids from lists.yaml
     max_mail_bytes: int = 10 * 1024 * 1024
     max_photos: int = Field(default=12, ge=0)  # gallery size; one per unit first
+    max_table_rows: int = Field(default=100, ge=0)  # more units: the per-unit table goes as an .xlsx
+    max_stories: int = Field(default=200, ge=0)  # narratives quoted in the bulletin, in unit order
     approval_timeout_hours: float = 48
 
 

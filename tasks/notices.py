@@ -155,7 +155,9 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
         subject=f"{title}（{camp.bulletin.name}第{camp.bulletin.issue}期）",
         text=(folder / "bulletin.txt").read_text(encoding="utf-8"),
         html=(folder / "mail.html").read_text(encoding="utf-8"),
-        attachments=(Attachment(f"{title}.docx", (folder / "bulletin.docx").read_bytes(), DOCX),),
+        attachments=(Attachment(f"{title}.docx", (folder / "bulletin.docx").read_bytes(), DOCX),)
+        + ((Attachment(f"{title}-各单位汇总表.xlsx", (folder / "merged.xlsx").read_bytes(), XLSX),)
+           if manifest.get("attach_table") else ()),
         inline_images=images, auto_generated=False, reply_to=_addr(camp.coordinators[0]),
         headers=_headers(camp, "bulletin"))
 

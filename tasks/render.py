@@ -9,11 +9,17 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
 from .formatting import chinese_date, chinese_datetime, escape_markdown, round_down_prose
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _escapes(name: str | None) -> bool:
+    """HTML-escape everything but the plain-text and Markdown templates (which must not carry
+    HTML entities; Markdown escapes its own syntax with the ``md`` filter)."""
+    return not (name or "").endswith((".txt.j2", ".md.j2"))
 
 
 @lru_cache(maxsize=16)
@@ -21,8 +27,7 @@ def environment(override_dir: str | None = None) -> Environment:
     dirs = ([override_dir] if override_dir and Path(override_dir).is_dir() else []) + [str(TEMPLATES)]
     env = Environment(
         loader=ChoiceLoader([FileSystemLoader(d) for d in dirs]),
-        autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml", "j2"),
-                                     default_for_string=True, default=True),
+        autoescape=_escapes,
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -33,19 +38,9 @@ def environment(override_dir: str | None = None) -> Environment:
     return env
 
 
-def _plain(name: str) -> bool:
-    return name.endswith((".txt.j2", ".md.j2"))
-
-
 def render(name: str, override_dir: str | None = None, **context) -> str:
-    """Render a template; ``.txt.j2``/``.md.j2`` are plain text (no HTML escaping)."""
-    env = environment(override_dir)
-    template = env.get_template(name)
-    if _plain(name):
-        # plain text outputs must not carry HTML entities: render with autoescape off
-        with_plain = env.overlay(autoescape=False)
-        template = with_plain.get_template(name)
-    return template.render(**context)
+    """Render a template (compiled once per process and cached by Jinja)."""
+    return environment(override_dir).get_template(name).render(**context)
 
 
 def template_files(override_dir: str | None = None) -> list[Path]:
