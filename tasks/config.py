@@ -274,7 +274,9 @@ def _read_yaml(path: Path) -> object:
     if not path.is_file():
         raise ConfigError(path, "", "file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader when PyYAML has it: ~10x faster on a units.yaml of thousands
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 text ({exc.reason})") from None
     except yaml.YAMLError as exc:

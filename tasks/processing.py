@@ -151,6 +151,11 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
     with ledger.session() as s:  # one transaction for the whole batch
+        # load the batch's rows once, so each decision finds them in the session's identity map
+        list(s.scalars(select(Submission).where(Submission.campaign == camp.id,
+                                                Submission.state == RECEIVED)))
+        list(s.scalars(select(SubmissionFile).join(Submission, Submission.id == SubmissionFile.submission_id)
+                       .where(Submission.campaign == camp.id, Submission.state == RECEIVED)))
         history = _unit_history(s, camp.id)
         outcomes = [_decide(s, ledger.home, config, p, by_sub.get(p.sub.id, []), numbers, texts, now, history)
                     for p in parsed]
