@@ -267,3 +267,19 @@ def test_bulletin_mail_is_kept_under_its_size_budget(tmp_path, config):
     photos = sorted((folder / "images").glob("*.jpg"))
     assert photos, "some photos still shown"
     assert max(Image.open(p).size[0] for p in photos) < 1280  # they had to shrink
+
+
+def test_large_campaigns_bound_the_table_and_narratives(prepared, ledger, config):
+    """Past max_table_rows the per-unit table leaves the bulletin and travels as an .xlsx;
+    past max_stories only the first units' narratives are quoted."""
+    from tasks.notices import bulletin_message
+    bulletin = config.campaign.bulletin.model_copy(update={"max_table_rows": 2, "max_stories": 1})
+    cfg = config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
+    row, _ = compile_bulletin(ledger, cfg, COMPILE)
+    folder = folder_of(ledger, row)
+    md = (folder / "bulletin.md").read_text(encoding="utf-8")
+    assert "各单位明细数据见附件汇总表" in md and "活动情况摘录前1家单位" in md
+    assert sum(1 for line in md.splitlines() if line.startswith("**")) == 1  # one narrative quoted
+    assert json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["attach_table"] is True
+    names = [a.filename for a in bulletin_message(cfg, folder, row.version).attachments]
+    assert any(n.endswith("各单位汇总表.xlsx") for n in names) and any(n.endswith(".docx") for n in names)
