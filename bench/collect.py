@@ -37,6 +37,7 @@ goes to stderr; Prefect's own console logs go to ``<folder>/n<N>/product.log``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -365,23 +366,20 @@ def run_product(folder: Path, profile: bool) -> dict:
     for p in (folder / "returns").iterdir():
         os.link(p, inbox / p.name)  # the flow moves the links to processed/; returns/ stays
     args = dict(home=str(home), config_dir=str(folder / "config"))
-    profiler = None
+    profilers = {}
     if profile:
         import cProfile
-        profiler = cProfile.Profile()
+        profilers = {"collect": cProfile.Profile(), "compile": cProfile.Profile()}
     say(f"  product: collect_returns on {len(list(inbox.iterdir())):,} returns")
     t = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    collected = collect_returns(CAMPAIGN, now=dt.datetime.fromisoformat(COLLECT_AT), **args)
+    with _profiled(profilers.get("collect"), folder, "collect"):
+        collected = collect_returns(CAMPAIGN, now=dt.datetime.fromisoformat(COLLECT_AT), **args)
     t_collect = time.perf_counter() - t
     say(f"  product: collect {t_collect:.1f} s; compile_bulletin")
     t = time.perf_counter()
-    compiled = compile_bulletin(CAMPAIGN, now=dt.datetime.fromisoformat(COMPILE_AT), **args)
+    with _profiled(profilers.get("compile"), folder, "compile"):
+        compiled = compile_bulletin(CAMPAIGN, now=dt.datetime.fromisoformat(COMPILE_AT), **args)
     t_compile = time.perf_counter() - t
-    if profiler:
-        profiler.disable()
-        _write_profile(profiler, folder)
     say(f"  product: compile {t_compile:.1f} s")
 
     # untimed: what the product decided and totalled, to compare with the baseline
@@ -398,14 +396,24 @@ def run_product(folder: Path, profile: bool) -> dict:
             "totals": {k: int(v) for k, v in totals(merged.numbers).items()}, "profiled": profile}
 
 
-def _write_profile(profiler, folder: Path) -> None:
-    import pstats
-    profiler.dump_stats(folder / "product.prof")
-    buf = io.StringIO()
-    stats = pstats.Stats(profiler, stream=buf)
-    stats.sort_stats("cumulative").print_stats(60)
-    stats.sort_stats("tottime").print_stats(40)
-    (folder / "product-profile.txt").write_text(buf.getvalue(), encoding="utf-8")
+@contextlib.contextmanager
+def _profiled(profiler, folder: Path, step: str):
+    """Run the block under cProfile (when given); write product-<step>.prof and a top list."""
+    if profiler is None:
+        yield
+        return
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        import pstats
+        profiler.dump_stats(folder / f"product-{step}.prof")
+        buf = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buf)
+        stats.sort_stats("cumulative").print_stats(80)
+        stats.sort_stats("tottime").print_stats(40)
+        (folder / f"product-{step}-profile.txt").write_text(buf.getvalue(), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -513,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--huge", action="store_true", help="also N=100,000 (.csv only)")
     ap.add_argument("--xlsx-share", type=float, default=0.5, help="share of .xlsx returns (default 0.5)")
     ap.add_argument("--profile", action="store_true",
-                    help="run the product under cProfile; writes product-profile.txt and product.prof")
+                    help="run the product under cProfile; writes product-{collect,compile}.prof and -profile.txt")
     ap.add_argument("--dir", type=Path, help="work folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")

@@ -92,8 +92,10 @@ def decide_returns(ctx: Context) -> list[Outcome]:
 
     outcomes = process_received(ctx.ledger, ctx.config, ctx.now, progress=progress)
     for o in outcomes:
-        log.info("%s《%s》→ %s（错误 %d，提示 %d）", o.unit_code or "未识别", o.name, o.state,
-                 len(o.errors), len(o.warnings))
+        if o.state != "accepted":  # accepted ones are summed up below, not logged one by one
+            log.info("%s《%s》→ %s（错误 %d，提示 %d）", o.unit_code or "未识别", o.name, o.state,
+                     len(o.errors), len(o.warnings))
+    log.info("本次处理 %d 份，通过 %d 份", len(outcomes), sum(o.state == "accepted" for o in outcomes))
     return outcomes
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from .config import Config, Unit
 from .attachments import docx_text, is_pdf
@@ -157,8 +157,11 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         list(s.scalars(select(SubmissionFile).join(Submission, Submission.id == SubmissionFile.submission_id)
                        .where(Submission.campaign == camp.id, Submission.state == RECEIVED)))
         history = _unit_history(s, camp.id)
-        outcomes = [_decide(s, ledger.home, config, p, by_sub.get(p.sub.id, []), numbers, texts, now, history)
-                    for p in parsed]
+        value_rows: list[dict] = []
+        outcomes = [_decide(s, ledger.home, config, p, by_sub.get(p.sub.id, []), numbers, texts, now,
+                            history, value_rows) for p in parsed]
+        if value_rows:
+            s.execute(insert(Value), value_rows)
         s.add_all(Event(at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
                         subject=str(o.submission_id),
                         detail=json.dumps({"unit": o.unit_code, "errors": len(o.errors),
@@ -202,7 +205,7 @@ def _explanation(p: _Parsed) -> str | None:
 
 
 def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
-            now: dt.datetime, history: dict[str, list[Submission]]) -> Outcome:
+            now: dt.datetime, history: dict[str, list[Submission]], value_rows: list[dict]) -> Outcome:
     camp = config.campaign
     errors = p.errors + [f.text() for f in findings if f.level == ERROR]
     warnings = [f.text() for f in findings if f.level == WARNING]
@@ -244,7 +247,7 @@ def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], number
             out.earlier_still_counts = max(e.version for e in counted)
         earlier.append(sub)
     if numbers is not None and p.sub.id in numbers.index:
-        _store_values(s, p.sub.id, p, camp, numbers, texts, flagged)
+        value_rows.extend(_value_rows(p.sub.id, p, camp, numbers, texts, flagged))
     return out
 
 
@@ -279,16 +282,18 @@ def _check_photos(s, home, p: _Parsed, out: Outcome, max_photo_bytes: int) -> No
             f_db.caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
 
 
-def _store_values(s, sid: int, p: _Parsed, camp, numbers, texts, flagged: list[str]) -> None:
+def _value_rows(sid: int, p: _Parsed, camp, numbers, texts, flagged: list[str]) -> list[dict]:
+    """One submission's values as rows for a bulk insert (one statement for the batch)."""
     cells = p.extracted.values
-    s.add_all(Value(submission_id=sid, field=f.key,
-                    number=None if numbers.at[sid, f.key] != numbers.at[sid, f.key] else float(numbers.at[sid, f.key]),
-                    text=None, cell=cells[f.key].cell if f.key in cells else None)
-              for f in camp.form.counts)
-    s.add_all(Value(submission_id=sid, field=f.key, number=None, text=texts.at[sid, f.key],
-                    cell=cells[f.key].cell if f.key in cells else None,
-                    flag="spam" if f.key in flagged else None)
-              for f in camp.form.texts)
+    nums, txts = numbers.loc[sid], texts.loc[sid]
+    rows = [dict(submission_id=sid, field=f.key, number=None if nums[f.key] != nums[f.key] else float(nums[f.key]),
+                 text=None, cell=cells[f.key].cell if f.key in cells else None, flag=None)
+            for f in camp.form.counts]
+    rows += [dict(submission_id=sid, field=f.key, number=None, text=txts[f.key],
+                  cell=cells[f.key].cell if f.key in cells else None,
+                  flag="spam" if f.key in flagged else None)
+             for f in camp.form.texts]
+    return rows
 
 
 def photo_problem(path) -> str | None:
