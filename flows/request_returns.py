@@ -30,23 +30,24 @@ def _select_units(ctx: Context, codes: list[str] | None):
 @task(name="build-requests", cache_policy=NO_CACHE)
 def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: bool) -> list:
     """Each selected unit's workbook and message; a forced resend gets the next sequence."""
-    out = []
+    with ctx.ledger.session() as s:  # how many requests each unit already has, in one query
+        asked = dict(s.execute(select(RequestRecord.unit_code, func.count())
+                               .where(RequestRecord.campaign == ctx.campaign_id)
+                               .group_by(RequestRecord.unit_code)).all())
+    out, records = [], []
     for unit in _select_units(ctx, codes):
-        with ctx.ledger.session() as s:
-            sent_before = s.scalar(select(func.count()).select_from(RequestRecord).where(
-                RequestRecord.campaign == ctx.campaign_id, RequestRecord.unit_code == unit.code)) or 0
-        if sent_before and not force:
-            sequence = sent_before  # the same key as before: delivery skips it
-        else:
-            sequence = sent_before + 1
+        before = asked.get(unit.code, 0)
+        # unchanged sequence = the same delivery key as before, which the ledger skips
+        sequence = before + 1 if force or not before else before
         workbook = build_request_workbook(ctx.config.campaign, unit)
-        if not dry_run and sequence > sent_before:
+        if not dry_run and sequence > before:
             sha, _ = archive_bytes(ctx.home, workbook)
-            with ctx.ledger.session() as s:
-                s.add(RequestRecord(campaign=ctx.campaign_id, unit_code=unit.code,
-                                    workbook_sha256=sha, created_at=ctx.now))
-        out.append((request_message(ctx.config, unit, workbook, sequence=max(sequence, 1),
+            records.append(RequestRecord(campaign=ctx.campaign_id, unit_code=unit.code,
+                                         workbook_sha256=sha, created_at=ctx.now))
+        out.append((request_message(ctx.config, unit, workbook, sequence=sequence,
                                     override=ctx.override_dir), unit.code))
+    with ctx.ledger.session() as s:
+        s.add_all(records)
     return out
 
 

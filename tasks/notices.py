@@ -152,7 +152,7 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
     title = manifest["title"]
     return OutgoingMessage(
         key=f"{camp.id}/bulletin/v{version}", to=(),
-        subject=f"{title}（{camp.bulletin.name}第{camp.bulletin.issue}期）",
+        subject=f"{title}（第{camp.bulletin.issue}期）",
         text=(folder / "bulletin.txt").read_text(encoding="utf-8"),
         html=(folder / "mail.html").read_text(encoding="utf-8"),
         attachments=(Attachment(f"{title}.docx", (folder / "bulletin.docx").read_bytes(), DOCX),)

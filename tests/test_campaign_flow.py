@@ -47,6 +47,11 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env):
     # a second run sends nothing new
     assert request_returns(CAMPAIGN, now=cal.opens_at, **args).get("sent", 0) == 0
     assert len(server.messages) == len(config.units)
+    # --force resends to the units asked for, and says so
+    forced = request_returns(CAMPAIGN, units=["210100"], force=True, now=cal.opens_at, **args)
+    assert forced["sent"] == 1 and len(server.messages) == len(config.units) + 1
+    resent = _parsed(server)[-1]
+    assert str(resent["Subject"]).startswith("【重发】") and "重新发送" in resent.get_body(("plain",)).get_content()
 
     # three returns arrive: two good, one broken
     returns = build_returns(config)
