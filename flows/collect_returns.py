@@ -115,6 +115,8 @@ def build_receipts(ctx: Context, outcomes: list[Outcome]) -> list:
 
 def _notice_lines(outcomes: list[Outcome], refused: list) -> list[str]:
     lines = [f"第{o.submission_id}号《{o.name}》：{o.reason}" for o in outcomes if o.state == QUARANTINED]
+    lines += [f"第{o.submission_id}号《{o.name}》处理时出错（{o.failure}），文件已归档，请人工查看"
+              for o in outcomes if o.failure]
     lines += [f"第{o.submission_id}号《{o.name}》（{o.unit_code}）的叙述含疑似广告内容，暂未编入简讯；"
               f"审核后可用 bulletin review CAMPAIGN {o.unit_code} --accept 采用" for o in outcomes if o.flagged]
     lines += [f"第{r.submission_id}号《{r.name}》被拒收：{r.detail}" for r in refused]

@@ -49,6 +49,7 @@ class Outcome:
     reason: str | None = None  # quarantine reason
     notes: list[str] = field(default_factory=list)  # told to the submitter, no action needed
     flagged: list[str] = field(default_factory=list)  # narrative fields held back for review
+    failure: str | None = None  # an unexpected error while reading it (the coordinators are told)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _Parsed:
     how: str = ""
     extracted: Extracted | None = None
     errors: list[str] = field(default_factory=list)
+    failure: str | None = None
 
 
 def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[SubmissionFile]) -> _Parsed:
@@ -136,7 +138,8 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
             log.exception("submission %s could not be parsed", sub.id)
             broken = _Parsed(sub, files[sub.id], errors=[
-                f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"])
+                f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"],
+                failure=f"{type(exc).__name__}: {exc}"[:300])
             broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
             _check_sender(broken)
             parsed.append(broken)
@@ -221,7 +224,7 @@ def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], number
         state = ACCEPTED
     out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
                   errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
-                  notes=list(p.extracted.notes) if p.extracted else [])
+                  notes=list(p.extracted.notes) if p.extracted else [], failure=p.failure)
     if flagged:
         out.notes.append(f"“{'”“'.join(labels_of(camp, flagged))}”中含有疑似广告或无关内容，"
                          "暂不编入简讯，待协调人审核（数据照常采用）")

@@ -287,3 +287,23 @@ def test_photos_get_captions(ledger, config, inbox):
             SubmissionFile.submission_id == sid, SubmissionFile.role == "photo"))}
     assert captions == {"现场1.jpg": "启动仪式现场", "签名_活动.png": "签名 活动"}
     assert any("坏图.jpg" in n and "无法识别为图片" in n for n in o.notes)  # refused, the return goes on
+
+
+def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, config, monkeypatch):
+    """A bug or surprise while reading one return: that one is rejected with a message and
+    marked for the coordinators; the others are decided as usual."""
+    import tasks.processing as processing
+    good = submit(ledger, config, write_return(tmp_path / "a", config, config.units[0]), BEFORE)
+    bad = submit(ledger, config, write_return(tmp_path / "b", config, config.units[1]), BEFORE)
+    real = processing.extract_return
+
+    def flaky(sheets, form, file_name):
+        if config.units[1].name in file_name:
+            raise RuntimeError("boom")
+        return real(sheets, form, file_name)
+
+    monkeypatch.setattr(processing, "extract_return", flaky)
+    outcomes = {o.submission_id: o for o in process_received(ledger, config, BEFORE)}
+    assert outcomes[good].state == ACCEPTED and outcomes[good].failure is None
+    assert outcomes[bad].state == REJECTED and "RuntimeError: boom" in outcomes[bad].failure
+    assert any("无法处理" in e for e in outcomes[bad].errors)
