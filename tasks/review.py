@@ -11,6 +11,9 @@ from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSE
                      Submission, Value)
 
 ACTIONS = ("accept", "reject", "reopen")
+_VERBS = {"accept": "采用", "reject": "退回", "reopen": "重新打开"}
+_CANDIDATES = {"accept": (NEEDS_EXPLANATION, REJECTED, ACCEPTED),  # latest of these is the target
+               "reject": (ACCEPTED, NEEDS_EXPLANATION), "reopen": (ACCEPTED,)}
 
 
 class ReviewError(Exception):
@@ -23,16 +26,14 @@ def _target(s, config: Config, unit_code: str, action: str, submission_id: int |
         sub = s.get(Submission, submission_id)
         if sub is None or sub.campaign != camp:
             raise ReviewError(f"第{submission_id}号报送记录不属于 {camp}")
-        if sub.unit_code not in (None, unit_code) :
+        if sub.unit_code not in (None, unit_code):
             raise ReviewError(f"第{submission_id}号报送记录属于单位 {sub.unit_code}，不是 {unit_code}")
         return sub
-    wanted = {"accept": (NEEDS_EXPLANATION, REJECTED, ACCEPTED),
-              "reject": (ACCEPTED, NEEDS_EXPLANATION), "reopen": (ACCEPTED,)}[action]
     sub = s.scalars(select(Submission).where(Submission.campaign == camp, Submission.unit_code == unit_code,
-                                             Submission.state.in_(wanted))
+                                             Submission.state.in_(_CANDIDATES[action]))
                     .order_by(Submission.id.desc()).limit(1)).first()
     if sub is None:
-        raise ReviewError(f"单位 {unit_code} 没有可{ {'accept': '采用', 'reject': '退回', 'reopen': '重新打开'}[action]}的报送记录")
+        raise ReviewError(f"单位 {unit_code} 没有可{_VERBS[action]}的报送记录")
     return sub
 
 
