@@ -27,6 +27,19 @@ def config(config_dir):
     return load_config(config_dir, "energy-week-2023")
 
 
+@pytest.fixture
+def home(tmp_path) -> Path:
+    """A fresh bulletin home (state folder) per test."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def ledger(home):
+    """A real SQLite ledger in that home."""
+    from tasks.ledger import Ledger
+    return Ledger(home)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
     """One Prefect server for every integration test of the session."""

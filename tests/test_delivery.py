@@ -30,11 +30,6 @@ def message(key: str = f"{CAMPAIGN}/receipt/210100/1", to: str = "shenyang-jiene
 
 
 @pytest.fixture
-def ledger(tmp_path) -> Ledger:
-    return Ledger(tmp_path / "home")
-
-
-@pytest.fixture
 def outbox(tmp_path) -> OutboxMailer:
     return OutboxMailer(tmp_path / "outbox", SENDER)
 

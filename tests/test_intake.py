@@ -22,16 +22,6 @@ BIG = 1000
 
 
 @pytest.fixture
-def home(tmp_path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def ledger(home) -> Ledger:
-    return Ledger(home)
-
-
-@pytest.fixture
 def inbox(tmp_path) -> Path:
     d = tmp_path / "inbox"
     d.mkdir()

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from tasks.archive import archive_relpath
 from tasks.config import load_config
-from tasks.ledger import Event, Ledger, Submission, SubmissionFile
+from tasks.ledger import Event, Submission, SubmissionFile
 from tasks.mailbox import (MailboxError, collect_mailbox, is_auto_reply, sender_allowed,
                            sender_unit)
 from tasks.settings import ImapSettings
@@ -52,16 +52,6 @@ def settings(imap_server) -> ImapSettings:  # noqa: F811
     with _box(s) as box:
         box.folder.create(s.folder)
     return s
-
-
-@pytest.fixture
-def home(tmp_path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def ledger(home) -> Ledger:
-    return Ledger(home)
 
 
 @pytest.fixture

@@ -74,11 +74,6 @@ def submit(ledger: Ledger, config, entry: Path, now: dt.datetime, sender: str | 
 
 
 @pytest.fixture
-def ledger(tmp_path) -> Ledger:
-    return Ledger(tmp_path / "home")
-
-
-@pytest.fixture
 def inbox(tmp_path) -> Path:
     return tmp_path / "inbox"
 

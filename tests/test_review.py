@@ -5,18 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tasks.compile import merge_accepted
-from tasks.ledger import ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, Ledger, Submission
+from tasks.ledger import ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, Submission
 from tasks.processing import process_received
 from tasks.review import ReviewError, review
 from tasks.status import completeness
 from test_processing import BEFORE, LATER, submit, write_anonymous, write_return
 
 SPAM = "球盟会(中国)唯一官方网站\n球盟会(中国)唯一官方网站\n球盟会(中国)唯一官方网站"
-
-
-@pytest.fixture
-def ledger(tmp_path) -> Ledger:
-    return Ledger(tmp_path / "home")
 
 
 def _state(ledger, sid):

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tasks.ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SENDING, SENT, UNCERTAIN,
-                          Delivery, Ledger, Submission)
+                          Delivery, Submission)
 from tasks.processing import process_received
 from tasks.status import completeness, unit_state
 
@@ -39,11 +39,6 @@ def anonymous(folder: Path, config) -> Path:
     path = folder / "return.xlsx"
     wb.save(path)
     return path
-
-
-@pytest.fixture
-def ledger(tmp_path) -> Ledger:
-    return Ledger(tmp_path / "home")
 
 
 @pytest.fixture
