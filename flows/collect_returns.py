@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from tasks.intake import drop_folder_entries, entry_files, move_processed, take_in
-from tasks.ledger import QUARANTINED, REFUSED, Submission
+from tasks.ledger import QUARANTINED, REFUSED
 from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_message
@@ -77,7 +77,7 @@ def apply_explanations(ctx: Context, replies: list) -> list[Outcome]:
             continue
         outcomes.append(Outcome(sub.id, sub.original_name, sub.state, sub.unit_code, reply.sender,
                                 warnings=list(sub.warnings), version=sub.version, late=sub.late,
-                                explanation=sub.explanation))
+                                explanation=sub.explanation, received_at=sub.received_at))
     return outcomes
 
 
@@ -101,13 +101,9 @@ def decide_returns(ctx: Context) -> list[Outcome]:
 
 @task(name="build-receipts", cache_policy=NO_CACHE)
 def build_receipts(ctx: Context, outcomes: list[Outcome]) -> list:
-    received_at = {}
-    with ctx.ledger.session() as s:
-        for o in outcomes:
-            received_at[o.submission_id] = s.get(Submission, o.submission_id).received_at
     out = []
     for o in outcomes:
-        msg = receipt_message(ctx.config, o, received_at[o.submission_id], ctx.override_dir)
+        msg = receipt_message(ctx.config, o, o.received_at, ctx.override_dir)
         if msg is not None:
             out.append((msg, o.unit_code))
     return out

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -50,6 +51,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)  # told to the submitter, no action needed
     flagged: list[str] = field(default_factory=list)  # narrative fields held back for review
     failure: str | None = None  # an unexpected error while reading it (the coordinators are told)
+    received_at: dt.datetime | None = None
 
 
 @dataclass
@@ -154,17 +156,19 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
     with ledger.session() as s:  # one transaction for the whole batch
-        # load the batch's rows once, so each decision finds them in the session's identity map
-        list(s.scalars(select(Submission).where(Submission.campaign == camp.id,
-                                                Submission.state == RECEIVED)))
-        list(s.scalars(select(SubmissionFile).join(Submission, Submission.id == SubmissionFile.submission_id)
-                       .where(Submission.campaign == camp.id, Submission.state == RECEIVED)))
-        history = _unit_history(s, camp.id)
-        value_rows: list[dict] = []
-        outcomes = [_decide(s, ledger.home, config, p, by_sub.get(p.sub.id, []), numbers, texts, now,
-                            history, value_rows) for p in parsed]
-        if value_rows:
-            s.execute(insert(Value), value_rows)
+        # the batch's rows loaded once and held here (the session keeps unchanged rows only weakly)
+        batch = _Batch(
+            ledger.home,
+            {x.id: x for x in s.scalars(select(Submission).where(
+                Submission.campaign == camp.id, Submission.state == RECEIVED))},
+            {f.id: f for f in s.scalars(select(SubmissionFile).join(
+                Submission, Submission.id == SubmissionFile.submission_id).where(
+                Submission.campaign == camp.id, Submission.state == RECEIVED))},
+            _unit_history(s, camp.id))
+        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), numbers, texts, now)
+                    for p in parsed]
+        if batch.value_rows:
+            s.execute(insert(Value), batch.value_rows)
         s.add_all(Event(at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
                         subject=str(o.submission_id),
                         detail=json.dumps({"unit": o.unit_code, "errors": len(o.errors),
@@ -207,8 +211,19 @@ def _explanation(p: _Parsed) -> str | None:
     return text or None
 
 
-def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
-            now: dt.datetime, history: dict[str, list[Submission]], value_rows: list[dict]) -> Outcome:
+@dataclass
+class _Batch:
+    """What the decisions of one run share: rows of the open transaction, values to insert."""
+
+    home: Path
+    subs: dict[int, Submission]
+    files: dict[int, SubmissionFile]
+    history: dict[str, list[Submission]]  # earlier identified submissions, by unit
+    value_rows: list[dict] = field(default_factory=list)
+
+
+def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
+            now: dt.datetime) -> Outcome:
     camp = config.campaign
     errors = p.errors + [f.text() for f in findings if f.level == ERROR]
     warnings = [f.text() for f in findings if f.level == WARNING]
@@ -224,20 +239,21 @@ def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], number
         state = ACCEPTED
     out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
                   errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
-                  notes=list(p.extracted.notes) if p.extracted else [], failure=p.failure)
+                  notes=list(p.extracted.notes) if p.extracted else [], failure=p.failure,
+                  received_at=p.sub.received_at)
     if flagged:
         out.notes.append(f"“{'”“'.join(labels_of(camp, flagged))}”中含有疑似广告或无关内容，"
                          "暂不编入简讯，待协调人审核（数据照常采用）")
         out.flagged = flagged
-    sub = s.get(Submission, p.sub.id)
+    sub = batch.subs[p.sub.id]
     sub.state, sub.errors, sub.warnings = state, errors, warnings
     sub.explanation, sub.identified_by = explanation, p.how
     sub.decided_at, sub.decided_by = now, "system"
     sub.late = p.sub.received_at > camp.calendar.deadline_at
     out.late = sub.late
-    _check_photos(s, home, p, out, camp.max_photo_bytes)
+    _check_photos(batch, p, out, camp.max_photo_bytes)
     if p.unit is not None:
-        earlier = history.setdefault(p.unit.code, [])
+        earlier = batch.history.setdefault(p.unit.code, [])
         sub.unit_code, sub.version = p.unit.code, len(earlier) + 1
         out.version = sub.version
         counted = [e for e in earlier if e.state == ACCEPTED]
@@ -250,7 +266,7 @@ def _decide(s, home, config: Config, p: _Parsed, findings: list[Finding], number
             out.earlier_still_counts = max(e.version for e in counted)
         earlier.append(sub)
     if numbers is not None and p.sub.id in numbers.index:
-        value_rows.extend(_value_rows(p.sub.id, p, camp, numbers, texts, flagged))
+        batch.value_rows.extend(_value_rows(p.sub.id, p, camp, numbers, texts, flagged))
     return out
 
 
@@ -265,7 +281,7 @@ def _flag_spam(p: _Parsed, texts) -> list[str]:
     return [k for k, v in row.items() if isinstance(v, str) and looks_like_spam(v)]
 
 
-def _check_photos(s, home, p: _Parsed, out: Outcome, max_photo_bytes: int) -> None:
+def _check_photos(batch: _Batch, p: _Parsed, out: Outcome, max_photo_bytes: int) -> None:
     """Photos must be real JPEG/PNG images within the size limit; a bad one is refused with a
     note, not the return. Files refused earlier (oversized, odd zip members) are noted too."""
     captions = p.extracted.photo_captions if p.extracted else {}
@@ -274,9 +290,9 @@ def _check_photos(s, home, p: _Parsed, out: Outcome, max_photo_bytes: int) -> No
             out.notes.append(f"《{f.name}》{f.note}，未采用")
         if f.role != "photo":
             continue
-        f_db = s.get(SubmissionFile, f.id)
+        f_db = batch.files[f.id]
         problem = (f"超过 {max_photo_bytes // 2**20} MB" if f.size > max_photo_bytes
-                   else photo_problem(home / f.archive_path))
+                   else photo_problem(batch.home / f.archive_path))
         if problem:
             f_db.role = "refused"
             out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
