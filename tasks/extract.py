@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from email.utils import parseaddr
 
 from tasks.config import Form, Unit
@@ -30,6 +31,7 @@ HEADER_WORDS = VALUE_HEADERS | {"项目", "指标", "名称", "项目名称", "�
 PSEUDO = {"填报单位": "_unit_name", "单位名称": "_unit_name", "报送单位": "_unit_name",
           "填报单位名称": "_unit_name", "单位代码": "_unit_code", "单位编码": "_unit_code"}
 PHOTO_SHEET = re.compile(r"照片|图片|相片|photo|image|picture", re.I)
+_INLINE = re.compile(r"^([^:：]{1,12})[:：]\s*(.+)$")  # '填报单位：沈阳市'
 _IMAGE_NAME = re.compile(r"\.(jpe?g|png|gif|bmp|heic|webp)$", re.I)
 
 
@@ -108,8 +110,7 @@ class _SheetScan:
 
     def unit_like(self, v: object) -> bool:
         """'套', '（套）', '单位：套': a unit written where a value or label could be."""
-        return isinstance(v, str) and re.sub(
-            r"[()\[\]【】:\s]|单位", "", unicodedata.normalize("NFKC", v)) in self.units
+        return isinstance(v, str) and _unit_text(v) in self.units
 
     def long(self, col: int) -> _Layout:
         hits = [(r, k) for r, k in self.by_col[col] if not k.startswith("_")]
@@ -156,7 +157,9 @@ class _SheetScan:
     def layouts(self) -> list[_Layout]:
         def n(hits):
             return len({k for _, k in hits if not k.startswith("_")})
-        cols = [c for c in sorted(self.by_col) if n(self.by_col[c])]
+        # a layout needs two field labels to win (see extract_return): columns with fewer
+        # are not tried as long layouts (a wide header has one label per column)
+        cols = [c for c in sorted(self.by_col) if n(self.by_col[c]) >= 2]
         rows = [r for r in sorted(self.by_row) if n(self.by_row[r]) >= 2 or n(self.by_row[r]) and (
             n(self.by_row.get(r - 1, [])) or n(self.by_row.get(r + 1, [])))]
         rows.sort(key=lambda r: n(self.by_row[r]) < 2)  # real header rows first, then at most 50
@@ -172,10 +175,30 @@ class _SheetScan:
                         return (None, (r, j)) if self.matcher.match(v) else (v, (r, j))
         for r, row in enumerate(self.rows):
             for c, v in enumerate(row):
-                if isinstance(v, str) and (m := re.match(r"^([^:：]{1,12})[:：]\s*(.+)$", v.strip())):
+                if isinstance(v, str) and ("：" in v or ":" in v) and (m := _INLINE.match(v.strip())):
                     if self.matcher.match(m.group(1)) == key:
                         return m.group(2).strip(), (r, c)
         return None
+
+
+@lru_cache(maxsize=1 << 14)
+def _unit_text(v: str) -> str:
+    return re.sub(r"[()\[\]【】:\s]|单位", "", unicodedata.normalize("NFKC", v))
+
+
+_MATCHERS: dict[int, tuple[Form, LabelMatcher, set[str]]] = {}
+
+
+def _matcher_for(form: Form) -> tuple[LabelMatcher, set[str]]:
+    """The label matcher and unit words of this very form, built once per form object."""
+    found = _MATCHERS.get(id(form))
+    if found is None or found[0] is not form:
+        if len(_MATCHERS) > 16:
+            _MATCHERS.clear()
+        matcher = LabelMatcher(form, {**PSEUDO, form.explanation_label: "_explanation"})
+        units = {normalize_label(f.unit) for f in form.fields if f.unit}
+        found = _MATCHERS[id(form)] = (form, matcher, units)
+    return found[1], found[2]
 
 
 def _photo_captions(sheet: Sheet) -> dict[str, str]:
@@ -198,8 +221,7 @@ def _photo_captions(sheet: Sheet) -> dict[str, str]:
 
 def extract_return(sheets: list[Sheet], form: Form, file_name: str) -> Extracted:
     """Locate every form field in a return; ReturnFileError when no sheet has 2 form labels."""
-    matcher = LabelMatcher(form, {**PSEUDO, form.explanation_label: "_explanation"})
-    units = {normalize_label(f.unit) for f in form.fields if f.unit}
+    matcher, units = _matcher_for(form)
     meta: dict[str, str] = {}
     captions: dict[str, str] = {}
     scans: list[_SheetScan] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 from tasks.config import Form
 
@@ -25,7 +26,12 @@ def normalize_label(text: object) -> str:
     """A cell's text as a comparable label: ``' 张贴宣传画（套）：'`` → ``'张贴宣传画'``."""
     if text is None:
         return ""
-    s = unicodedata.normalize("NFKC", str(text))
+    return _normalize(text if isinstance(text, str) else str(text))
+
+
+@lru_cache(maxsize=1 << 16)  # thousands of returns repeat the same few hundred labels
+def _normalize(text: str) -> str:
+    s = unicodedata.normalize("NFKC", text)
     s = "".join(s.split())
     for _ in range(3):  # '*宣传画(套):' needs marks, bracket, marks again
         before = s
@@ -44,6 +50,7 @@ class LabelMatcher:
     def __init__(self, form: Form, extra: dict[str, str] | None = None):
         self._names: dict[str, str] = {}
         self._units: dict[str, str] = {}
+        self._memo: dict[str, str | None] = {}  # cell text → key: returns repeat their labels
         # Labels first, then keys, then synonyms: an earlier claim on a name wins.
         for attr in ("label", "key", "synonyms"):
             for f in form.fields:
@@ -60,6 +67,17 @@ class LabelMatcher:
         """The field key (or pseudo key) ``text`` names, or None."""
         if text is None or isinstance(text, (bool, int, float)):
             return None
+        text = text if isinstance(text, str) else str(text)
+        try:
+            return self._memo[text]
+        except KeyError:
+            pass
+        if len(self._memo) > 1 << 16:
+            self._memo.clear()
+        found = self._memo[text] = self._match(text)
+        return found
+
+    def _match(self, text: str) -> str | None:
         norm = normalize_label(text)
         if not norm:
             return None

@@ -41,6 +41,7 @@ _T = "{urn:oasis:names:tc:opendocument:xmlns:table:1.0}"
 _CALCEXT = "{urn:org:documentfoundation:names:experimental:calc:xmlns:calcext:1.0}"
 _SHEET_XML = re.compile(r"^xl/worksheets/[^/]+\.xml$")
 _KEEP = ("content.xml", "xl/workbook.xml", "xl/_rels/workbook.xml.rels")
+_DEFLATE_MAX_RATIO = 1032  # the most deflate can expand (258-byte matches, 2 bits each)
 
 
 class ReturnFileError(Exception):
@@ -119,8 +120,11 @@ def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells:
                xml: dict[str, bytes]) -> None:
     """Refuse zip bombs and far-flung cells before calamine opens an .xlsx/.ods package.
 
-    Declared sizes and the ratio are checked first, then every member is unpacked with a
-    running count (headers can lie). The sheet and workbook XML read are put in ``xml``."""
+    Declared sizes and the ratio are checked first. Headers can lie about the unpacked size
+    but not about the packed one (a reader takes exactly that many bytes), and deflate
+    unpacks at most ~1032:1: a package whose packed members could not exceed ``max_bytes``
+    even so needs no further proof; any other is unpacked member by member with a running
+    count. The sheet and workbook XML read are put in ``xml``."""
     bomb = ReturnFileError(name, "解压后体积过大或压缩比异常，疑似恶意文件，已拒收")
     try:
         with zipfile.ZipFile(path) as zf:
@@ -130,9 +134,16 @@ def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells:
                 raise bomb
             if not {"xl/workbook.xml", "content.xml"} & {i.filename for i in infos}:
                 raise ReturnFileError(name, "不是 .xlsx 或 .ods 工作簿（如为 .xlsb 等格式，请另存为 .xlsx）")
+            bounded = packed * _DEFLATE_MAX_RATIO <= max_bytes and all(
+                i.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for i in infos)
             seen = 0
             for info in infos:
-                keep, parts = _SHEET_XML.match(info.filename) or info.filename in _KEEP, []
+                keep = _SHEET_XML.match(info.filename) or info.filename in _KEEP
+                if bounded:
+                    if keep:
+                        xml[info.filename] = zf.read(info)
+                    continue
+                parts = []
                 with zf.open(info) as member:
                     while chunk := member.read(1 << 20):
                         seen += len(chunk)
@@ -153,19 +164,28 @@ def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells:
         raise ReturnFileError(name, "已损坏或已加密，不是有效的 Excel/ODS 文件，请重新保存后发送") from None
 
 
+_CELL_OPEN = re.compile(rb"<(?:\w+:)?c\b([^>]*)>")
+_CELL_REF = re.compile(rb'<(?:\w+:)?c\b[^>]*?\br="\$?([A-Za-z]{1,3})\$?([0-9]{1,7})"[^>]*>')
+
+
 def _xlsx_extent(xml: bytes) -> tuple[int, int]:
     """(rows, cols) from A1 to the farthest non-empty cell; cells without ``r`` counted wide."""
-    rows = cols = loose = 0
-    for m in re.finditer(rb"<(?:\w+:)?c\b([^>]*)>", xml):
-        if m.group(1).endswith(b"/"):
+    rows = cols = refs = 0
+    letters_seen: set[bytes] = set()
+    for m in _CELL_REF.finditer(xml):
+        if m.group(0).endswith(b"/>"):
             continue  # <c r="Z9" s="1"/>: formatting only
-        ref = re.search(rb'\br="([^"]+)"', m.group(1))
-        rc = _rc(ref.group(1)) if ref else None
-        if rc is None:
-            loose += 1
-        else:
-            rows, cols = max(rows, rc[0] + 1), max(cols, rc[1] + 1)
-    if loose:
+        refs += 1
+        letters_seen.add(m.group(1))
+        rows = max(rows, int(m.group(2)))
+    for letters in letters_seen:
+        col = 0
+        for ch in letters.upper():
+            col = col * 26 + ch - 64
+        cols = max(cols, col)
+    opened = sum(1 for m in _CELL_OPEN.finditer(xml) if not m.group(1).endswith(b"/"))
+    loose = opened - refs  # cells without a usable r="": placed after the others
+    if loose > 0:
         row_attrs = [int(x) for x in re.findall(rb'<(?:\w+:)?row\b[^>]*?\br="([0-9]+)"', xml)]
         rows, cols = max([rows, *row_attrs]) + loose, cols + loose
     return rows, cols
