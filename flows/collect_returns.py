@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tasks.intake import drop_folder_entries, entry_files, move_processed, take_in
+from tasks.intake import drop_folder_entries, take_in_entries
 from tasks.ledger import QUARANTINED, REFUSED
 from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
@@ -29,17 +29,17 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
     folder.mkdir(parents=True, exist_ok=True)
     entries = drop_folder_entries(folder)
     log.info("收件目录 %s：%d 份待处理", folder, len(entries))
-    results = []
-    for i, entry in enumerate(entries, 1):
-        result = take_in(ctx.ledger, ctx.campaign_id, entry.name, entry_files(entry), source="folder",
-                         sender=None, now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes,
-                         max_photo_bytes=ctx.config.campaign.max_photo_bytes)
-        move_processed(ctx.home, ctx.campaign_id, entry, ctx.now)
-        results.append(result)
+
+    def progress(done: int, total: int) -> None:
+        log.info("已归档 %d/%d", done, total)
+
+    camp = ctx.config.campaign
+    results = take_in_entries(ctx.ledger, ctx.campaign_id, entries, source="folder", now=ctx.now,
+                              max_file_bytes=camp.max_file_bytes, max_photo_bytes=camp.max_photo_bytes,
+                              progress=progress)
+    for result in results:
         if result.outcome != "received":
-            log.warning("《%s》：%s %s", entry.name, result.outcome, result.detail)
-        if i % 200 == 0 or i == len(entries):
-            log.info("已归档 %d/%d", i, len(entries))
+            log.warning("《%s》：%s %s", result.name, result.outcome, result.detail)
     return results
 
 

@@ -293,7 +293,7 @@ class _UnitIndex:
 _INDEXES: dict[int, _UnitIndex] = {}
 
 
-def _index(units: list[Unit]) -> _UnitIndex:
+def unit_index(units: list[Unit]) -> _UnitIndex:
     """The index of this very list (configs keep one list per campaign)."""
     found = _INDEXES.get(id(units))
     if found is None or found.units is not units:
@@ -309,7 +309,7 @@ _CODE_CHAR = re.compile(r"[0-9a-z]")
 def _units_in(text: str, units: list[Unit]) -> list[Unit]:
     """Units whose name, alias or code occurs in ``text``; a match inside a longer match of
     another unit does not count (``沈抚示范区`` is not ``沈阳``)."""
-    idx = _index(units)
+    idx = unit_index(units)
     spans: list[tuple[int, int, Unit]] = []
     for a in range(len(text)):
         for b in range(a + 1, min(len(text), a + idx.longest_name) + 1):
@@ -337,14 +337,14 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
     problems: list[str] = []
     if extracted and extracted.unit_code:
         code = extracted.unit_code.strip()
-        unit = _index(units).by_code.get(code.lower())
+        unit = unit_index(units).by_code.get(code.lower())
         if unit:
             return unit, f"单位代码 {code}"
         problems.append(f"表中的单位代码“{code}”不在本次报送单位名单中")
     if extracted and extracted.unit_name:
         name = extracted.unit_name
         norm = normalize_label(name)
-        found = list({u.code: u for u in _index(units).by_name.get(norm, [])}.values())
+        found = list({u.code: u for u in unit_index(units).by_name.get(norm, [])}.values())
         found = found or _units_in(norm, units)
         if len(found) == 1:
             return found[0], f"表中填报单位“{name}”"
@@ -359,7 +359,7 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
         return None, f"文件名同时匹配多个单位：{'、'.join(u.name for u in found)}"
     if sender:
         address = parseaddr(sender)[1].lower() or sender.strip().lower()
-        found = list({u.code: u for u in _index(units).by_email.get(address, [])}.values())
+        found = list({u.code: u for u in unit_index(units).by_email.get(address, [])}.values())
         if len(found) == 1:
             return found[0], f"发件人 {address}"
         if found:

@@ -15,10 +15,11 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
-from .archive import archive_file
+from .archive import archive_file, make_durable
 from .attachments import PHOTO_SUFFIXES, unpack_photos
 from .ledger import DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile
 
@@ -94,6 +95,32 @@ def fingerprint(parts: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Archived:
+    """One submission's files, archived, before it is recorded."""
+
+    entry_name: str
+    files: list[IncomingFile]
+    kept: list[tuple[IncomingFile, str | None, str | None]]  # (file, sha256, archive path)
+    refused: list[str]
+    fingerprint: str
+
+
+def _archive_entry(home: Path, entry_name: str, files: list[IncomingFile], max_file_bytes: int,
+                   durable: bool) -> _Archived:
+    kept: list[tuple[IncomingFile, str | None, str | None]] = []
+    refused: list[str] = []
+    for f in files:
+        if f.size > max_file_bytes:
+            refused.append(f.name)
+            kept.append((f, None, None))
+            continue
+        sha, rel, _ = archive_file(home, f.path, durable=durable)
+        kept.append((f, sha, rel))
+    fp = fingerprint([(f.name, sha or f"refused:{f.size}") for f, sha, _ in kept])
+    return _Archived(entry_name, files, kept, refused, fp)
+
+
 def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[IncomingFile], *,
             source: str, sender: str | None, now: dt.datetime, max_file_bytes: int,
             max_photo_bytes: int = 10 * 1024 * 1024) -> TakeInResult:
@@ -102,51 +129,109 @@ def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[Incoming
     Re-running over the same entry (a crash before the move) finds the same fingerprint
     from the same source and name and records nothing new.
     """
-    kept: list[tuple[IncomingFile, str | None, str | None]] = []
-    refused: list[str] = []
-    for f in files:
-        if f.size > max_file_bytes:
-            refused.append(f.name)
-            kept.append((f, None, None))
-            continue
-        sha, rel, _ = archive_file(ledger.home, f.path)
-        kept.append((f, sha, rel))
-    fp = fingerprint([(f.name, sha or f"refused:{f.size}") for f, sha, _ in kept])
+    archived = _archive_entry(ledger.home, entry_name, files, max_file_bytes, durable=True)
+    return _record(ledger, campaign, [archived], source=source, sender=sender, now=now,
+                   max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)[0]
+
+
+def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, source: str,
+                    now: dt.datetime, max_file_bytes: int, max_photo_bytes: int = 10 * 1024 * 1024,
+                    chunk: int = 500, progress: Callable[[int, int], None] | None = None
+                    ) -> list[TakeInResult]:
+    """Take in drop-folder entries by chunks: archive a chunk's files, make them durable
+    together (one syncfs), record the chunk in one transaction, then move its entries to
+    ``processed/``. A crash at any point loses nothing, and a re-run records nothing twice."""
+    results: list[TakeInResult] = []
+    for at in range(0, len(entries), chunk):
+        part = entries[at:at + chunk]
+        archived = [_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False)
+                    for e in part]
+        make_durable(ledger.home / "archive") if any(a.kept for a in archived) else None
+        results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
+                           max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
+        for e in part:
+            move_processed(ledger.home, campaign, e, now)
+        if progress:
+            progress(at + len(part), len(entries))
+    return results
+
+
+def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: str,
+            sender: str | None, now: dt.datetime, max_file_bytes: int,
+            max_photo_bytes: int) -> list[TakeInResult]:
+    """Record archived submissions in one transaction, in order: ``received``, ``refused``
+    (every file over the size limit), ``duplicate`` (the same bytes as an earlier one) or
+    nothing new (the same bytes, name and source: a re-run)."""
     with ledger.session() as s:
-        earlier = s.scalars(select(Submission).where(
-            Submission.campaign == campaign, Submission.fingerprint == fp)).first()
-        if earlier is not None and earlier.original_name == entry_name and earlier.source == source:
-            return TakeInResult(earlier.id, entry_name, "duplicate", "already recorded")
-        state = RECEIVED
-        detail = ""
-        if earlier is not None:
-            state, detail = DUPLICATE, f"与第{earlier.id}号报送记录完全相同"
-        elif refused and len(refused) == len(files):
-            state = REFUSED
-            detail = f"文件超过大小上限 {max_file_bytes // (1024 * 1024)} MB：{'、'.join(refused)}"
-        sub = Submission(campaign=campaign, source=source, original_name=entry_name, sender=sender,
-                         received_at=now, fingerprint=fp, state=state,
-                         errors=[detail] if state == REFUSED else [], warnings=[])
-        s.add(sub)
-        s.flush()
-        for f, sha, rel in kept:
-            role = "refused" if sha is None else file_role(f.name)
-            s.add(SubmissionFile(submission_id=sub.id, role=role, name=f.name, sha256=sha,
-                                 size=f.size, archive_path=rel,
-                                 note="超过文件大小上限" if sha is None else None))
-            if role == "zip" and state == RECEIVED:
-                for u in unpack_photos(ledger.home, ledger.home / rel, f.name, max_photo_bytes,
-                                       max_total_bytes=max_file_bytes):
-                    s.add(SubmissionFile(submission_id=sub.id, role="refused" if u.refused else "photo",
-                                         name=u.name, sha256=u.sha256, size=u.size,
-                                         archive_path=u.archive_path, note=u.refused))
-        sub_id = sub.id
-        outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
-        s.add(Event(at=now, campaign=campaign, actor=sender or source, action=f"submission.{outcome}",
-                    subject=str(sub_id), detail=json.dumps(
-                        {"name": entry_name, "files": [f.name for f in files], "note": detail},
-                        ensure_ascii=False)))
-    return TakeInResult(sub_id, entry_name, outcome, detail)
+        earlier: dict[str, tuple[int, str, str]] = {}
+        fps = list({a.fingerprint for a in batch})
+        for i in range(0, len(fps), 500):
+            for sid, fp, name, src in s.execute(
+                    select(Submission.id, Submission.fingerprint, Submission.original_name,
+                           Submission.source)
+                    .where(Submission.campaign == campaign, Submission.fingerprint.in_(fps[i:i + 500]))
+                    .order_by(Submission.id.desc())):
+                earlier[fp] = (sid, name, src)  # the lowest id wins
+        results: list[TakeInResult | None] = [None] * len(batch)
+        pending = list(enumerate(batch))
+        while pending:  # a second copy within the batch waits for the first one's id
+            rows, later = [], []
+            firsts: set[str] = set()
+            for i, a in pending:
+                first = earlier.get(a.fingerprint)
+                if first is not None and first[1] == a.entry_name and first[2] == source:
+                    results[i] = TakeInResult(first[0], a.entry_name, "duplicate", "already recorded")
+                elif first is None and a.fingerprint in firsts:
+                    later.append((i, a))
+                else:
+                    firsts.add(a.fingerprint)
+                    rows.append((i, a, _state_of(a, first, max_file_bytes)))
+            ids = s.scalars(insert(Submission).returning(Submission.id, sort_by_parameter_order=True), [
+                dict(campaign=campaign, source=source, original_name=a.entry_name, sender=sender,
+                     received_at=now, fingerprint=a.fingerprint, state=state,
+                     errors=[detail] if state == REFUSED else [], warnings=[])
+                for _, a, (state, detail) in rows]).all() if rows else []
+            file_rows, events = [], []
+            for sub_id, (i, a, (state, detail)) in zip(ids, rows):
+                earlier.setdefault(a.fingerprint, (sub_id, a.entry_name, source))
+                file_rows += _file_rows(ledger.home, sub_id, a, state, max_file_bytes, max_photo_bytes)
+                outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
+                events.append(dict(at=now, campaign=campaign, actor=sender or source,
+                                   action=f"submission.{outcome}", subject=str(sub_id), detail=json.dumps(
+                                       {"name": a.entry_name, "files": [f.name for f in a.files],
+                                        "note": detail}, ensure_ascii=False)))
+                results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)
+            if file_rows:
+                s.execute(insert(SubmissionFile), file_rows)
+            if events:
+                s.execute(insert(Event), events)
+            pending = later
+    return results  # type: ignore[return-value]
+
+
+def _state_of(a: _Archived, first: tuple[int, str, str] | None, max_file_bytes: int) -> tuple[str, str]:
+    if first is not None:
+        return DUPLICATE, f"与第{first[0]}号报送记录完全相同"
+    if a.refused and len(a.refused) == len(a.files):
+        return REFUSED, f"文件超过大小上限 {max_file_bytes // (1024 * 1024)} MB：{'、'.join(a.refused)}"
+    return RECEIVED, ""
+
+
+def _file_rows(home: Path, sub_id: int, a: _Archived, state: str, max_file_bytes: int,
+               max_photo_bytes: int) -> list[dict]:
+    rows = []
+    for f, sha, rel in a.kept:
+        role = "refused" if sha is None else file_role(f.name)
+        rows.append(dict(submission_id=sub_id, role=role, name=f.name, sha256=sha, size=f.size,
+                         archive_path=rel, caption=None,
+                         note="超过文件大小上限" if sha is None else None))
+        if role == "zip" and state == RECEIVED:
+            for u in unpack_photos(home, home / rel, f.name, max_photo_bytes,
+                                   max_total_bytes=max_file_bytes):
+                rows.append(dict(submission_id=sub_id, role="refused" if u.refused else "photo",
+                                 name=u.name, sha256=u.sha256, size=u.size,
+                                 archive_path=u.archive_path, caption=None, note=u.refused))
+    return rows
 
 
 def move_processed(home: Path, campaign: str, entry: Path, now: dt.datetime) -> Path:

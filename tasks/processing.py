@@ -9,17 +9,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, select, update
 
 from .config import Config, Unit
 from .attachments import docx_text, is_pdf
-from .extract import CellValue, Extracted, extract_return, identify_unit
+from .extract import CellValue, Extracted, extract_return, identify_unit, unit_index
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value)
 from .mailbox import sender_allowed
@@ -54,10 +57,32 @@ class Outcome:
     received_at: dt.datetime | None = None
 
 
+@dataclass(frozen=True)
+class _File:
+    id: int
+    role: str
+    name: str  # display name only
+    size: int
+    archive_path: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One received submission as plain data (parsed in a worker process when there are many)."""
+
+    id: int
+    original_name: str
+    sender: str | None
+    source: str
+    received_at: dt.datetime
+    files: tuple[_File, ...]
+
+
 @dataclass
 class _Parsed:
-    sub: Submission
-    files: list[SubmissionFile]
+    sub: _Job
+    files: tuple[_File, ...]
     unit: Unit | None = None
     how: str = ""
     extracted: Extracted | None = None
@@ -65,7 +90,8 @@ class _Parsed:
     failure: str | None = None
 
 
-def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[SubmissionFile]) -> _Parsed:
+def _parse_one(home: Path, config: Config, sub: _Job) -> _Parsed:
+    files = sub.files
     p = _Parsed(sub, files)
     returns = [f for f in files if f.role == "return"]
     if not returns:
@@ -78,12 +104,12 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
     else:
         ret = returns[0]
         try:
-            sheets = read_sheets(ledger.home / ret.archive_path, display_name=ret.name)
+            sheets = read_sheets(home / ret.archive_path, display_name=ret.name)
             p.extracted = extract_return(sheets, config.campaign.form, ret.name)
         except ReturnFileError as exc:
             p.errors.append(exc.message)
         if p.extracted is not None:
-            _take_docx_narrative(ledger, config, p)
+            _take_docx_narrative(home, config, p)
         if p.extracted and p.extracted.campaign_id and p.extracted.campaign_id != config.campaign.id:
             p.errors.append(f"《{ret.name}》是其他报送任务（{p.extracted.campaign_id}）的报表，"
                             f"请使用本次任务下发的报表")
@@ -94,12 +120,76 @@ def _parse_one(ledger: Ledger, config: Config, sub: Submission, files: list[Subm
         if f.role == "other":
             p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png，"
                             f"照片压缩包 .zip，盖章扫描件 .pdf，文字材料 .docx）")
-        elif f.role == "signed" and not is_pdf(ledger.home / f.archive_path):
+        elif f.role == "signed" and not is_pdf(home / f.archive_path):
             p.errors.append(f"《{f.name}》不是有效的 PDF 文件")
     return p
 
 
-def _take_docx_narrative(ledger: Ledger, config: Config, p: _Parsed) -> None:
+def _parse_safely(home: Path, config: Config, sub: _Job) -> _Parsed:
+    """Parse one submission; an unexpected error makes it a rejected one, never stops the rest."""
+    try:
+        return _parse_one(home, config, sub)
+    except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
+        broken = _Parsed(sub, sub.files, errors=[
+            f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"],
+            failure=f"{type(exc).__name__}: {exc}"[:300])
+        broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
+        _check_sender(broken)
+        return broken
+
+
+#: Below this many submissions, parsing stays in this process (forking costs more).
+PARALLEL_FROM = 200
+_shared: tuple[Path, Config] | None = None  # what forked workers inherit
+
+
+def _parse_chunk(jobs: list[_Job]) -> list[_Parsed]:
+    home, config = _shared  # type: ignore[misc]
+    return [_parse_safely(home, config, job) for job in jobs]
+
+
+def workers_wanted() -> int:
+    """Parser processes: ``BULLETIN_WORKERS``, else the CPUs this process may use (at most 8)."""
+    env = os.environ.get("BULLETIN_WORKERS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def parse_all(home: Path, config: Config, jobs: list[_Job], progress: Progress | None = None,
+              workers: int | None = None) -> list[_Parsed]:
+    """Parse every job, in order: in forked worker processes when there are many (reading
+    and matching cells is CPU-bound Python), else here."""
+    global _shared
+    workers = workers or workers_wanted()
+    if workers < 2 or len(jobs) < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        out = []
+        for i, job in enumerate(jobs, 1):
+            out.append(_parse_safely(home, config, job))
+            if progress:
+                progress(i, len(jobs))
+        return out
+    unit_index(config.units)  # built once here, inherited by the workers
+    size = max(50, min(500, len(jobs) // (workers * 4)))
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    out = []
+    _shared = (home, config)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for part in pool.map(_parse_chunk, chunks):
+                out += part
+                if progress:
+                    progress(len(out), len(jobs))
+    finally:
+        _shared = None
+    return out
+
+
+def _take_docx_narrative(home: Path, config: Config, p: _Parsed) -> None:
     """A .docx sent with the return fills the first narrative field when the sheet left it blank."""
     texts = config.campaign.form.texts
     docs = [f for f in p.files if f.role == "narrative"]
@@ -109,7 +199,7 @@ def _take_docx_narrative(ledger: Ledger, config: Config, p: _Parsed) -> None:
     cell = p.extracted.values.get(key)
     if cell is not None and cell.raw not in (None, "") and str(cell.raw).strip():
         return
-    text = docx_text(ledger.home / docs[0].archive_path)
+    text = docx_text(home / docs[0].archive_path)
     if text is None:
         p.errors.append(f"《{docs[0].name}》无法读取（文件损坏或过大），请另存为 .docx 后重新发送")
         return
@@ -127,26 +217,21 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
                      progress: Progress | None = None) -> list[Outcome]:
     """Decide every ``received`` submission of the campaign and record the decisions."""
     camp = config.campaign
+    S, F = Submission.__table__.c, SubmissionFile.__table__.c
     with ledger.session() as s:
-        subs = list(s.scalars(select(Submission).where(
-            Submission.campaign == camp.id, Submission.state == RECEIVED).order_by(Submission.id)))
-        files: dict[int, list[SubmissionFile]] = {x.id: [] for x in subs}
-        for f in s.scalars(select(SubmissionFile).where(SubmissionFile.submission_id.in_(list(files)))):
-            files[f.submission_id].append(f)
-    parsed: list[_Parsed] = []
-    for i, sub in enumerate(subs, 1):
-        try:
-            parsed.append(_parse_one(ledger, config, sub, files[sub.id]))
-        except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
-            log.exception("submission %s could not be parsed", sub.id)
-            broken = _Parsed(sub, files[sub.id], errors=[
-                f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"],
-                failure=f"{type(exc).__name__}: {exc}"[:300])
-            broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
-            _check_sender(broken)
-            parsed.append(broken)
-        if progress:
-            progress(i, len(subs))
+        subs = s.execute(select(S.id, S.original_name, S.sender, S.source, S.received_at).where(
+            S.campaign == camp.id, S.state == RECEIVED).order_by(S.id)).all()
+        files: dict[int, list[_File]] = {x.id: [] for x in subs}
+        for f in s.execute(select(F.submission_id, F.id, F.role, F.name, F.size, F.archive_path, F.note)
+                           .join(Submission.__table__, S.id == F.submission_id)
+                           .where(S.campaign == camp.id, S.state == RECEIVED).order_by(F.id)):
+            files[f.submission_id].append(_File(f.id, f.role, f.name, f.size, f.archive_path, f.note))
+    jobs = [_Job(x.id, x.original_name, x.sender, x.source, _aware(x.received_at), tuple(files[x.id]))
+            for x in subs]
+    parsed = parse_all(ledger.home, config, jobs, progress)
+    for p in parsed:
+        if p.failure:
+            log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
                             p.unit.code if p.unit else None)
                for p in parsed if p.extracted is not None and not p.errors]
@@ -156,25 +241,44 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
     with ledger.session() as s:  # one transaction for the whole batch
-        # the batch's rows loaded once and held here (the session keeps unchanged rows only weakly)
-        batch = _Batch(
-            ledger.home,
-            {x.id: x for x in s.scalars(select(Submission).where(
-                Submission.campaign == camp.id, Submission.state == RECEIVED))},
-            {f.id: f for f in s.scalars(select(SubmissionFile).join(
-                Submission, Submission.id == SubmissionFile.submission_id).where(
-                Submission.campaign == camp.id, Submission.state == RECEIVED))},
-            _unit_history(s, camp.id))
-        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), numbers, texts, now)
+        batch = _Batch(ledger.home, _unit_history(s, camp.id))
+        text_rows = texts.to_dict("index") if texts is not None else {}
+        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), text_rows.get(p.sub.id), now)
                     for p in parsed]
-        if batch.value_rows:
-            s.execute(insert(Value), batch.value_rows)
-        s.add_all(Event(at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
-                        subject=str(o.submission_id),
-                        detail=json.dumps({"unit": o.unit_code, "errors": len(o.errors),
-                                           "warnings": len(o.warnings)}, ensure_ascii=False))
-                  for o in outcomes)
+        _write_decisions(s, batch, config, parsed, numbers, texts)
+        conn = s.connection()
+        if outcomes:
+            conn.execute(Event.__table__.insert(), [dict(
+                at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
+                subject=str(o.submission_id), detail=json.dumps(
+                    {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
+                    ensure_ascii=False)) for o in outcomes])
     return outcomes
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _write_decisions(s, batch: "_Batch", config: Config, parsed: list[_Parsed], numbers, texts) -> None:
+    """The batch's decisions as a few executemany statements (Core: no ORM objects per row)."""
+    conn = s.connection()
+    S, F = Submission.__table__, SubmissionFile.__table__
+    if batch.updates:
+        conn.execute(update(S).where(S.c.id == bindparam("b_id")).values(
+            {c: bindparam(f"b_{c}") for c in batch.updates[0] if c != "id"}),
+            [{f"b_{k}": v for k, v in u.items()} for u in batch.updates])
+    superseded = [e["id"] for rows in batch.history.values() for e in rows
+                  if e.get("old") and e["state"] == SUPERSEDED]
+    for i in range(0, len(superseded), 500):
+        conn.execute(update(S).where(S.c.id.in_(superseded[i:i + 500])).values(state=SUPERSEDED))
+    if batch.file_updates:
+        conn.execute(update(F).where(F.c.id == bindparam("b_id")).values(
+            role=bindparam("b_role"), caption=bindparam("b_caption")), batch.file_updates)
+    if numbers is not None and len(numbers):
+        rows = _value_rows(config.campaign, parsed, numbers, texts, batch.flagged)
+        if rows:
+            conn.execute(Value.__table__.insert(), rows)
 
 
 def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
@@ -192,12 +296,13 @@ def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
     return Previous(camp.previous, latest.astype("float64"), camp.change_factor)
 
 
-def _unit_history(s, campaign: str) -> dict[str, list[Submission]]:
+def _unit_history(s, campaign: str) -> dict[str, list[dict]]:
     """Every earlier identified submission of the campaign, by unit, oldest first."""
-    history: dict[str, list[Submission]] = {}
-    for sub in s.scalars(select(Submission).where(Submission.campaign == campaign,
-                                                  Submission.version.is_not(None)).order_by(Submission.id)):
-        history.setdefault(sub.unit_code, []).append(sub)
+    S = Submission.__table__.c
+    history: dict[str, list[dict]] = {}
+    for sid, unit, state, version in s.execute(select(S.id, S.unit_code, S.state, S.version).where(
+            S.campaign == campaign, S.version.is_not(None)).order_by(S.id)):
+        history.setdefault(unit, []).append({"id": sid, "state": state, "version": version, "old": True})
     return history
 
 
@@ -213,22 +318,22 @@ def _explanation(p: _Parsed) -> str | None:
 
 @dataclass
 class _Batch:
-    """What the decisions of one run share: rows of the open transaction, values to insert."""
+    """What the decisions of one run share and collect for a few bulk statements."""
 
     home: Path
-    subs: dict[int, Submission]
-    files: dict[int, SubmissionFile]
-    history: dict[str, list[Submission]]  # earlier identified submissions, by unit
-    value_rows: list[dict] = field(default_factory=list)
+    history: dict[str, list[dict]]  # identified submissions by unit, oldest first (state, version)
+    updates: list[dict] = field(default_factory=list)  # one per decided submission
+    file_updates: list[dict] = field(default_factory=list)
+    flagged: dict[int, list[str]] = field(default_factory=dict)  # spam-flagged fields by submission
 
 
-def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding], numbers, texts,
-            now: dt.datetime) -> Outcome:
+def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding],
+            texts: dict[str, object] | None, now: dt.datetime) -> Outcome:
     camp = config.campaign
     errors = p.errors + [f.text() for f in findings if f.level == ERROR]
     warnings = [f.text() for f in findings if f.level == WARNING]
     explanation = _explanation(p)
-    flagged = _flag_spam(p, texts)
+    flagged = _flag_spam(texts)
     if p.unit is None:
         state = QUARANTINED
     elif errors:
@@ -245,28 +350,27 @@ def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding], 
         out.notes.append(f"“{'”“'.join(labels_of(camp, flagged))}”中含有疑似广告或无关内容，"
                          "暂不编入简讯，待协调人审核（数据照常采用）")
         out.flagged = flagged
-    sub = batch.subs[p.sub.id]
-    sub.state, sub.errors, sub.warnings = state, errors, warnings
-    sub.explanation, sub.identified_by = explanation, p.how
-    sub.decided_at, sub.decided_by = now, "system"
-    sub.late = p.sub.received_at > camp.calendar.deadline_at
-    out.late = sub.late
+        batch.flagged[p.sub.id] = flagged
+    late = p.sub.received_at > camp.calendar.deadline_at
+    row = {"id": p.sub.id, "state": state, "errors": errors, "warnings": warnings,
+           "explanation": explanation, "identified_by": p.how, "decided_at": now,
+           "decided_by": "system", "late": late, "unit_code": None, "version": None}
+    batch.updates.append(row)
+    out.late = late
     _check_photos(batch, p, out, camp.max_photo_bytes)
     if p.unit is not None:
         earlier = batch.history.setdefault(p.unit.code, [])
-        sub.unit_code, sub.version = p.unit.code, len(earlier) + 1
-        out.version = sub.version
-        counted = [e for e in earlier if e.state == ACCEPTED]
+        row["unit_code"], row["version"] = p.unit.code, len(earlier) + 1
+        out.version = row["version"]
+        counted = [e for e in earlier if e["state"] == ACCEPTED]
         if state == ACCEPTED:
             for e in earlier:
-                if e.state in (ACCEPTED, NEEDS_EXPLANATION):
-                    e.state = SUPERSEDED
+                if e["state"] in (ACCEPTED, NEEDS_EXPLANATION):
+                    e["state"] = SUPERSEDED
                     out.earlier_replaced = True
         elif counted:
-            out.earlier_still_counts = max(e.version for e in counted)
-        earlier.append(sub)
-    if numbers is not None and p.sub.id in numbers.index:
-        batch.value_rows.extend(_value_rows(p.sub.id, p, camp, numbers, texts, flagged))
+            out.earlier_still_counts = max(e["version"] for e in counted)
+        earlier.append(row)
     return out
 
 
@@ -274,11 +378,9 @@ def labels_of(camp, keys) -> list[str]:
     return [camp.form.field(k).label for k in keys]
 
 
-def _flag_spam(p: _Parsed, texts) -> list[str]:
-    if texts is None or p.sub.id not in texts.index:
-        return []
-    row = texts.loc[p.sub.id]
-    return [k for k, v in row.items() if isinstance(v, str) and looks_like_spam(v)]
+def _flag_spam(texts: dict[str, object] | None) -> list[str]:
+    """The narrative fields (of one validated return) that look like spam."""
+    return [k for k, v in (texts or {}).items() if isinstance(v, str) and looks_like_spam(v)]
 
 
 def _check_photos(batch: _Batch, p: _Parsed, out: Outcome, max_photo_bytes: int) -> None:
@@ -290,28 +392,37 @@ def _check_photos(batch: _Batch, p: _Parsed, out: Outcome, max_photo_bytes: int)
             out.notes.append(f"《{f.name}》{f.note}，未采用")
         if f.role != "photo":
             continue
-        f_db = batch.files[f.id]
         problem = (f"超过 {max_photo_bytes // 2**20} MB" if f.size > max_photo_bytes
                    else photo_problem(batch.home / f.archive_path))
         if problem:
-            f_db.role = "refused"
+            batch.file_updates.append({"b_id": f.id, "b_role": "refused", "b_caption": None})
             out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
         else:
             base = f.name.rsplit("/", 1)[-1]  # photos from a zip are shown as 照片.zip/现场.jpg
-            f_db.caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
+            caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
+            batch.file_updates.append({"b_id": f.id, "b_role": "photo", "b_caption": caption})
 
 
-def _value_rows(sid: int, p: _Parsed, camp, numbers, texts, flagged: list[str]) -> list[dict]:
-    """One submission's values as rows for a bulk insert (one statement for the batch)."""
-    cells = p.extracted.values
-    nums, txts = numbers.loc[sid], texts.loc[sid]
-    rows = [dict(submission_id=sid, field=f.key, number=None if nums[f.key] != nums[f.key] else float(nums[f.key]),
-                 text=None, cell=cells[f.key].cell if f.key in cells else None, flag=None)
-            for f in camp.form.counts]
-    rows += [dict(submission_id=sid, field=f.key, number=None, text=txts[f.key],
-                  cell=cells[f.key].cell if f.key in cells else None,
-                  flag="spam" if f.key in flagged else None)
-             for f in camp.form.texts]
+def _value_rows(camp, parsed: list[_Parsed], numbers: pd.DataFrame, texts: pd.DataFrame,
+                flagged: dict[int, list[str]]) -> list[dict]:
+    """Every validated submission's values as rows for one bulk insert."""
+    counts, text_keys = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
+    cells = {p.sub.id: p.extracted.values for p in parsed if p.extracted is not None}
+    num_rows = numbers[counts].to_numpy(dtype="float64").tolist()
+    txt_rows = texts[text_keys].to_numpy(dtype=object).tolist() if text_keys else [[]] * len(numbers)
+    rows = []
+    for sid, nums, txts in zip(numbers.index.tolist(), num_rows, txt_rows):
+        found, spam = cells[sid], flagged.get(sid, ())
+        for key, v in zip(counts, nums):
+            cell = found.get(key)
+            rows.append(dict(submission_id=sid, field=key, number=None if v != v else v, text=None,
+                             cell=cell.cell if cell is not None else None, flag=None))
+        for key, v in zip(text_keys, txts):
+            cell = found.get(key)
+            rows.append(dict(submission_id=sid, field=key, number=None,
+                             text=None if v is None or v != v else v,
+                             cell=cell.cell if cell is not None else None,
+                             flag="spam" if key in spam else None))
     return rows
 
 

@@ -269,3 +269,37 @@ def test_safe_name_bounded(name):
 def test_safe_name_long_name_has_no_leading_dot():
     out = safe_name("x" * 10 + "." + "y" * 79)
     assert not out.startswith(".")
+
+
+# ---------------------------------------------------------------- a drop folder by chunks
+def test_take_in_entries_by_chunks_records_each_once(ledger, home, inbox):
+    """Chunks of entries: each archived, recorded (same bytes twice in one chunk: the second is
+    a duplicate of the first), moved; put back after a crash before the move, nothing new."""
+    from tasks.intake import take_in_entries
+
+    put(inbox, "a.csv", b"x,1\n")
+    put(inbox, "b.csv", b"x,2\n")
+    put(inbox, "c.csv", b"x,1\n")  # same bytes as a.csv
+    put(inbox, "d/报表.csv", b"x,3\n")
+    put(inbox, "d/照片.jpg", b"\xff\xd8 jpeg")
+    put(inbox, "big.csv", b"y" * (BIG + 1))
+    for i, name in enumerate(["a.csv", "b.csv", "c.csv", "d", "big.csv"]):
+        os.utime(inbox / name, (1_700_000_000 + i, 1_700_000_000 + i))  # drop-folder order
+    seen = []
+    results = take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,
+                              max_file_bytes=BIG, chunk=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert [(r.name, r.outcome) for r in results] == [
+        ("a.csv", "received"), ("b.csv", "received"), ("c.csv", "duplicate"), ("d", "received"),
+        ("big.csv", "refused")]
+    assert f"与第{results[0].submission_id}号" in results[2].detail
+    assert list(inbox.iterdir()) == []  # every entry moved to processed/
+    assert len(list((home / "processed" / CAMPAIGN).iterdir())) == 5
+    assert sorted(f.role for f in files_of(ledger, results[3].submission_id)) == ["photo", "return"]
+    assert len(archived(home)) == 4  # a, b, 报表, 照片 (c is a's bytes; big is refused unread)
+
+    put(inbox, "a.csv", b"x,1\n")  # a crash after recording, before the move: the entry is back
+    again = take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,
+                            max_file_bytes=BIG)
+    assert [(r.submission_id, r.outcome) for r in again] == [(results[0].submission_id, "duplicate")]
+    assert len(submissions(ledger)) == 5

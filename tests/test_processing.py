@@ -302,3 +302,45 @@ def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, co
     assert outcomes[good].state == ACCEPTED and outcomes[good].failure is None
     assert outcomes[bad].state == REJECTED and "RuntimeError: boom" in outcomes[bad].failure
     assert any("无法处理" in e for e in outcomes[bad].errors)
+
+
+# ---------------------------------------------------------------- parsing in worker processes
+def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp_path, monkeypatch):
+    """A batch parsed in forked workers (a large batch) gets the same outcomes as one parsed
+    here, in the same order; a file that breaks the parser stays one rejected submission."""
+    import tasks.processing as processing
+
+    u = config.units
+    entries = [write_return(inbox, config, u[i % 6], f"{u[i % 6].name}-{i}.xlsx", posters=100 + i)
+               for i in range(12)]
+    entries.append(write_return(inbox, config, u[7], posters=-5))
+    (inbox / "坏文件.xlsx").write_bytes(b"PK\x03\x04 not really a zip")
+    entries.append(inbox / "坏文件.xlsx")
+    ids = [submit(ledger, config, e, BEFORE) for e in entries]
+
+    def decide(workers: int) -> list:
+        from tasks.processing import _Job, _File, parse_all
+        with ledger.session() as s:
+            jobs = [_Job(x.id, x.original_name, x.sender, x.source, x.received_at, tuple(
+                _File(f.id, f.role, f.name, f.size, f.archive_path, f.note) for f in s.scalars(
+                    select(SubmissionFile).where(SubmissionFile.submission_id == x.id))))
+                for x in s.scalars(select(Submission).where(Submission.id.in_(ids)).order_by(Submission.id))]
+        seen = []
+        parsed = parse_all(ledger.home, config, jobs, progress=lambda d, t: seen.append((d, t)), workers=workers)
+        assert seen[-1] == (len(jobs), len(jobs))
+        return [(p.sub.id, p.unit.code if p.unit else None, p.errors,
+                 {k: v.raw for k, v in p.extracted.values.items()} if p.extracted else None) for p in parsed]
+
+    monkeypatch.setattr(processing, "PARALLEL_FROM", 2)
+    here, forked = decide(1), decide(2)
+    assert forked == here
+    assert [x[0] for x in forked] == ids
+    assert forked[-1][2] and "坏文件.xlsx" in forked[-1][2][0]  # unreadable: one rejected return
+
+    monkeypatch.setenv("BULLETIN_WORKERS", "2")
+    outcomes = process_received(ledger, config, BEFORE)
+    assert [o.submission_id for o in outcomes] == ids
+    assert [o.state for o in outcomes] == [ACCEPTED] * 12 + [REJECTED, QUARANTINED]  # no unit known
+    assert values_of(ledger, ids[11])["posters"] == 111.0
+    assert [sub(ledger, i).version for i in ids[:7]] == [1, 1, 1, 1, 1, 1, 2]
+    assert sub(ledger, ids[0]).state == SUPERSEDED  # the unit's second accepted return replaced it
