@@ -13,7 +13,7 @@ from tasks.intake import drop_folder_entries, take_in_entries
 from tasks.ledger import QUARANTINED, REFUSED
 from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
-from tasks.notices import coordinator_notice, receipt_message
+from tasks.notices import coordinator_notice, receipt_messages
 from tasks.processing import Outcome, process_received
 from tasks.review import explain_by_reply
 
@@ -101,12 +101,7 @@ def decide_returns(ctx: Context) -> list[Outcome]:
 
 @task(name="build-receipts", cache_policy=NO_CACHE)
 def build_receipts(ctx: Context, outcomes: list[Outcome]) -> list:
-    out = []
-    for o in outcomes:
-        msg = receipt_message(ctx.config, o, o.received_at, ctx.override_dir)
-        if msg is not None:
-            out.append((msg, o.unit_code))
-    return out
+    return receipt_messages(ctx.config, outcomes, ctx.override_dir)
 
 
 def _notice_lines(outcomes: list[Outcome], refused: list) -> list[str]:

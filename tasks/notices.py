@@ -15,6 +15,7 @@ import css_inline
 from .config import Campaign, Config, Contact, ReminderTier, Unit
 from .mailbox import sender_unit
 from .message import Address, Attachment, InlineImage, OutgoingMessage
+from .parallel import map_forked
 from .processing import Outcome
 from .render import render
 
@@ -102,6 +103,18 @@ def receipt_message(config: Config, outcome: Outcome, received_at: dt.datetime,
         text=render("receipt.txt.j2", override, **ctx), html=_html("receipt.html.j2", override, **ctx),
         reply_to=_addr(camp.coordinators[0]),
         headers=_headers(camp, "receipt", outcome.unit_code))
+
+
+def _receipt_of(config: Config, override: str | None, outcome: Outcome) -> OutgoingMessage | None:
+    return receipt_message(config, outcome, outcome.received_at, override)
+
+
+def receipt_messages(config: Config, outcomes: list[Outcome], override: str | None = None,
+                     ) -> list[tuple[OutgoingMessage, str | None]]:
+    """Every outcome's receipt with its unit (rendered in worker processes when there are
+    many); outcomes nobody can be told about are left out."""
+    msgs = map_forked(_receipt_of, outcomes, (config, override))
+    return [(m, o.unit_code) for m, o in zip(msgs, outcomes) if m is not None]
 
 
 def review_message(config: Config, sub, action: str, by: str, note: str,

@@ -9,9 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +23,7 @@ from .extract import CellValue, Extracted, extract_return, identify_unit, unit_i
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value)
 from .mailbox import sender_allowed
+from .parallel import map_forked
 from .spam import looks_like_spam
 from .readers import ReturnFileError, read_sheets
 from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
@@ -138,55 +136,12 @@ def _parse_safely(home: Path, config: Config, sub: _Job) -> _Parsed:
         return broken
 
 
-#: Below this many submissions, parsing stays in this process (forking costs more).
-PARALLEL_FROM = 200
-_shared: tuple[Path, Config] | None = None  # what forked workers inherit
-
-
-def _parse_chunk(jobs: list[_Job]) -> list[_Parsed]:
-    home, config = _shared  # type: ignore[misc]
-    return [_parse_safely(home, config, job) for job in jobs]
-
-
-def workers_wanted() -> int:
-    """Parser processes: ``BULLETIN_WORKERS``, else the CPUs this process may use (at most 8)."""
-    env = os.environ.get("BULLETIN_WORKERS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
-
-
 def parse_all(home: Path, config: Config, jobs: list[_Job], progress: Progress | None = None,
               workers: int | None = None) -> list[_Parsed]:
     """Parse every job, in order: in forked worker processes when there are many (reading
     and matching cells is CPU-bound Python), else here."""
-    global _shared
-    workers = workers or workers_wanted()
-    if workers < 2 or len(jobs) < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
-        out = []
-        for i, job in enumerate(jobs, 1):
-            out.append(_parse_safely(home, config, job))
-            if progress:
-                progress(i, len(jobs))
-        return out
     unit_index(config.units)  # built once here, inherited by the workers
-    size = max(50, min(500, len(jobs) // (workers * 4)))
-    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    out = []
-    _shared = (home, config)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for part in pool.map(_parse_chunk, chunks):
-                out += part
-                if progress:
-                    progress(len(out), len(jobs))
-    finally:
-        _shared = None
-    return out
+    return map_forked(_parse_safely, jobs, (home, config), progress=progress, workers=workers)
 
 
 def _take_docx_narrative(home: Path, config: Config, p: _Parsed) -> None:

@@ -308,7 +308,7 @@ def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, co
 def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp_path, monkeypatch):
     """A batch parsed in forked workers (a large batch) gets the same outcomes as one parsed
     here, in the same order; a file that breaks the parser stays one rejected submission."""
-    import tasks.processing as processing
+    import tasks.parallel as parallel
 
     u = config.units
     entries = [write_return(inbox, config, u[i % 6], f"{u[i % 6].name}-{i}.xlsx", posters=100 + i)
@@ -331,7 +331,7 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
         return [(p.sub.id, p.unit.code if p.unit else None, p.errors,
                  {k: v.raw for k, v in p.extracted.values.items()} if p.extracted else None) for p in parsed]
 
-    monkeypatch.setattr(processing, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 2)
     here, forked = decide(1), decide(2)
     assert forked == here
     assert [x[0] for x in forked] == ids
@@ -344,3 +344,10 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
     assert values_of(ledger, ids[11])["posters"] == 111.0
     assert [sub(ledger, i).version for i in ids[:7]] == [1, 1, 1, 1, 1, 1, 2]
     assert sub(ledger, ids[0]).state == SUPERSEDED  # the unit's second accepted return replaced it
+
+    from tasks.notices import receipt_messages
+    forked_receipts = receipt_messages(config, outcomes)  # 14 outcomes ≥ PARALLEL_FROM: forked
+    monkeypatch.setenv("BULLETIN_WORKERS", "1")
+    here_receipts = receipt_messages(config, outcomes)
+    assert forked_receipts == here_receipts and len(here_receipts) == 13  # nobody to tell about 坏文件
+    assert "张贴宣传画" in here_receipts[12][0].text and here_receipts[12][1] == u[7].code

@@ -1,0 +1,71 @@
+"""CPU-bound work over many items in forked worker processes, results in input order.
+
+Parsing thousands of returns or rendering thousands of receipts is pure Python: one process
+uses one core. Forked workers inherit what the caller already holds (the config, its unit
+index, compiled templates) without pickling it; only items and results cross over.
+Small batches stay in this process, where forking would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Below this many items, work stays in this process.
+PARALLEL_FROM = 200
+_job: tuple[Callable, tuple] | None = None  # what forked workers inherit
+
+
+def workers_wanted() -> int:
+    """Worker processes: ``BULLETIN_WORKERS``, else the CPUs this process may use (at most 8)."""
+    env = os.environ.get("BULLETIN_WORKERS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def _run_chunk(items: list) -> list:
+    fn, shared = _job  # type: ignore[misc]
+    return [fn(*shared, item) for item in items]
+
+
+def map_forked(fn: Callable[..., R], items: Sequence[T], shared: tuple = (), *,
+               progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+               parallel_from: int | None = None) -> list[R]:
+    """``[fn(*shared, item) for item in items]``, in forked workers when there are many items.
+
+    ``fn`` must not raise for one bad item (return the failure as data instead) and should not
+    log: a worker has no share in the parent's logging threads. ``progress(done, total)``
+    is called in this process after every chunk."""
+    global _job
+    workers = workers or workers_wanted()
+    threshold = PARALLEL_FROM if parallel_from is None else parallel_from
+    if workers < 2 or len(items) < threshold or "fork" not in multiprocessing.get_all_start_methods():
+        out = []
+        for i, item in enumerate(items, 1):
+            out.append(fn(*shared, item))
+            if progress and (i % 100 == 0 or i == len(items)):
+                progress(i, len(items))
+        return out
+    size = max(20, min(500, len(items) // (workers * 4)))
+    chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    out = []
+    _job = (fn, shared)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for part in pool.map(_run_chunk, chunks):
+                out += part
+                if progress:
+                    progress(len(out), len(items))
+    finally:
+        _job = None
+    return out
