@@ -21,12 +21,13 @@ from .config import Config, Unit
 from .attachments import docx_text, is_pdf
 from .extract import CellValue, Extracted, extract_return, identify_unit, unit_index
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
-                     Event, Ledger, Submission, SubmissionFile, Value)
+                     Event, Ledger, Submission, SubmissionFile, Value, bulk_insert)
 from .mailbox import sender_allowed
 from .parallel import map_forked
 from .spam import looks_like_spam
 from .readers import ReturnFileError, read_sheets
-from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
+from .numbers import ParsedCount, parse_count
+from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, cell_text, validate_returns
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class _Parsed:
     extracted: Extracted | None = None
     errors: list[str] = field(default_factory=list)
     failure: str | None = None
+    counts: dict[str, ParsedCount] | None = None  # the count cells, parsed
+    spam: list[str] = field(default_factory=list)  # narrative fields that look like spam
 
 
 def _parse_one(home: Path, config: Config, sub: _Job) -> _Parsed:
@@ -120,6 +123,12 @@ def _parse_one(home: Path, config: Config, sub: _Job) -> _Parsed:
                             f"照片压缩包 .zip，盖章扫描件 .pdf，文字材料 .docx）")
         elif f.role == "signed" and not is_pdf(home / f.archive_path):
             p.errors.append(f"《{f.name}》不是有效的 PDF 文件")
+    if p.extracted is not None:  # cell by cell work, done here (in a worker) rather than later
+        values = p.extracted.values
+        p.counts = {f.key: parse_count(values[f.key].raw if f.key in values else None)
+                    for f in config.campaign.form.counts}
+        p.spam = [f.key for f in config.campaign.form.texts
+                  if isinstance(t := cell_text(values.get(f.key)), str) and looks_like_spam(t)]
     return p
 
 
@@ -188,7 +197,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         if p.failure:
             log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
-                            p.unit.code if p.unit else None)
+                            p.unit.code if p.unit else None, p.counts)
                for p in parsed if p.extracted is not None and not p.errors]
     previous = previous_figures(ledger, config) if records else None
     numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
@@ -197,8 +206,8 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         by_sub.setdefault(f.submission_id, []).append(f)
     with ledger.session() as s:  # one transaction for the whole batch
         batch = _Batch(ledger.home, _unit_history(s, camp.id))
-        text_rows = texts.to_dict("index") if texts is not None else {}
-        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), text_rows.get(p.sub.id), now)
+        validated = set(numbers.index) if numbers is not None else set()
+        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), p.sub.id in validated, now)
                     for p in parsed]
         _write_decisions(s, batch, config, parsed, numbers, texts)
         conn = s.connection()
@@ -231,9 +240,8 @@ def _write_decisions(s, batch: "_Batch", config: Config, parsed: list[_Parsed], 
         conn.execute(update(F).where(F.c.id == bindparam("b_id")).values(
             role=bindparam("b_role"), caption=bindparam("b_caption")), batch.file_updates)
     if numbers is not None and len(numbers):
-        rows = _value_rows(config.campaign, parsed, numbers, texts, batch.flagged)
-        if rows:
-            conn.execute(Value.__table__.insert(), rows)
+        bulk_insert(conn, Value.__table__, VALUE_COLUMNS,
+                    _value_rows(config.campaign, parsed, numbers, texts, batch.flagged))
 
 
 def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
@@ -282,13 +290,13 @@ class _Batch:
     flagged: dict[int, list[str]] = field(default_factory=dict)  # spam-flagged fields by submission
 
 
-def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding],
-            texts: dict[str, object] | None, now: dt.datetime) -> Outcome:
+def _decide(batch: _Batch, config: Config, p: _Parsed, findings: list[Finding], validated: bool,
+            now: dt.datetime) -> Outcome:
     camp = config.campaign
     errors = p.errors + [f.text() for f in findings if f.level == ERROR]
     warnings = [f.text() for f in findings if f.level == WARNING]
     explanation = _explanation(p)
-    flagged = _flag_spam(texts)
+    flagged = p.spam if validated else []
     if p.unit is None:
         state = QUARANTINED
     elif errors:
@@ -333,11 +341,6 @@ def labels_of(camp, keys) -> list[str]:
     return [camp.form.field(k).label for k in keys]
 
 
-def _flag_spam(texts: dict[str, object] | None) -> list[str]:
-    """The narrative fields (of one validated return) that look like spam."""
-    return [k for k, v in (texts or {}).items() if isinstance(v, str) and looks_like_spam(v)]
-
-
 def _check_photos(batch: _Batch, p: _Parsed, out: Outcome, max_photo_bytes: int) -> None:
     """Photos must be real JPEG/PNG images within the size limit; a bad one is refused with a
     note, not the return. Files refused earlier (oversized, odd zip members) are noted too."""
@@ -358,9 +361,12 @@ def _check_photos(batch: _Batch, p: _Parsed, out: Outcome, max_photo_bytes: int)
             batch.file_updates.append({"b_id": f.id, "b_role": "photo", "b_caption": caption})
 
 
+VALUE_COLUMNS = ("submission_id", "field", "number", "text", "cell", "flag")
+
+
 def _value_rows(camp, parsed: list[_Parsed], numbers: pd.DataFrame, texts: pd.DataFrame,
-                flagged: dict[int, list[str]]) -> list[dict]:
-    """Every validated submission's values as rows for one bulk insert."""
+                flagged: dict[int, list[str]]) -> list[tuple]:
+    """Every validated submission's values as rows (``VALUE_COLUMNS``) for one bulk insert."""
     counts, text_keys = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
     cells = {p.sub.id: p.extracted.values for p in parsed if p.extracted is not None}
     num_rows = numbers[counts].to_numpy(dtype="float64").tolist()
@@ -370,14 +376,11 @@ def _value_rows(camp, parsed: list[_Parsed], numbers: pd.DataFrame, texts: pd.Da
         found, spam = cells[sid], flagged.get(sid, ())
         for key, v in zip(counts, nums):
             cell = found.get(key)
-            rows.append(dict(submission_id=sid, field=key, number=None if v != v else v, text=None,
-                             cell=cell.cell if cell is not None else None, flag=None))
+            rows.append((sid, key, None if v != v else v, None, cell.cell if cell is not None else None, None))
         for key, v in zip(text_keys, txts):
             cell = found.get(key)
-            rows.append(dict(submission_id=sid, field=key, number=None,
-                             text=None if v is None or v != v else v,
-                             cell=cell.cell if cell is not None else None,
-                             flag="spam" if key in spam else None))
+            rows.append((sid, key, None, None if v is None or v != v else str(v),
+                         cell.cell if cell is not None else None, "spam" if key in spam else None))
     return rows
 
 

@@ -16,7 +16,7 @@ from pandera.errors import SchemaErrors
 
 from .config import Form
 from .extract import CellValue
-from .numbers import parse_count
+from .numbers import ParsedCount, parse_count
 
 ERROR, WARNING = "error", "warning"
 
@@ -53,6 +53,7 @@ class ReturnRecord:
     cells: dict[str, CellValue]
     explanation: str | None = None
     unit_code: str | None = None  # for the comparison with the unit's previous return
+    counts: dict[str, ParsedCount] | None = None  # count cells already parsed (by a worker)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def validate_returns(records: list[ReturnRecord], form: Form, previous: Previous
     for r in records:
         for f in form.counts:
             cell = r.cells.get(f.key)
-            parsed = parse_count(cell.raw if cell is not None else None)
+            parsed = r.counts[f.key] if r.counts is not None else parse_count(
+                cell.raw if cell is not None else None)
             if parsed.error:
                 findings.append(finding(r.submission_id, ERROR, f.key, f"{parsed.error}，应为非负整数"))
             elif parsed.approximate:
@@ -131,7 +133,7 @@ def validate_returns(records: list[ReturnRecord], form: Form, previous: Previous
             numbers[f.key].append(float("nan") if parsed.value is None or parsed.error else float(parsed.value))
     ids = [r.submission_id for r in records]
     num = pd.DataFrame(numbers, index=pd.Index(ids, name="submission_id"), dtype="float64")
-    txt = pd.DataFrame({f.key: [_text(r.cells.get(f.key)) for r in records] for f in form.texts},
+    txt = pd.DataFrame({f.key: [cell_text(r.cells.get(f.key)) for r in records] for f in form.texts},
                        index=num.index, dtype=object)
 
     parse_failed = {(x.submission_id, x.field) for x in findings if x.level == ERROR}
@@ -177,7 +179,8 @@ def _compare_previous(num: pd.DataFrame, form: Form, by_id: dict[int, ReturnReco
     return out
 
 
-def _text(cell: CellValue | None) -> object:
+def cell_text(cell: CellValue | None) -> object:
+    """A cell as stripped text, None when blank."""
     if cell is None or cell.raw is None:
         return None
     text = str(cell.raw).strip()
