@@ -107,3 +107,30 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env):
     # a re-run sends nothing twice
     again_sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
     assert again_sent.get("sent", 0) == 0 and len(server.messages) == before + len(people)
+
+
+def test_completeness_artifact_is_bounded(tmp_path, config, config_dir, monkeypatch):
+    """A campaign of many units: the artifact lists units needing attention first, up to a
+    bound, and says where the whole list is."""
+    import asyncio
+
+    import flows.common as common
+    from flows.collect_returns import collect_returns
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    monkeypatch.setattr(common, "ARTIFACT_ROWS", 5)
+    collect_returns(CAMPAIGN, now=config.campaign.calendar.opens_at, home=str(tmp_path),
+                    config_dir=str(config_dir))
+
+    async def latest():
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{CAMPAIGN}-completeness"])), limit=50)
+            return max(found, key=lambda a: a.created)
+
+    artifact = asyncio.run(latest())
+    rows = artifact.data if isinstance(artifact.data, list) else __import__("json").loads(artifact.data)
+    assert len(rows) == 5 and all(r["状态"] == "未报" for r in rows)
+    assert f"应报{len(config.units)}家" in artifact.description
+    assert f"全部单位见 bulletin status {CAMPAIGN}" in artifact.description
