@@ -11,7 +11,7 @@ import ctypes
 import hashlib
 import os
 import shutil
-import tempfile
+import threading
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -55,24 +55,38 @@ def _libc_syncfs():
 _syncfs = _libc_syncfs()
 
 
+_made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
+
+
 def _store(home: Path, sha: str, write, durable: bool = True) -> str:
     rel = archive_relpath(sha)
-    target = home / rel
-    if target.exists():
+    target = os.path.join(home, rel)
+    if os.path.exists(target):
         return rel  # same bytes already kept: write-once
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    folder = os.path.dirname(target)
+    if folder not in _made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _made_dirs.add(folder)
+    # a temp name of our own (no path from outside), unique per process and thread
+    tmp = os.path.join(folder, f".incoming-{sha[:16]}-{os.getpid()}-{threading.get_ident()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:  # the folder went away under us (a test removed the home)
+        _made_dirs.discard(folder)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fh.flush()
             if durable:
-                fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o444)
+            os.fchmod(fh.fileno(), 0o444)
         os.replace(tmp, target)
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
     return rel
 
 

@@ -244,5 +244,8 @@ def move_processed(home: Path, campaign: str, entry: Path, now: dt.datetime) -> 
     while target.exists():
         n += 1
         target = target_dir / f"{stamp}-{n}-{safe_name(entry.name)}"
-    shutil.move(str(entry), str(target))
+    try:
+        os.rename(entry, target)  # same filesystem (the usual case): one rename
+    except OSError:
+        shutil.move(str(entry), str(target))
     return target
