@@ -118,7 +118,7 @@ def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
                 _syncfs = None  # e.g. a sandbox without the system call
         if not done and hasattr(os, "sync"):
             os.sync()
-        elif not done:
+        elif not done:  # Windows
             for path in written:
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -130,7 +130,9 @@ def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
 class OutboxMailer(_ContextMixin):
     """Writes one ``.eml`` per message into a folder (atomic rename; a resend overwrites).
 
-    ``send`` does not fsync; ``flush`` makes every file written so far durable at once."""
+    ``send`` does not fsync; ``flush`` makes every file written so far durable at once. After
+    a power cut before the flush, files of that batch may be missing or empty; the ledger
+    still has their keys in ``sending`` (later ``uncertain``), never ``sent``."""
 
     batch_size = 500
 

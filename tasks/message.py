@@ -18,9 +18,9 @@ Two renderers, equivalent once parsed (tests/test_message.py compares them):
 * ``build_mime`` builds an ``EmailMessage`` with the standard library (``policy.SMTP``). It
   handles everything, but costs about 5 ms per message, mostly header parsing and folding.
 * ``mime_bytes`` assembles the bytes directly for the common case (text, optional HTML, no
-  attachments or inline images; plain dot-atom addresses): about 0.1 ms for a receipt. Anything else
-  (attachments, inline images, unusual addresses or header values) goes through
-  ``build_mime``.
+  attachments or inline images, plain dot-atom addresses): about 0.1 ms for a receipt.
+  Anything else (attachments, inline images, unusual addresses or header values) goes
+  through ``build_mime``. Both mailers send what ``mime_bytes`` returns.
 
 Any CR or LF in a subject, name, address, file name or header value raises ``ValueError``
 (header injection).
