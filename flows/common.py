@@ -11,13 +11,16 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks.delivery import deliver, mark_stale_uncertain
+from tasks.delivery import deliver_many, mark_stale_uncertain
 from tasks.mailer import mailer_from_env
 from tasks.message import OutgoingMessage
 from tasks.notices import coordinator_notice
 from tasks.status import completeness
 
 from .context import Context
+
+
+PROGRESS_EVERY = 500  # messages between progress lines in send_messages
 
 
 class SendFailed(RuntimeError):
@@ -40,24 +43,31 @@ def run_name(step: str) -> Callable[[], str]:
       task_run_name="send-{step}-{ctx.campaign_id}")
 def send_messages(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
                   dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
-    """Deliver each (message, unit) once, through one connection; count the outcomes."""
+    """Deliver each (message, unit) once, through one connection, in ledger-guarded chunks
+    (``tasks.delivery.deliver_many``); count the outcomes."""
     log = get_run_logger()
     counts: Counter[str] = Counter()
     if not messages:
         return {}
+    logged = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal logged
+        if done // PROGRESS_EVERY > logged // PROGRESS_EVERY:
+            log.info("已处理 %d/%d", done, total)
+        logged = done
+
     with mailer_from_env(ctx.home) as mailer:
         if not dry_run:
             log.info("发送 %d 封 %s 邮件，经由 %s", len(messages), step, mailer.description)
-        for i, (msg, unit) in enumerate(messages, 1):
-            outcome = deliver(ctx.ledger, mailer, msg, campaign=ctx.campaign_id, step=step,
-                              unit_code=unit, dry_run=dry_run, resend_uncertain=resend_uncertain)
-            counts[outcome] += 1
-            if dry_run:
-                log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
-            elif outcome in ("failed", "uncertain"):
-                log.warning("%s：%s → %s", outcome, msg.subject, ", ".join(a.email for a in msg.to))
-            if i % 500 == 0:
-                log.info("已处理 %d/%d", i, len(messages))
+        outcomes = deliver_many(ctx.ledger, mailer, messages, campaign=ctx.campaign_id, step=step,
+                                dry_run=dry_run, resend_uncertain=resend_uncertain, progress=progress)
+    for (msg, _unit), outcome in zip(messages, outcomes):
+        counts[outcome] += 1
+        if dry_run:
+            log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
+        elif outcome in ("failed", "uncertain"):
+            log.warning("%s：%s → %s", outcome, msg.subject, ", ".join(a.email for a in msg.to))
     if counts["failed"]:
         raise SendFailed(f"{counts['failed']} message(s) failed to send; already-sent ones are skipped on retry")
     return dict(counts)

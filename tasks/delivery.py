@@ -1,16 +1,37 @@
 """Sending with the ledger as guard: each message key goes out at most once.
 
-A message is claimed (``sending``) in the ledger before the SMTP conversation and marked
-``sent`` after it. The unique key makes a second run, or two runs at once, skip it. A claim
-left in ``sending`` by a crash becomes ``uncertain``: reported, resent only on request, with
-the same Message-ID.
+A message is claimed (``sending``) in the ledger before it is handed to the mailer and
+marked afterwards: ``sent`` (with its Message-ID), ``failed`` (nothing went out; the next run
+retries it) or ``uncertain`` (it may have gone out: reported, resent only on request, with the
+same Message-ID). The unique key on ``deliveries.key`` makes a second run, or two runs at
+once, skip a key that is already claimed.
+
+``deliver_many`` works in chunks of ``mailer.batch_size`` messages (500 for the file outbox,
+1 for SMTP). For each chunk:
+
+1. one transaction claims the chunk: new keys are inserted as ``sending`` (one executemany),
+   ``failed`` keys (and ``uncertain`` ones with ``resend_uncertain``) go back to ``sending``
+   with ``attempts + 1``, every other key is ``skipped``. If another run claimed one of these
+   keys in between (unique-key violation, or a failed row that is no longer failed), that
+   transaction is rolled back and the chunk is claimed one key at a time instead;
+2. each claimed message is sent;
+3. ``mailer.flush()`` makes the chunk durable (the outbox syncs its file system once); if it
+   fails, the chunk's messages become ``uncertain``;
+4. one transaction records the outcomes (executemany).
+
+Crash window: a crash between steps 1 and 4 leaves at most one chunk in ``sending`` (one
+message with SMTP); ``mark_stale_uncertain`` turns such claims older than ``STALE_AFTER`` into
+``uncertain``. An exception that escapes the mailer mid-chunk (KeyboardInterrupt, ...) is
+recorded on the way out when possible: the messages sent before it are flushed and marked
+``sent``, the one in flight ``uncertain``, the ones after it ``failed`` (never sent).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Callable, Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .ledger import FAILED, SENDING, SENT, UNCERTAIN, Delivery, Ledger
@@ -18,57 +39,187 @@ from .mailer import MailError, Mailer
 from .message import OutgoingMessage, recipients
 
 STALE_AFTER = dt.timedelta(minutes=15)
+DRY_RUN_CHUNK = 500  # keys looked up per query in a dry run
+
+_T = Delivery.__table__
+_MARK_SENT = (update(_T).where(_T.c.key == bindparam("b_key"))
+              .values(state=SENT, sent_at=bindparam("b_at", type_=_T.c.sent_at.type),
+                      message_id=bindparam("b_mid")))
+_MARK_NOT_SENT = (update(_T).where(_T.c.key == bindparam("b_key"))
+                  .values(state=bindparam("b_state"), error=bindparam("b_error")))
+
+Item = tuple[OutgoingMessage, str | None]  # (message, unit code)
+
+
+class _Contended(Exception):
+    """Another run claimed one of the chunk's keys while this one was claiming."""
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _claim(ledger: Ledger, msg: OutgoingMessage, campaign: str, step: str, unit_code: str | None,
-           resend_uncertain: bool) -> bool:
+def _row(msg: OutgoingMessage, campaign: str, step: str, unit_code: str | None, now: dt.datetime) -> dict:
+    return dict(key=msg.key, campaign=campaign, step=step, unit_code=unit_code,
+                recipients=recipients(msg), subject=msg.subject, state=SENDING, attempts=1,
+                claimed_at=now)
+
+
+def _claim_one(ledger: Ledger, msg: OutgoingMessage, campaign: str, step: str, unit_code: str | None,
+               retry_from: tuple[str, ...]) -> bool:
     """Insert the key as ``sending``; or take over a failed (or, on request, uncertain) one."""
     try:
         with ledger.session() as s:
-            s.add(Delivery(key=msg.key, campaign=campaign, step=step, unit_code=unit_code,
-                           recipients=recipients(msg), subject=msg.subject, state=SENDING,
-                           attempts=1, claimed_at=_utcnow()))
+            s.execute(insert(_T), [_row(msg, campaign, step, unit_code, _utcnow())])
         return True
     except IntegrityError:
-        retry_from = (FAILED, UNCERTAIN) if resend_uncertain else (FAILED,)
         with ledger.session() as s:
-            taken = s.execute(update(Delivery).where(Delivery.key == msg.key,
-                                                     Delivery.state.in_(retry_from))
+            taken = s.execute(update(_T).where(_T.c.key == msg.key, _T.c.state.in_(retry_from))
                               .values(state=SENDING, claimed_at=_utcnow(),
-                                      attempts=Delivery.attempts + 1, error=None))
+                                      attempts=_T.c.attempts + 1, error=None))
             return taken.rowcount == 1
+
+
+def _claim_chunk(ledger: Ledger, chunk: list[Item], campaign: str, step: str,
+                 retry_from: tuple[str, ...]) -> list[bool]:
+    """Claim the chunk's keys in one transaction; which items are ours to send."""
+    try:
+        with ledger.session() as s:
+            keys = list({msg.key: None for msg, _ in chunk})
+            states = dict(s.execute(select(_T.c.key, _T.c.state).where(_T.c.key.in_(keys))).all())
+            now = _utcnow()
+            claimed: list[bool] = []
+            new_rows: list[dict] = []
+            retry: list[str] = []
+            seen: set[str] = set()
+            for msg, unit in chunk:
+                state = states.get(msg.key)
+                if msg.key in seen:  # the same key twice in one call: sent once
+                    claimed.append(False)
+                elif state is None:
+                    new_rows.append(_row(msg, campaign, step, unit, now))
+                    claimed.append(True)
+                elif state in retry_from:
+                    retry.append(msg.key)
+                    claimed.append(True)
+                else:
+                    claimed.append(False)
+                seen.add(msg.key)
+            if retry:
+                taken = s.execute(update(_T).where(_T.c.key.in_(retry), _T.c.state.in_(retry_from))
+                                  .values(state=SENDING, claimed_at=now,
+                                          attempts=_T.c.attempts + 1, error=None))
+                if taken.rowcount != len(retry):
+                    raise _Contended
+            if new_rows:
+                s.execute(insert(_T), new_rows)  # IntegrityError if another run inserted one
+        return claimed
+    except (IntegrityError, _Contended):
+        seen = set()
+        out = []
+        for msg, unit in chunk:
+            out.append(msg.key not in seen and _claim_one(ledger, msg, campaign, step, unit, retry_from))
+            seen.add(msg.key)
+        return out
+
+
+def _record(ledger: Ledger, sent: list[tuple[str, str]], not_sent: list[tuple[str, str, str]]) -> None:
+    """One transaction: (key, message_id) become sent; (key, state, error) failed/uncertain."""
+    if not sent and not not_sent:
+        return
+    with ledger.session() as s:
+        if sent:
+            now = _utcnow()
+            s.execute(_MARK_SENT, [{"b_key": k, "b_mid": mid, "b_at": now} for k, mid in sent])
+        if not_sent:
+            s.execute(_MARK_NOT_SENT, [{"b_key": k, "b_state": st, "b_error": err}
+                                       for k, st, err in not_sent])
+
+
+def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list[bool]) -> list[str]:
+    outcomes = ["skipped"] * len(chunk)
+    sent: list[tuple[int, str]] = []  # (index, Message-ID)
+    not_sent: dict[int, tuple[str, str]] = {}  # index → (state, error)
+    todo = [i for i, ok in enumerate(claimed) if ok]
+
+    def finish() -> None:
+        nonlocal sent
+        flush = getattr(mailer, "flush", None)
+        if sent and flush is not None:
+            try:
+                flush()
+            except Exception as exc:  # noqa: BLE001 - written, but maybe not durable
+                error = f"sent but not made durable: {exc}"[:500]
+                not_sent.update((i, (UNCERTAIN, error)) for i, _ in sent)
+                sent = []
+        _record(ledger, [(chunk[i][0].key, mid) for i, mid in sent],
+                [(chunk[i][0].key, st, err) for i, (st, err) in not_sent.items()])
+        for i, _ in sent:
+            outcomes[i] = "sent"
+        for i, (st, _) in not_sent.items():
+            outcomes[i] = "uncertain" if st == UNCERTAIN else "failed"
+
+    n = 0
+    try:
+        for n, i in enumerate(todo):
+            try:
+                sent.append((i, mailer.send(chunk[i][0])))
+            except MailError as exc:
+                # after the message data went out, the server may have it: never resend on our own
+                not_sent[i] = (UNCERTAIN if exc.uncertain else FAILED, str(exc)[:500])
+            except Exception as exc:  # noqa: BLE001 - e.g. a message that cannot be built: nothing went out
+                not_sent[i] = (FAILED, f"{type(exc).__name__}: {exc}"[:500])
+    except BaseException as exc:  # interrupted: record what is known, then let it go on
+        not_sent[todo[n]] = (UNCERTAIN, f"interrupted while sending: {type(exc).__name__}: {exc}"[:500])
+        not_sent.update((i, (FAILED, "not sent: interrupted")) for i in todo[n + 1:])
+        try:
+            finish()
+        except BaseException:  # noqa: BLE001 - the claims stay 'sending' and become uncertain
+            pass
+        raise
+    finish()
+    return outcomes
+
+
+def _dry_run(ledger: Ledger, chunk: list[Item]) -> list[str]:
+    with ledger.session() as s:
+        sent = set(s.scalars(select(_T.c.key).where(_T.c.key.in_(list({m.key: None for m, _ in chunk})),
+                                                    _T.c.state == SENT)))
+    return ["skipped" if msg.key in sent else "dry-run" for msg, _ in chunk]
+
+
+def deliver_many(ledger: Ledger, mailer: Mailer, items: Iterable[Item], *, campaign: str, step: str,
+                 dry_run: bool = False, resend_uncertain: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Send each (message, unit code) at most once, in chunks of ``mailer.batch_size``.
+
+    Returns one outcome per item, in order: sent | skipped | failed | uncertain | dry-run.
+    A dry run claims nothing: ``skipped`` if the key was sent, else ``dry-run``. ``progress``
+    is called with (items done, items in all) after each chunk."""
+    items = list(items)
+    retry_from = (FAILED, UNCERTAIN) if resend_uncertain else (FAILED,)
+    size = max(1, int(getattr(mailer, "batch_size", 1) or 1))  # a mailer without it: one at a time
+    if dry_run:
+        size = max(size, DRY_RUN_CHUNK)
+    outcomes: list[str] = []
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        if dry_run:
+            outcomes += _dry_run(ledger, chunk)
+        else:
+            claimed = _claim_chunk(ledger, chunk, campaign, step, retry_from)
+            outcomes += _send_chunk(ledger, mailer, chunk, claimed) if any(claimed) else ["skipped"] * len(chunk)
+        if progress is not None:
+            progress(len(outcomes), len(items))
+    return outcomes
 
 
 def deliver(ledger: Ledger, mailer: Mailer, msg: OutgoingMessage, *, campaign: str, step: str,
             unit_code: str | None = None, dry_run: bool = False,
             resend_uncertain: bool = False) -> str:
     """Send one message at most once. Returns sent | skipped | failed | uncertain | dry-run."""
-    if dry_run:
-        return "skipped" if state_of(ledger, msg.key) == SENT else "dry-run"
-    if not _claim(ledger, msg, campaign, step, unit_code, resend_uncertain):
-        return "skipped"
-    try:
-        message_id = mailer.send(msg)
-    except MailError as exc:
-        # after the message data went out, the server may have it: never resend on our own
-        state = UNCERTAIN if exc.uncertain else FAILED
-        with ledger.session() as s:
-            s.execute(update(Delivery).where(Delivery.key == msg.key)
-                      .values(state=state, error=str(exc)[:500]))
-        return "uncertain" if exc.uncertain else "failed"
-    except Exception as exc:  # noqa: BLE001 - e.g. a message that cannot be built: nothing went out
-        with ledger.session() as s:
-            s.execute(update(Delivery).where(Delivery.key == msg.key)
-                      .values(state=FAILED, error=f"{type(exc).__name__}: {exc}"[:500]))
-        return "failed"
-    with ledger.session() as s:
-        s.execute(update(Delivery).where(Delivery.key == msg.key)
-                  .values(state=SENT, sent_at=_utcnow(), message_id=message_id))
-    return "sent"
+    return deliver_many(ledger, mailer, [(msg, unit_code)], campaign=campaign, step=step,
+                        dry_run=dry_run, resend_uncertain=resend_uncertain)[0]
 
 
 def state_of(ledger: Ledger, key: str) -> str | None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from email import policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
 from smtp_server import CollectingHandler, free_port, running_smtp_server
-from tasks.delivery import deliver, mark_stale_uncertain, state_of
+from tasks.delivery import deliver, deliver_many, mark_stale_uncertain, state_of
 from tasks.ledger import FAILED, SENDING, SENT, UNCERTAIN, Delivery, Ledger
 from tasks.mailer import MailError, OutboxMailer, SmtpMailer
 from tasks.message import Address, OutgoingMessage, build_mime, message_id_for
@@ -50,6 +55,7 @@ class Counting:
         self.inner, self.delay, self.fail, self.uncertain = inner, delay, fail, uncertain
         self.calls, self.message_ids = 0, []
         self.description = "counting"
+        self.batch_size = 1
         self._lock = threading.Lock()
 
     def send(self, msg: OutgoingMessage) -> str:
@@ -63,6 +69,9 @@ class Counting:
         if n <= self.fail:
             raise MailError("connection broke" if self.uncertain else "server refused", uncertain=self.uncertain)
         return self.inner.send(msg)
+
+    def flush(self) -> None:
+        self.inner.flush()
 
     def close(self) -> None:
         pass
@@ -258,3 +267,260 @@ def test_unbuildable_message_is_failed_not_stuck_sending(ledger, outbox):
     msg = message(to="张伟@example.org")
     assert deliver(ledger, outbox, msg, campaign=CAMPAIGN, step="receipt") == "failed"
     assert state_of(ledger, msg.key) == FAILED
+
+
+# ---------------------------------------------------------------- batches (deliver_many)
+class Outbox(OutboxMailer):
+    """The real file outbox with knobs: batch size, refused or uncertain keys, an interrupt
+    at the nth send, a slow send, and a flush whose folder has vanished."""
+
+    def __init__(self, folder: Path, *, batch_size: int = 500, refuse=(), uncertain=(),
+                 interrupt_at: int | None = None, delay: float = 0.0, lose_folder: bool = False):
+        super().__init__(folder, SENDER)
+        self.batch_size = batch_size
+        self.refuse, self.uncertain_keys = set(refuse), set(uncertain)
+        self.interrupt_at, self.delay, self.lose_folder = interrupt_at, delay, lose_folder
+        self.sends: list[str] = []
+        self.flushes = 0
+
+    def send(self, msg: OutgoingMessage) -> str:
+        self.sends.append(msg.key)
+        if len(self.sends) == self.interrupt_at:
+            raise KeyboardInterrupt
+        if msg.key in self.refuse:
+            raise MailError(f"server refused {msg.key}")
+        if msg.key in self.uncertain_keys:
+            raise MailError(f"connection broke while sending {msg.key}", uncertain=True)
+        if self.delay:
+            time.sleep(self.delay)
+        return super().send(msg)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.lose_folder:
+            shutil.rmtree(self.outbox_dir)
+        super().flush()
+
+
+def receipts(n: int, start: int = 0) -> list[tuple[OutgoingMessage, str]]:
+    return [(message(f"{CAMPAIGN}/receipt/{i}/1", to=f"unit{i}@example.org"), f"U{i}")
+            for i in range(start, start + n)]
+
+
+def states(ledger: Ledger) -> dict[str, tuple[str, int]]:
+    with ledger.session() as s:
+        return {r.key: (r.state, r.attempts) for r in s.scalars(select(Delivery))}
+
+
+def test_deliver_many_in_chunks_one_transaction_each_way(ledger, tmp_path):
+    mailer = Outbox(tmp_path / "outbox", batch_size=500)
+    items = receipts(1200)
+    commits: list[int] = []
+    progress: list[tuple[int, int]] = []
+    listener = lambda conn: commits.append(1)  # noqa: E731
+    event.listen(ledger.engine, "commit", listener)
+    try:
+        outcomes = deliver_many(ledger, mailer, items, campaign=CAMPAIGN, step="receipt",
+                                progress=lambda done, total: progress.append((done, total)))
+    finally:
+        event.remove(ledger.engine, "commit", listener)
+    assert outcomes == ["sent"] * 1200
+    assert len(commits) == 6  # per chunk: one claim, one record
+    assert mailer.flushes == 3 and progress == [(500, 1200), (1000, 1200), (1200, 1200)]
+    assert len(eml_files(mailer)) == 1200
+    with ledger.session() as s:
+        rows = list(s.scalars(select(Delivery)))
+    assert len(rows) == 1200
+    for r in rows:
+        assert r.state == SENT and r.attempts == 1 and r.sent_at is not None and r.error is None
+        assert r.message_id == message_id_for(r.key, "example.com")
+        assert r.step == "receipt" and r.campaign == CAMPAIGN
+    r = row(ledger, f"{CAMPAIGN}/receipt/7/1")
+    assert r.unit_code == "U7" and r.recipients == ["unit7@example.org"]
+    assert r.subject == "【回执】已收到报送材料"
+    # a second run sends nothing and touches no file
+    before = {f: f.stat().st_mtime_ns for f in eml_files(mailer)}
+    again = Outbox(tmp_path / "outbox")
+    assert deliver_many(ledger, again, items, campaign=CAMPAIGN, step="receipt") == ["skipped"] * 1200
+    assert again.sends == [] and again.flushes == 0
+    assert {f: f.stat().st_mtime_ns for f in eml_files(mailer)} == before
+
+
+def test_deliver_many_mixed_chunk(ledger, tmp_path):
+    items = receipts(8)
+    keys = [m.key for m, _ in items]
+    now = dt.datetime.now(dt.timezone.utc)
+    with ledger.session() as s:  # earlier runs left these
+        for key, state in ((keys[0], SENT), (keys[1], FAILED), (keys[2], UNCERTAIN), (keys[3], SENDING)):
+            s.add(Delivery(key=key, campaign=CAMPAIGN, step="receipt", recipients=[], subject="x",
+                           state=state, attempts=1, claimed_at=now, error="old error"))
+    unbuildable = message(f"{CAMPAIGN}/receipt/bad/1", to="张伟@example.org")
+    items = items + [items[4], (unbuildable, None)]  # key 4 twice; one that cannot be built
+    mailer = Outbox(tmp_path / "outbox", refuse={keys[5]}, uncertain={keys[6]})
+    outcomes = deliver_many(ledger, mailer, items, campaign=CAMPAIGN, step="receipt")
+    assert outcomes == ["skipped", "sent", "skipped", "skipped", "sent", "failed", "uncertain", "sent",
+                        "skipped", "failed"]
+    assert mailer.sends == [keys[1], keys[4], keys[5], keys[6], keys[7], unbuildable.key]
+    got = states(ledger)
+    assert got[keys[0]] == (SENT, 1) and got[keys[1]] == (SENT, 2) and got[keys[2]] == (UNCERTAIN, 1)
+    assert got[keys[3]] == (SENDING, 1) and got[keys[4]] == (SENT, 1)
+    assert got[keys[5]] == (FAILED, 1) and got[keys[6]] == (UNCERTAIN, 1) and got[keys[7]] == (SENT, 1)
+    assert got[unbuildable.key] == (FAILED, 1)
+    assert row(ledger, keys[1]).error is None  # taken over: the old error is cleared
+    assert "server refused" in row(ledger, keys[5]).error
+    assert "connection broke" in row(ledger, keys[6]).error
+    assert "ValueError" in row(ledger, unbuildable.key).error
+    assert len(eml_files(mailer)) == 3
+    # resend_uncertain takes the uncertain ones and the failed one; never sent or sending
+    retry = Outbox(tmp_path / "outbox")
+    outcomes = deliver_many(ledger, retry, items[:8], campaign=CAMPAIGN, step="receipt", resend_uncertain=True)
+    assert outcomes == ["skipped", "skipped", "sent", "skipped", "skipped", "sent", "sent", "skipped"]
+    assert sorted(retry.sends) == sorted([keys[2], keys[5], keys[6]])
+    got = states(ledger)
+    assert got[keys[2]] == (SENT, 2) and got[keys[5]] == (SENT, 2) and got[keys[6]] == (SENT, 2)
+    assert got[keys[3]] == (SENDING, 1)
+
+
+def test_deliver_many_dry_run_claims_nothing(ledger, tmp_path):
+    items = receipts(5)
+    mailer = Outbox(tmp_path / "outbox")
+    deliver_many(ledger, mailer, items[:2], campaign=CAMPAIGN, step="receipt")
+    dry = Outbox(tmp_path / "outbox", batch_size=1)
+    outcomes = deliver_many(ledger, dry, items, campaign=CAMPAIGN, step="receipt", dry_run=True)
+    assert outcomes == ["skipped", "skipped", "dry-run", "dry-run", "dry-run"]
+    assert dry.sends == [] and len(states(ledger)) == 2 and len(eml_files(mailer)) == 2
+
+
+def test_failed_flush_makes_the_chunk_uncertain(ledger, tmp_path):
+    mailer = Outbox(tmp_path / "outbox", batch_size=3, lose_folder=True)
+    outcomes = deliver_many(ledger, mailer, receipts(3), campaign=CAMPAIGN, step="receipt")
+    assert outcomes == ["uncertain"] * 3
+    assert all(st == (UNCERTAIN, 1) for st in states(ledger).values())
+    assert "not made durable" in row(ledger, f"{CAMPAIGN}/receipt/0/1").error
+
+
+def test_interrupt_mid_chunk_is_recorded(ledger, tmp_path):
+    mailer = Outbox(tmp_path / "outbox", batch_size=5, interrupt_at=8)  # 3rd message of chunk 2
+    with pytest.raises(KeyboardInterrupt):
+        deliver_many(ledger, mailer, receipts(12), campaign=CAMPAIGN, step="receipt")
+    got = {key.split("/")[2]: st for key, (st, _) in states(ledger).items()}
+    assert got == {**{str(i): SENT for i in range(7)}, "7": UNCERTAIN, "8": FAILED, "9": FAILED}
+    assert len(eml_files(mailer)) == 7
+    # the next run sends what never went out, and leaves the one in flight to a person
+    rerun = Outbox(tmp_path / "outbox", batch_size=5)
+    outcomes = deliver_many(ledger, rerun, receipts(12), campaign=CAMPAIGN, step="receipt")
+    assert rerun.sends == [f"{CAMPAIGN}/receipt/{i}/1" for i in (8, 9, 10, 11)]
+    assert outcomes.count("sent") == 4 and state_of(ledger, f"{CAMPAIGN}/receipt/7/1") == UNCERTAIN
+
+
+CRASHING_RUN = """
+import os, sys
+from pathlib import Path
+from tasks.delivery import deliver_many
+from tasks.ledger import Ledger
+from tasks.mailer import OutboxMailer
+from tasks.message import Address, OutgoingMessage
+
+class Crashing(OutboxMailer):
+    batch_size = 5
+    sends = 0
+    def send(self, msg):
+        Crashing.sends += 1
+        if Crashing.sends == 8:
+            os._exit(3)  # the process dies: no cleanup, no except, no finally
+        return super().send(msg)
+
+home = Path(sys.argv[1])
+items = [(OutgoingMessage(key=f"energy-week-2023/receipt/{i}/1", to=(Address("张伟", f"unit{i}@example.org"),),
+                          subject="【回执】已收到报送材料", text="已收到。", html="<p>已收到。</p>"), None)
+         for i in range(12)]
+deliver_many(Ledger(home), Crashing(home / "outbox", Address("报送任务系统", "bulletin@example.com")), items,
+             campaign="energy-week-2023", step="receipt")
+"""
+
+
+def test_crash_leaves_one_chunk_sending_then_uncertain(ledger, home):
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", CRASHING_RUN, str(home)], cwd=root, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    got = {int(key.split("/")[2]): st for key, (st, _) in states(ledger).items()}
+    assert got == {**{i: SENT for i in range(5)}, **{i: SENDING for i in range(5, 10)}}  # chunk 3 never claimed
+    stale = mark_stale_uncertain(ledger, CAMPAIGN, older_than=dt.timedelta(0))
+    assert sorted(int(k.split("/")[2]) for k in stale) == [5, 6, 7, 8, 9]
+    outbox = Outbox(home / "outbox", batch_size=5)
+    assert len(eml_files(outbox)) == 7  # 5 recorded, 2 written by the chunk that crashed
+    items = receipts(12)
+    assert deliver_many(ledger, outbox, items, campaign=CAMPAIGN, step="receipt").count("sent") == 2
+    assert outbox.sends == [f"{CAMPAIGN}/receipt/10/1", f"{CAMPAIGN}/receipt/11/1"]
+    written = {f.name: f.read_bytes() for f in eml_files(outbox)}
+    resend = Outbox(home / "outbox", batch_size=5)
+    outcomes = deliver_many(ledger, resend, items, campaign=CAMPAIGN, step="receipt", resend_uncertain=True)
+    assert outcomes.count("sent") == 5 and len(eml_files(outbox)) == 12
+    for f in eml_files(outbox):  # a resend carries the Message-ID of the copy that may be out
+        if f.name in written:
+            old = email.message_from_bytes(written[f.name], policy=policy.default)["Message-ID"]
+            assert email.message_from_bytes(f.read_bytes(), policy=policy.default)["Message-ID"] == old
+
+
+@pytest.mark.parametrize("race", ["insert", "retry"])
+def test_claim_race_falls_back_to_one_key_at_a_time(ledger, tmp_path, race):
+    """Another run claims a key between this run's look-up and its write: that key is
+    skipped, the rest of the chunk is claimed and sent."""
+    items = receipts(5)
+    stolen = items[2][0].key
+    now = dt.datetime.now(dt.timezone.utc)
+    if race == "retry":
+        with ledger.session() as s:
+            s.add(Delivery(key=stolen, campaign=CAMPAIGN, step="receipt", recipients=[], subject="x",
+                           state=FAILED, attempts=1, claimed_at=now))
+    fired: list[str] = []
+
+    def other_run(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        if fired or not statement.startswith(("INSERT INTO deliveries", "UPDATE deliveries")):
+            return
+        fired.append(statement)
+        with Ledger(ledger.home).session() as s:  # its own connection and transaction
+            if race == "insert":
+                s.add(Delivery(key=stolen, campaign=CAMPAIGN, step="receipt", recipients=[], subject="x",
+                               state=SENDING, attempts=1, claimed_at=now))
+            else:
+                s.execute(update(Delivery).where(Delivery.key == stolen).values(state=SENDING, attempts=2))
+
+    event.listen(ledger.engine, "before_cursor_execute", other_run)
+    try:
+        mailer = Outbox(tmp_path / "outbox")
+        outcomes = deliver_many(ledger, mailer, items, campaign=CAMPAIGN, step="receipt")
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", other_run)
+    assert fired
+    assert outcomes == ["sent", "sent", "skipped", "sent", "sent"]
+    assert stolen not in mailer.sends and len(mailer.sends) == 4
+    assert states(ledger)[stolen] == (SENDING, 1 if race == "insert" else 2)
+
+
+def test_two_batched_runs_at_once_send_each_key_once(ledger, tmp_path):
+    items = receipts(300)
+    mailers = [Outbox(tmp_path / "outbox", batch_size=25, delay=0.001) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait(timeout=5)
+            results[n] = deliver_many(ledger, mailers[n], items if n == 0 else items[::-1],
+                                      campaign=CAMPAIGN, step="receipt")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert Counter(results[0] + results[1]) == {"sent": 300, "skipped": 300}
+    sends = mailers[0].sends + mailers[1].sends
+    assert sorted(sends) == sorted(m.key for m, _ in items)  # each key handed over once
+    assert all(st == (SENT, 1) for st in states(ledger).values()) and len(eml_files(mailers[0])) == 300

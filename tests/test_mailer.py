@@ -10,9 +10,11 @@ import pytest
 from pydantic import SecretStr
 from smtp_server import CollectingHandler, running_smtp_server
 
-from tasks.mailer import MailError, OutboxMailer, SmtpMailer, mailer_from_env, outbox_file_name
-from tasks.message import Address, Attachment, OutgoingMessage, message_id_for
+from tasks.mailer import (MailError, OutboxMailer, SmtpMailer, mailer_from_env, outbox_file_name,
+                          sync_folder)
+from tasks.message import Address, Attachment, OutgoingMessage, build_mime, message_id_for, mime_bytes
 from tasks.settings import SmtpSettings
+from test_message import VARIED, assert_wire_clean, summary
 
 SENDER = Address("报送任务系统", "bulletin@stats.example.com")
 
@@ -55,6 +57,58 @@ def test_outbox_writes_parseable_eml_and_overwrites_on_resend(tmp_path):
     assert "outbox" in mailer.description
 
 
+def test_outbox_writes_without_fsync_and_flush_makes_it_durable(tmp_path):
+    outbox = tmp_path / "outbox"
+    mailer = OutboxMailer(outbox, SENDER)
+    assert mailer.batch_size > 1
+    mailer.flush()  # nothing written yet: nothing to do, and the folder need not exist
+    for msg in VARIED:
+        assert mailer.send(msg) == message_id_for(msg.key, "stats.example.com")
+    assert len(mailer._unflushed) == len(VARIED)
+    mailer.flush()
+    assert mailer._unflushed == []
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(outbox_file_name(m.key) for m in VARIED)
+    for msg in VARIED:
+        raw = mailer.path_for(msg.key).read_bytes()
+        assert_wire_clean(raw)
+        date = email.message_from_bytes(raw, policy=policy.default)["Date"].datetime
+        assert raw == mime_bytes(msg, SENDER, date)[0]
+        assert summary(raw) == summary(build_mime(msg, SENDER, date).as_bytes())
+
+
+def test_outbox_close_flushes(tmp_path):
+    with OutboxMailer(tmp_path / "outbox", SENDER) as mailer:
+        mailer.send(message(1))
+        assert mailer._unflushed
+    assert mailer._unflushed == []
+
+
+def test_outbox_flush_failure_is_an_uncertain_mail_error(tmp_path):
+    outbox = tmp_path / "outbox"
+    mailer = OutboxMailer(outbox, SENDER)
+    mailer.send(message(1))
+    for f in outbox.iterdir():  # the folder vanishes before the sync
+        f.unlink()
+    outbox.rmdir()
+    with pytest.raises(MailError) as err:
+        mailer.flush()
+    assert err.value.uncertain and "durable" in str(err.value)
+
+
+def test_outbox_unwritable_folder_is_a_mail_error(tmp_path):
+    (tmp_path / "outbox").write_text("a file where the folder should be")
+    with pytest.raises(MailError, match="cannot write") as err:
+        OutboxMailer(tmp_path / "outbox", SENDER).send(message(1))
+    assert not err.value.uncertain
+
+
+def test_sync_folder_on_a_real_folder(tmp_path):
+    (tmp_path / "a.eml").write_bytes(b"x")
+    sync_folder(tmp_path, [tmp_path / "a.eml"])
+    with pytest.raises(OSError):
+        sync_folder(tmp_path / "missing")
+
+
 def test_outbox_file_names_are_safe_and_unique():
     name = outbox_file_name("energy-week-2023/request/210100/v1")
     assert name.startswith("energy-week-2023__request__210100__v1-") and name.endswith(".eml")
@@ -81,6 +135,23 @@ def test_smtp_three_messages_over_one_connection():
         assert parsed["Auto-Submitted"] == "auto-generated"
         assert parsed.get_body(("plain",)).get_content().strip() == f"第{n}号通知"
     assert "SMTP 127.0.0.1:" in mailer.description and "(none)" in mailer.description
+
+
+def test_smtp_sends_the_fast_bytes_unchanged():
+    """Every varied message arrives byte for byte as mime_bytes made it, and decodes like
+    the standard library's rendering."""
+    with running_smtp_server() as server, SmtpMailer(smtp_settings(server), SENDER) as mailer:
+        assert mailer.batch_size == 1
+        ids = [mailer.send(msg) for msg in VARIED]
+        mailer.flush()  # nothing to do for SMTP
+        got = server.messages
+    assert len(got) == len(VARIED)
+    for msg, mid, rec in zip(VARIED, ids, got):
+        date = rec.message()["Date"].datetime
+        assert rec.data == mime_bytes(msg, SENDER, date)[0]
+        assert summary(rec.data) == summary(build_mime(msg, SENDER, date).as_bytes())
+        assert rec.message()["Message-ID"] == mid
+        assert rec.rcpt_tos == list(dict.fromkeys(a.email for a in (*msg.to, *msg.cc)))
 
 
 def test_smtp_rate_limit_spaces_messages():
