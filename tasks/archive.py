@@ -1,13 +1,12 @@
 """Content-addressed archive: every received file is kept, unchanged, under its sha256.
 
 A file is durable when stored: fsynced one by one, or (``durable=False``) written for a
-batch and then made durable together by :func:`make_durable` (one ``syncfs``), before
+batch and then made durable together by :func:`tasks.durable.sync_folder` (one ``syncfs``), before
 anything that relies on it (the ledger row, moving the original away) happens.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import shutil
@@ -29,30 +28,6 @@ def archive_relpath(sha256: str) -> str:
     """``archive/ab/<sha256>`` relative to the home: the only path an archived file has."""
     return f"archive/{sha256[:2]}/{sha256}"
 
-
-
-def make_durable(folder: Path) -> None:
-    """Flush everything written on ``folder``'s filesystem to disk: one ``syncfs(2)``
-    (Linux) for a whole batch of files, instead of an fsync per file; ``os.sync`` elsewhere."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        if _syncfs is None or _syncfs(fd) != 0:
-            os.sync()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _libc_syncfs():
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn
-
-
-_syncfs = _libc_syncfs()
 
 
 _made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
@@ -92,7 +67,7 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
 
 def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, str, int]:
     """Copy a file into the archive; return (sha256, path relative to home, size).
-    ``durable=False``: no fsync here, the caller calls :func:`make_durable` for the batch."""
+    ``durable=False``: no fsync here, the caller calls :func:`tasks.durable.sync_folder` for the batch."""
     size = path.stat().st_size
     if size <= _CHUNK * 8:  # small (nearly every return): read once, hash and write the bytes
         data = path.read_bytes()

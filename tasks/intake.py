@@ -19,7 +19,8 @@ from typing import Callable
 
 from sqlalchemy import insert, select
 
-from .archive import archive_file, make_durable
+from .archive import archive_file
+from .durable import sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
 from .ledger import DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile
 
@@ -146,7 +147,8 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
         part = entries[at:at + chunk]
         archived = [_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False)
                     for e in part]
-        make_durable(ledger.home / "archive") if any(a.kept for a in archived) else None
+        if any(sha for a in archived for _, sha, _ in a.kept):
+            sync_folder(ledger.home / "archive")  # one flush for the chunk, before its rows
         results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
                            max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
         for e in part:

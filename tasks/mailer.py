@@ -23,8 +23,6 @@ the largest crash window).
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import logging
 import os
@@ -34,10 +32,11 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import yagmail
 
+from tasks.durable import sync_folder
 from tasks.message import Address, OutgoingMessage, mime_bytes, recipients
 from tasks.settings import AppSettings, SmtpSettings
 
@@ -85,46 +84,6 @@ def outbox_file_name(key: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "", key.replace("/", "__")).lstrip(".")[:120]
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
     return f"{safe or 'message'}-{digest}.eml"
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError, TypeError):  # not Linux / no glibc symbol
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
-
-
-def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
-    """Make every file written (and renamed) in *folder* durable, with one call.
-
-    Linux: ``syncfs(2)`` on the folder's file system, then an fsync of the folder itself.
-    Elsewhere ``os.sync()``; without it, an fsync of each of *written*. Raises ``OSError``."""
-    global _syncfs
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        done = False
-        if _syncfs is not None:
-            if _syncfs(fd) == 0:
-                done = True
-            else:
-                err = ctypes.get_errno()
-                if err not in (errno.ENOSYS, errno.EPERM):  # EIO etc.: the data may be lost
-                    raise OSError(err, f"syncfs({folder}): {os.strerror(err)}")
-                _syncfs = None  # e.g. a sandbox without the system call
-        if not done and hasattr(os, "sync"):
-            os.sync()
-        elif not done:  # Windows
-            for path in written:
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.fsync(fd)  # the new names
-    finally:
-        os.close(fd)
 
 
 class OutboxMailer(_ContextMixin):

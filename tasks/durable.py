@@ -1,0 +1,55 @@
+"""Group commit for files: write many, then make them all durable with one call.
+
+An fsync per small file costs about as much as writing it; ``syncfs(2)`` flushes everything
+written on a file system at once. Archived returns and outbox mails are written by batches
+and made durable by :func:`sync_folder` before anything relies on them (a ledger row saying
+"sent", moving a return out of the drop folder).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):  # not Linux / no glibc symbol
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
+    """Make every file written (and renamed) in *folder* durable, with one call.
+
+    Linux: ``syncfs(2)`` on the folder's file system, then an fsync of the folder itself.
+    Elsewhere ``os.sync()``; without it, an fsync of each of *written*. Raises ``OSError``."""
+    global _syncfs
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        done = False
+        if _syncfs is not None:
+            if _syncfs(fd) == 0:
+                done = True
+            else:
+                err = ctypes.get_errno()
+                if err not in (errno.ENOSYS, errno.EPERM):  # EIO etc.: the data may be lost
+                    raise OSError(err, f"syncfs({folder}): {os.strerror(err)}")
+                _syncfs = None  # e.g. a sandbox without the system call
+        if not done and hasattr(os, "sync"):
+            os.sync()
+        elif not done:  # Windows
+            for path in written:
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.fsync(fd)  # the new names
+    finally:
+        os.close(fd)
