@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Alignment, Font
 from openpyxl.utils import get_column_letter
@@ -86,12 +88,15 @@ def write_cell(ws, row: int, col: int, value: object) -> None:
         cell.number_format = "yyyy-mm-dd hh:mm"
 
 
+_WIDE = re.compile("[\u2e80-\U0010ffff]")  # CJK and full-width: two columns on screen
+
+
 def _display_width(value: object) -> int:
     """Rough on-screen width: CJK and full-width characters count double."""
     if value is None:
         return 0
-    text = str(value).split("\n")[0]
-    return sum(2 if ord(ch) > 0x2E7F else 1 for ch in text)
+    text = str(value).partition("\n")[0]
+    return len(text) + len(_WIDE.findall(text))
 
 
 def _header(label: object) -> object:
@@ -104,28 +109,55 @@ def export_frame(frame: pd.DataFrame, path: Path, sheet: str = "汇总") -> Path
     """Write ``frame`` (columns only, not the index) to ``path`` as .xlsx with safe cells.
 
     The header row is bold and frozen; column widths follow the content (capped at 60).
+    Rows are streamed (openpyxl's write-only mode); every string goes in as a text cell.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wb = Workbook()
-    ws = wb.active
-    ws.title = sheet
-    widths: list[int] = []
-    bold = Font(bold=True)
-    for c, label in enumerate(frame.columns, start=1):
-        write_cell(ws, 1, c, _header(label))
-        ws.cell(row=1, column=c).font = bold
-        widths.append(_display_width(ws.cell(row=1, column=c).value))
-    for r, row in enumerate(frame.itertuples(index=False, name=None), start=2):
-        for c, value in enumerate(row, start=1):
-            write_cell(ws, r, c, value)
-            widths[c - 1] = max(widths[c - 1], _display_width(ws.cell(row=r, column=c).value))
-    wrap = Alignment(wrap_text=True, vertical="top")
-    for c, width in enumerate(widths, start=1):
+    header = [_sheet_value(_header(label)) for label in frame.columns]
+    columns = [[_sheet_value(v) for v in frame.iloc[:, c].tolist()] for c in range(frame.shape[1])]
+    widths = [max([_display_width(h)] + [_display_width(v) for v in col]) for h, col in zip(header, columns)]
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet(sheet)
+    for c, width in enumerate(widths, start=1):  # before the first row in write-only mode
         ws.column_dimensions[get_column_letter(c)].width = min(max(width + 2, 8), 60)
-        if width > 58:  # long text: wrap instead of one endless line
-            for (cell,) in ws.iter_rows(min_row=2, min_col=c, max_col=c):
-                cell.alignment = wrap
     ws.freeze_panes = "A2"
+    bold = Font(bold=True)
+    ws.append([_cell(ws, value, font=bold) for value in header])
+    wrap = Alignment(wrap_text=True, vertical="top")
+    # long text: wrap instead of one endless line
+    alignments = [wrap if width > 58 else None for width in widths]
+    for values in zip(*columns):
+        ws.append([_cell(ws, value, alignment=a) for value, a in zip(values, alignments)])
     wb.save(path)
     return path
+
+
+def _sheet_value(value: object) -> object:
+    """What a cell will hold: :func:`_cell_value`, and text without XML-illegal characters,
+    cut to Excel's cell limit."""
+    value = _cell_value(value)
+    if isinstance(value, str):
+        return ILLEGAL_CHARACTERS_RE.sub("", value)[:MAX_CELL_CHARS]
+    return value
+
+
+def _cell(ws, value: object, font: Font | None = None, alignment: Alignment | None = None) -> object:
+    """The value as it goes into a write-only row: a cell of its own when it is text (forced
+    to type 's', never a formula), a datetime or styled; the bare value otherwise."""
+    if isinstance(value, str):
+        cell = WriteOnlyCell(ws)
+        cell.value = value
+        cell.data_type = "s"  # never 'f': '=1+1' stays the text '=1+1'
+        if is_risky(value):
+            cell.quotePrefix = True
+    elif isinstance(value, dt.datetime) or font or alignment:
+        cell = WriteOnlyCell(ws, value)
+        if isinstance(value, dt.datetime):
+            cell.number_format = "yyyy-mm-dd hh:mm"
+    else:
+        return value
+    if font:
+        cell.font = font
+    if alignment:
+        cell.alignment = alignment
+    return cell
