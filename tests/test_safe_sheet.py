@@ -141,3 +141,17 @@ def test_export_frame_every_text_cell_is_text_with_quote_prefix_when_risky(tmp_p
     assert ws.cell(2, 2).value is None
     assert ws.column_dimensions["B"].width == 60 and ws.column_dimensions["C"].width == 8
     assert ws.freeze_panes == "A2"
+
+
+@pytest.mark.parametrize("frame", [pd.DataFrame(), pd.DataFrame({"单位": [], "数量": []})])
+def test_export_frame_without_rows_is_a_readable_workbook(tmp_path, frame):
+    path = export_frame(frame, tmp_path / "empty.xlsx")
+    ws = load_workbook(path)["汇总"]
+    assert [[c.value for c in row] for row in ws.iter_rows()] in ([], [[]], [list(frame.columns)])
+    assert CalamineWorkbook.from_path(str(path)).get_sheet_by_name("汇总").to_python() in ([], [[]], [list(frame.columns)])
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 32, "[汇总]"])
+def test_export_frame_refuses_a_sheet_name_excel_refuses(tmp_path, name):
+    with pytest.raises(ValueError):
+        export_frame(pd.DataFrame({"a": [1]}), tmp_path / "x.xlsx", sheet=name)
