@@ -120,8 +120,8 @@ def export_frame(frame: pd.DataFrame, path: Path, sheet: str = "汇总") -> Path
         raise ValueError(f"'{sheet}' is not a sheet name (1-31 characters, none of []:*?/\\)")
     path.parent.mkdir(parents=True, exist_ok=True)
     header = [_sheet_value(_header(label)) for label in frame.columns]
-    columns = [[_sheet_value(v) for v in frame.iloc[:, c].tolist()] for c in range(frame.shape[1])]
-    widths = [max([_display_width(h)] + [_display_width(v) for v in col]) for h, col in zip(header, columns)]
+    columns = [_column_values(frame.iloc[:, c]) for c in range(frame.shape[1])]
+    widths = [max(_display_width(h), _column_width(col)) for h, col in zip(header, columns)]
     letters = [get_column_letter(c) for c in range(1, len(header) + 1)]
     styles = _Styles()
     cells = [[_cell_xml(f"{letter}1", value, styles, bold=True) for letter, value in zip(letters, header)]]
@@ -152,6 +152,20 @@ def export_frame(frame: pd.DataFrame, path: Path, sheet: str = "汇总") -> Path
         z.writestr("xl/styles.xml", styles.xml())
         z.writestr("xl/worksheets/sheet1.xml", worksheet)
     return path
+
+
+def _column_values(column: pd.Series) -> list:
+    """:func:`_sheet_value` of each value; a float column without infinities in one pass."""
+    if column.dtype == np.float64 and not np.isinf(column.to_numpy()).any():
+        return [None if v != v else v for v in column.tolist()]  # NaN → None
+    return [_sheet_value(v) for v in column.tolist()]
+
+
+def _column_width(values: list) -> int:
+    """The widest :func:`_display_width` of a column's values."""
+    if all(type(v) is float or v is None for v in values):
+        return max((len(str(v)) for v in values if v is not None), default=0)
+    return max((_display_width(v) for v in values), default=0)
 
 
 def _sheet_value(value: object) -> object:
