@@ -80,8 +80,11 @@ class Context:
 
 def open_context(campaign: str, home: str | None = None, config_dir: str | None = None,
                  now: dt.datetime | str | None = None) -> Context:
-    """Load and check the configuration (ConfigError on any flaw), open the ledger."""
-    config = load_config(resolve_config_dir(config_dir), campaign)
+    """Load and check the configuration (ConfigError on any flaw), open the ledger.
+
+    A big ``units.yaml`` is parsed once per content: later runs read its data from
+    ``<home>/cache/config``."""
     home_path = resolve_home(home)
+    config = load_config(resolve_config_dir(config_dir), campaign, cache_dir=home_path / "cache" / "config")
     ledger = Ledger(home_path, AppSettings().db_url)
     return Context(config, ledger, home_path, resolve_now(now, config))

@@ -37,31 +37,40 @@ PHOTO_SIDES = (1280, 960, 640, 480)  # tried in turn until the bulletin mail fit
 class Merged:
     """The accepted returns behind one bulletin."""
 
-    submissions: list[Submission]
+    submissions: list  # Submission rows (id, unit_code, fingerprint, late, decided_by), unit order
     numbers: pd.DataFrame  # index unit code, one column per count field
     texts: pd.DataFrame  # index unit code, one column per text field
     photos: list[SubmissionFile]
 
 
 def merge_accepted(ledger: Ledger, config: Config) -> Merged:
-    """The latest accepted submission of every expected unit, as frames."""
+    """The latest accepted submission of every expected unit, as frames.
+
+    Plain columns, not ORM objects (a national campaign has millions of values); the
+    campaign's accepted submissions are joined in SQL, never listed as bound parameters."""
     camp = config.campaign
+    accepted = (Submission.campaign == camp.id, Submission.state == ACCEPTED)
     with ledger.session() as s:
-        subs = list(s.scalars(select(Submission).where(
-            Submission.campaign == camp.id, Submission.state == ACCEPTED,
-            Submission.unit_code.in_([u.code for u in config.units])).order_by(Submission.id)))
-        latest = {x.unit_code: x for x in subs}  # later ids win
-        ids = [x.id for x in latest.values()]
-        reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
-        # spam-flagged narratives stay out until a coordinator accepted the return by hand
-        values = pd.DataFrame([(v.submission_id, v.field, v.number, v.text) for v in s.scalars(
-            select(Value).where(Value.submission_id.in_(ids)))
-            if not (v.flag and v.submission_id not in reviewed)],
-            columns=["submission_id", "field", "number", "text"])
-        photos = list(s.scalars(select(SubmissionFile).where(
-            SubmissionFile.submission_id.in_(ids), SubmissionFile.role == "photo")
-            .order_by(SubmissionFile.submission_id, SubmissionFile.id)))
+        conn = s.connection()
+        subs = conn.execute(select(Submission.id, Submission.unit_code, Submission.fingerprint,
+                                   Submission.late, Submission.decided_by)
+                            .where(*accepted).order_by(Submission.id)).all()
+        value_rows = _plain_rows(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
+                                              Value.flag)
+                                 .join(Submission, Submission.id == Value.submission_id)
+                                 .where(*accepted).order_by(Value.submission_id, Value.id))
+        photos = list(s.scalars(select(SubmissionFile)
+                                .join(Submission, Submission.id == SubmissionFile.submission_id)
+                                .where(*accepted, SubmissionFile.role == "photo")
+                                .order_by(SubmissionFile.submission_id, SubmissionFile.id)))
+    expected = config.unit_by_code
+    latest = {x.unit_code: x for x in subs if x.unit_code in expected}  # later ids win
     unit_of = {x.id: x.unit_code for x in latest.values()}
+    reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
+    # spam-flagged narratives stay out until a coordinator accepted the return by hand
+    values = pd.DataFrame([r for r in value_rows if r[0] in unit_of and not (r[4] and r[0] not in reviewed)],
+                          columns=["submission_id", "field", "number", "text", "flag"])
+    photos = [f for f in photos if f.submission_id in unit_of]
     values["unit"] = values["submission_id"].map(unit_of)
     order = [u.code for u in config.units if u.code in latest]
     counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
@@ -70,6 +79,21 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
                   .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
     return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
+
+
+def _plain_rows(conn, stmt) -> list[tuple]:
+    """The rows of a Core select as the DB-API cursor gives them: plain tuples, no Row objects
+    (a third of the merge's time at 140,000 values). Only for columns that need no result
+    conversion (numbers, text) and parameters that need no bind conversion (text)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        return [tuple(r) for r in cursor.fetchall()]
+    finally:
+        cursor.close()
 
 
 def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:

@@ -2,12 +2,22 @@
 
 Everything under ``config/`` is loaded into pydantic models before any step runs. A bad file
 raises :class:`ConfigError` naming the file, the key and the reason (the CLI exits 2).
+
+:func:`load_config` keeps what it loaded for the life of the process: loading an unchanged
+configuration again returns the same (immutable) :class:`Config`. With ``cache_dir`` a large
+YAML file's parsed data is also kept on disk, keyed by its content, so a new process need
+not parse a ``units.yaml`` of thousands of units again (validation still runs every time).
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
 import datetime as dt
+import hashlib
+import json
+import os
+import re
+import time
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CAMPAIGN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 UNIT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 FIELD_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+EMAIL = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
 _DURATION = re.compile(r"^([+-]?)(\d+)\s*([dhm])$")
 
 
@@ -55,7 +66,7 @@ class Contact(_Model):
     @field_validator("email")
     @classmethod
     def _looks_like_email(cls, v: str) -> str:
-        if not v.isascii() or not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", v):
+        if not v.isascii() or not EMAIL.fullmatch(v):
             raise ValueError(f"'{v}' is not an email address")
         return v.lower()
 
@@ -66,8 +77,9 @@ class Unit(_Model):
     kind: Literal["city", "zone", "department"]
     contacts: list[Contact] = Field(min_length=1)
     supervisor: Contact
-    aliases: list[str] = []
-    delegates: list[str] = []  # other addresses allowed to send this unit's return
+    # default_factory: a literal [] default is deep-copied for every unit
+    aliases: list[str] = Field(default_factory=list)
+    delegates: list[str] = Field(default_factory=list)  # other addresses allowed to send this unit's return
 
     @field_validator("code")
     @classmethod
@@ -247,43 +259,132 @@ class Campaign(_Model):
 
 
 class Config(BaseModel):
-    """Units, lists and one campaign, cross-checked."""
+    """Units, lists and one campaign, cross-checked.
+
+    One loaded Config is shared by every caller in the process (see :func:`load_config`):
+    it is frozen and its unit sequences are tuples; treat ``lists`` and ``unit_by_code`` as
+    read-only too (``model_copy(update=...)`` gives a changed copy)."""
 
     model_config = ConfigDict(frozen=True)
     directory: Path
     campaign_file: Path
-    units_all: list[Unit]
+    units_all: tuple[Unit, ...]
     lists: dict[str, DistributionList]
     campaign: Campaign
 
     @cached_property
-    def units(self) -> list[Unit]:
+    def units(self) -> tuple[Unit, ...]:
         """The units this campaign expects a return from, in configured order."""
         if self.campaign.units == "all":
-            return list(self.units_all)
+            return self.units_all
         by_code = {u.code: u for u in self.units_all}
-        return [by_code[c] for c in self.campaign.units]
+        return tuple(by_code[c] for c in self.campaign.units)
 
     @cached_property
     def unit_by_code(self) -> dict[str, Unit]:
         return {u.code: u for u in self.units}
 
+    def model_copy(self, *, update=None, deep: bool = False) -> "Config":
+        """A copy whose derived views are computed again (they may depend on ``update``)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in ("units", "unit_by_code"):
+            copy.__dict__.pop(name, None)
+        return copy
+
 
 # ---------------------------------------------------------------- loading
-def _read_yaml(path: Path) -> object:
-    if not path.is_file():
-        raise ConfigError(path, "", "file not found")
+# libyaml's loader when PyYAML has it: ~10x faster on a units.yaml of thousands
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# a parsed-data cache file is only worth it for big files; the tag changes with the parser
+_DISK_CACHE_MIN_CHARS = 64 * 1024
+_DISK_CACHE_TAG = f"bulletin-config-1 PyYAML {yaml.__version__} {_YAML_LOADER.__name__}"
+_DISK_CACHE_KEEP = 4  # cached files per source file name
+# a file changed this recently may change again within one file-system timestamp tick,
+# unseen by its stat: such a configuration is not kept in memory
+_RACY_NS = 2_000_000_000
+
+Stamp = tuple[int, int, int, int, int]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What identifies a file's version: device, inode, size, mtime and ctime (None if absent)."""
     try:
-        # libyaml's loader when PyYAML has it: ~10x faster on a units.yaml of thousands
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason})") from None
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _Reading:
+    """One load's bookkeeping: the files it depended on, parsed data to keep on disk."""
+
+    def __init__(self, cache_dir: Path | None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.sources: dict[Path, Stamp | None] = {}
+        self.to_store: list[tuple[Path, str]] = []
+
+    def depends_on(self, path: Path) -> None:
+        self.sources.setdefault(path.absolute(), _stamp(path))
+
+    def store(self) -> None:
+        """Write the pending parsed-data cache files (best effort: a failure costs a re-parse)."""
+        for target, text in self.to_store:
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, target)
+                source_name = target.name.rsplit("-", 1)[0]
+                kept = sorted(target.parent.glob(f"{source_name}-*.json"), key=lambda q: q.stat().st_mtime_ns)
+                for old in kept[:-_DISK_CACHE_KEEP]:
+                    old.unlink(missing_ok=True)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, where, f"YAML syntax: {problem}") from None
+
+
+def _as_json(data: object) -> str | None:
+    """``data`` as JSON text when JSON gives it back exactly (no dates, non-text keys, NaN)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == data else None
+
+
+def _read_yaml(path: Path, reading: _Reading | None = None) -> object:
+    """The file's data; a big file's parsed data is looked up in (and kept in) the disk cache."""
+    if reading is not None:
+        reading.depends_on(path)
+    if not path.is_file():
+        raise ConfigError(path, "", "file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason})") from None
+    if reading is None or reading.cache_dir is None or len(text) < _DISK_CACHE_MIN_CHARS:
+        return _parse_yaml(path, text)
+    digest = hashlib.sha256(f"{_DISK_CACHE_TAG}\n{text}".encode()).hexdigest()
+    cached = reading.cache_dir / f"{path.name}-{digest}.json"
+    try:
+        return json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    data = _parse_yaml(path, text)
+    as_json = _as_json(data)
+    if as_json is not None:
+        reading.to_store.append((cached, as_json))
+    return data
 
 
 def _validated(model: type[BaseModel], data: object, path: Path, prefix: str = ""):
@@ -318,20 +419,22 @@ def list_campaigns(config_dir: Path) -> list[str]:
     return sorted(p.stem for p in (config_dir / "campaigns").glob("*.yaml"))
 
 
-def load_units(config_dir: Path) -> list[Unit]:
+def load_units(config_dir: Path, reading: _Reading | None = None) -> list[Unit]:
     path = config_dir / "units.yaml"
-    units = _validated(_UnitsFile, _read_yaml(path), path).units
-    seen: set[str] = set()
-    for i, u in enumerate(units):
-        if u.code in seen:
-            raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
-        seen.add(u.code)
+    units = _validated(_UnitsFile, _read_yaml(path, reading), path).units
+    codes = {u.code for u in units}
+    if len(codes) < len(units):  # rare: find the first repeat to name it
+        seen: set[str] = set()
+        for i, u in enumerate(units):
+            if u.code in seen:
+                raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
+            seen.add(u.code)
     return units
 
 
-def load_lists(config_dir: Path) -> dict[str, DistributionList]:
+def load_lists(config_dir: Path, reading: _Reading | None = None) -> dict[str, DistributionList]:
     path = config_dir / "lists.yaml"
-    return _validated(_ListsFile, _read_yaml(path), path).lists
+    return _validated(_ListsFile, _read_yaml(path, reading), path).lists
 
 
 def _check_rule_evaluates(rule: str, keys: set[str], path: Path, key: str) -> None:
@@ -346,13 +449,42 @@ def _check_rule_evaluates(rule: str, keys: set[str], path: Path, key: str) -> No
         raise ConfigError(path, key, f"'{rule}' must be a comparison that is true or false, e.g. a >= b")
 
 
-def load_config(config_dir: Path | str, campaign: str) -> Config:
-    """Load and cross-check everything a campaign step needs; raise ConfigError on any flaw."""
+# (cwd, config_dir, campaign) -> (the files read with their stamps, the Config made from them)
+_loaded: dict[tuple[str, str, str], tuple[tuple[tuple[Path, Stamp | None], ...], Config]] = {}
+
+
+def load_config(config_dir: Path | str, campaign: str, *, cache_dir: Path | str | None = None) -> Config:
+    """Load and cross-check everything a campaign step needs; raise ConfigError on any flaw.
+
+    An unchanged configuration (every file it read has the same stamp, see :func:`_stamp`)
+    gives back the Config loaded before in this process, without reading anything.
+    ``cache_dir``: where to keep big files' parsed data (by content) for later processes."""
     config_dir = Path(config_dir)
+    try:
+        key = (os.getcwd(), str(config_dir), campaign)
+    except OSError:  # the working directory is gone: no memo
+        key = None
+    known = _loaded.get(key) if key else None
+    if known is not None and all(_stamp(p) == stamp for p, stamp in known[0]):
+        return known[1]
+    started = time.time_ns()
+    reading = _Reading(cache_dir)
+    config = _load_config(config_dir, campaign, reading)
+    reading.store()
+    settled = all(stamp is not None and max(stamp[3], stamp[4]) < started - _RACY_NS
+                  for stamp in reading.sources.values())
+    if key and settled:
+        _loaded[key] = (tuple(reading.sources.items()), config)
+    elif key:
+        _loaded.pop(key, None)
+    return config
+
+
+def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
     path = campaign_path(config_dir, campaign)
-    units = load_units(config_dir)
-    lists = load_lists(config_dir)
-    raw = _read_yaml(path)
+    units = load_units(config_dir, reading)
+    lists = load_lists(config_dir, reading)
+    raw = _read_yaml(path, reading)
     if isinstance(raw, dict):
         raw.setdefault("id", path.stem)
         if raw["id"] != path.stem:
@@ -367,8 +499,11 @@ def load_config(config_dir: Path | str, campaign: str) -> Config:
         if name not in lists:
             raise ConfigError(path, f"bulletin.distribution.{i}",
                               f"unknown list '{name}' (lists.yaml has: {', '.join(lists)})")
-    if camp.previous is not None and not campaign_path(config_dir, camp.previous).is_file():
-        raise ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}")
+    if camp.previous is not None:
+        previous = campaign_path(config_dir, camp.previous)
+        reading.depends_on(previous)
+        if not previous.is_file():
+            raise ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}")
     keys = {f.key for f in camp.form.counts}
     for i, check in enumerate(camp.form.checks):
         names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}

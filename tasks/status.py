@@ -27,8 +27,10 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
     camp = config.campaign
     deadline = camp.calendar.deadline_at
     with ledger.session() as s:
-        subs = list(s.scalars(select(Submission).where(Submission.campaign == camp.id)
-                              .order_by(Submission.received_at, Submission.id)))
+        # the columns used here only: whole rows would decode every errors/warnings JSON
+        subs = s.execute(select(Submission.id, Submission.unit_code, Submission.version, Submission.state,
+                                Submission.received_at).where(Submission.campaign == camp.id)
+                         .order_by(Submission.received_at, Submission.id)).all()
         latest = s.scalars(select(Bulletin).where(Bulletin.campaign == camp.id)
                            .order_by(Bulletin.version.desc()).limit(1)).first()
         uncertain = list(s.scalars(select(Delivery.key).where(
@@ -36,7 +38,7 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
         signed = set(s.scalars(select(SubmissionFile.submission_id).join(
             Submission, Submission.id == SubmissionFile.submission_id).where(
             Submission.campaign == camp.id, SubmissionFile.role == "signed")))
-    by_unit: dict[str, list[Submission]] = {}
+    by_unit: dict[str, list] = {}
     for sub in subs:
         if sub.unit_code and sub.version is not None:
             by_unit.setdefault(sub.unit_code, []).append(sub)

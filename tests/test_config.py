@@ -14,6 +14,7 @@ from tasks.config import ConfigError, load_config, parse_offset
 
 CAMPAIGN = "energy-week-2023"
 CAMPAIGN_FILE = f"campaigns/{CAMPAIGN}.yaml"
+ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
 @pytest.fixture
@@ -215,3 +216,97 @@ def test_check_rule_that_is_not_an_expression(cfg_copy, rule):
     edit(cfg_copy, CAMPAIGN_FILE, '"participants >= trainings"', f'"{rule}"')
     err = load_error(cfg_copy)
     assert err.key == "form.checks.0.rule"
+
+
+# ---------------------------------------------------------------- loaded once per process
+@pytest.fixture
+def settled(monkeypatch):
+    """Treat files as settled however recently they were written (copies made by the test)."""
+    import tasks.config as config_module
+    monkeypatch.setattr(config_module, "_RACY_NS", 0)
+    monkeypatch.setattr(config_module, "_loaded", {})
+    return config_module
+
+
+def test_unchanged_config_is_the_same_object(cfg_copy, settled):
+    first = load_config(cfg_copy, CAMPAIGN)
+    assert load_config(cfg_copy, CAMPAIGN) is first
+    assert load_config(str(cfg_copy), CAMPAIGN) is first  # the same arguments, spelled alike
+    # a changed file is read again
+    edit(cfg_copy, "lists.yaml", "    title: 省局领导", "    title: 省局主要领导")
+    second = load_config(cfg_copy, CAMPAIGN)
+    assert second is not first and second.lists["leaders"].title == "省局主要领导"
+    assert first.lists["leaders"].title == "省局领导"  # what callers already hold stays as it was
+    assert load_config(cfg_copy, CAMPAIGN) is second
+
+
+def test_changed_or_removed_files_are_not_served_from_memory(cfg_copy, settled):
+    load_config(cfg_copy, CAMPAIGN)
+    edit(cfg_copy, "units.yaml", "    kind: city\n", "    kind: town\n")
+    assert load_error(cfg_copy).key == "units.0.kind"
+    shutil.copy(ROOT_CONFIG / "units.yaml", cfg_copy / "units.yaml")
+    load_config(cfg_copy, CAMPAIGN)
+    (cfg_copy / "campaigns" / "energy-week-2022.yaml").unlink()  # the previous campaign
+    assert load_error(cfg_copy).key == "previous"
+
+
+def test_recently_written_config_is_read_again(cfg_copy, monkeypatch):
+    """Within the racy window a second write could leave the same stamp: no memo then."""
+    import tasks.config as config_module
+    monkeypatch.setattr(config_module, "_loaded", {})
+    (cfg_copy / "lists.yaml").touch()
+    assert load_config(cfg_copy, CAMPAIGN) is not load_config(cfg_copy, CAMPAIGN)
+
+
+def test_shared_config_cannot_be_changed_in_place(config):
+    assert isinstance(config.units, tuple) and isinstance(config.units_all, tuple)
+    with pytest.raises(Exception):
+        config.campaign = config.campaign  # frozen
+    with pytest.raises(Exception):
+        config.units[0].name = "别的单位"  # frozen
+    two = config.model_copy(update={"campaign": config.campaign.model_copy(update={"units": ["210200", "210100"]})})
+    assert [u.code for u in two.units] == ["210200", "210100"] and list(two.unit_by_code) == ["210200", "210100"]
+    assert len(config.units) == 24
+
+
+# ---------------------------------------------------------------- parsed data kept on disk
+def test_big_units_file_is_parsed_once_per_content(cfg_copy, settled, tmp_path, monkeypatch):
+    monkeypatch.setattr(settled, "_DISK_CACHE_MIN_CHARS", 0)
+    cache = tmp_path / "cache"
+    first = load_config(cfg_copy, CAMPAIGN, cache_dir=cache)
+    # the campaign file holds dates, which JSON would not give back: it is always parsed
+    assert sorted(p.name.rsplit("-", 1)[0] for p in cache.iterdir()) == ["lists.yaml", "units.yaml"]
+    # a new process (no memo) reads the parsed data, not the YAML: proven by editing the cache
+    units_json = next(cache.glob("units.yaml-*.json"))
+    units_json.write_text(units_json.read_text(encoding="utf-8").replace("沈阳市", "沈阳市（缓存）"),
+                          encoding="utf-8")
+    monkeypatch.setattr(settled, "_loaded", {})
+    again = load_config(cfg_copy, CAMPAIGN, cache_dir=cache)
+    assert again.unit_by_code["210100"].name == "沈阳市（缓存）"
+    assert [u.code for u in again.units] == [u.code for u in first.units]
+    # changed YAML is a new content: parsed again, the stale entry is not used
+    edit(cfg_copy, "units.yaml", "    name: 沈阳市\n", "    name: 沈阳市人民政府\n")
+    assert load_config(cfg_copy, CAMPAIGN, cache_dir=cache).unit_by_code["210100"].name == "沈阳市人民政府"
+    assert len(list(cache.glob("units.yaml-*.json"))) == 2
+
+
+def test_errors_still_name_file_key_and_reason_with_the_disk_cache(cfg_copy, settled, tmp_path, monkeypatch):
+    monkeypatch.setattr(settled, "_DISK_CACHE_MIN_CHARS", 0)
+    edit(cfg_copy, "units.yaml", "shenyang-jieneng@example.org", "shenyang jieneng@example.org")
+    for _ in range(2):
+        with pytest.raises(ConfigError) as info:
+            load_config(cfg_copy, CAMPAIGN, cache_dir=tmp_path / "cache")
+        err = info.value
+        assert (Path(err.file), err.key) == (cfg_copy / "units.yaml", "units.0.contacts.0.email")
+        assert "not an email" in err.reason
+    assert not (tmp_path / "cache").exists()  # nothing kept from a configuration that failed
+
+
+def test_only_data_json_gives_back_exactly_is_kept_on_disk():
+    import datetime as dt
+
+    from tasks.config import _as_json
+    assert _as_json({"units": [{"code": "1", "aliases": []}], "n": 1.5, "ok": True}) is not None
+    assert _as_json({"d": dt.date(2023, 1, 1)}) is None
+    assert _as_json({1: "a"}) is None  # JSON would make the key "1"
+    assert _as_json({"x": float("nan")}) is None

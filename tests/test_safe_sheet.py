@@ -115,3 +115,43 @@ def test_export_frame_custom_sheet_name(tmp_path):
     path = export_frame(pd.DataFrame({"a": ["@SUM(A1)"]}), tmp_path / "x.xlsx", sheet="明细")
     assert load_workbook(path).sheetnames == ["明细"]
     assert CalamineWorkbook.from_path(str(path)).get_sheet_by_name("明细").to_python() == [["a"], ["@SUM(A1)"]]
+
+
+def test_export_frame_every_text_cell_is_text_with_quote_prefix_when_risky(tmp_path):
+    """The rows are streamed (write-only workbook): strings still go in as text cells, never
+    formulas, whatever column or row they are in; long text wraps."""
+    long_text = "节能" * 40 + "\n第二行"
+    n = 300
+    frame = pd.DataFrame({
+        "=SUM(A1:A2)": [PAYLOADS[i % len(PAYLOADS)] for i in range(n)],
+        "说明": [long_text if i % 2 else None for i in range(n)],
+        "数量": [float(i) for i in range(n)],
+    })
+    path = export_frame(frame, tmp_path / "many.xlsx")
+    assert formula_elements(path) == []
+    ws = load_workbook(path)["汇总"]
+    header = ws[1]
+    assert (header[0].value, header[0].data_type, header[0].quotePrefix, header[0].font.bold) == (
+        "=SUM(A1:A2)", "s", True, True)
+    for r in range(2, n + 2):
+        cell = ws.cell(r, 1)
+        assert (cell.value, cell.data_type, cell.quotePrefix) == (PAYLOADS[(r - 2) % len(PAYLOADS)], "s", True)
+        assert ws.cell(r, 3).value == r - 2 and ws.cell(r, 3).data_type == "n"
+    assert ws.cell(3, 2).value == long_text and ws.cell(3, 2).alignment.wrap_text
+    assert ws.cell(2, 2).value is None
+    assert ws.column_dimensions["B"].width == 60 and ws.column_dimensions["C"].width == 8
+    assert ws.freeze_panes == "A2"
+
+
+@pytest.mark.parametrize("frame", [pd.DataFrame(), pd.DataFrame({"单位": [], "数量": []})])
+def test_export_frame_without_rows_is_a_readable_workbook(tmp_path, frame):
+    path = export_frame(frame, tmp_path / "empty.xlsx")
+    ws = load_workbook(path)["汇总"]
+    assert [[c.value for c in row] for row in ws.iter_rows()] in ([], [[]], [list(frame.columns)])
+    assert CalamineWorkbook.from_path(str(path)).get_sheet_by_name("汇总").to_python() in ([], [[]], [list(frame.columns)])
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "x" * 32, "[汇总]"])
+def test_export_frame_refuses_a_sheet_name_excel_refuses(tmp_path, name):
+    with pytest.raises(ValueError):
+        export_frame(pd.DataFrame({"a": [1]}), tmp_path / "x.xlsx", sheet=name)
