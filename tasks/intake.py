@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,6 +136,10 @@ def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[Incoming
                    max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)[0]
 
 
+#: Threads that archive a chunk's files: creating files mostly waits on the file system.
+ARCHIVE_THREADS = 4
+
+
 def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, source: str,
                     now: dt.datetime, max_file_bytes: int, max_photo_bytes: int = 10 * 1024 * 1024,
                     chunk: int = 500, progress: Callable[[int, int], None] | None = None
@@ -143,18 +148,22 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     together (one syncfs), record the chunk in one transaction, then move its entries to
     ``processed/``. A crash at any point loses nothing, and a re-run records nothing twice."""
     results: list[TakeInResult] = []
-    for at in range(0, len(entries), chunk):
-        part = entries[at:at + chunk]
-        archived = [_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False)
-                    for e in part]
-        if any(sha for a in archived for _, sha, _ in a.kept):
-            sync_folder(ledger.home / "archive")  # one flush for the chunk, before its rows
-        results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
-                           max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
-        for e in part:
-            move_processed(ledger.home, campaign, e, now)
-        if progress:
-            progress(at + len(part), len(entries))
+
+    def archive(entry: Path) -> _Archived:
+        return _archive_entry(ledger.home, entry.name, entry_files(entry), max_file_bytes, durable=False)
+
+    with ThreadPoolExecutor(ARCHIVE_THREADS) as pool:
+        for at in range(0, len(entries), chunk):
+            part = entries[at:at + chunk]
+            archived = list(pool.map(archive, part))
+            if any(sha for a in archived for _, sha, _ in a.kept):
+                sync_folder(ledger.home / "archive")  # one flush for the chunk, before its rows
+            results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
+                               max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
+            for e in part:
+                move_processed(ledger.home, campaign, e, now)
+            if progress:
+                progress(at + len(part), len(entries))
     return results
 
 
