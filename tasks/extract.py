@@ -19,6 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from email.utils import parseaddr
+from typing import NamedTuple
 
 from tasks.config import Form, Unit
 from tasks.labels import LabelMatcher, normalize_label
@@ -35,9 +36,9 @@ _INLINE = re.compile(r"^([^:：]{1,12})[:：]\s*(.+)$")  # '填报单位：沈�
 _IMAGE_NAME = re.compile(r"\.(jpe?g|png|gif|bmp|heic|webp)$", re.I)
 
 
-@dataclass(frozen=True)
-class CellValue:
-    """A raw cell value and where it came from (sheet name and ``B7``)."""
+class CellValue(NamedTuple):
+    """A raw cell value and where it came from (sheet name and ``B7``); a named tuple, as
+    thousands cross from worker processes."""
 
     raw: object
     sheet: str
@@ -155,14 +156,15 @@ class _SheetScan:
         return _Layout("wide", self.sheet, cells, label_cells, scan, notes)
 
     def layouts(self) -> list[_Layout]:
-        def n(hits):
+        def fields(hits) -> int:
             return len({k for _, k in hits if not k.startswith("_")})
+        in_row = {r: fields(h) for r, h in self.by_row.items()}
         # a layout needs two field labels to win (see extract_return): columns with fewer
         # are not tried as long layouts (a wide header has one label per column)
-        cols = [c for c in sorted(self.by_col) if n(self.by_col[c]) >= 2]
-        rows = [r for r in sorted(self.by_row) if n(self.by_row[r]) >= 2 or n(self.by_row[r]) and (
-            n(self.by_row.get(r - 1, [])) or n(self.by_row.get(r + 1, [])))]
-        rows.sort(key=lambda r: n(self.by_row[r]) < 2)  # real header rows first, then at most 50
+        cols = [c for c in sorted(self.by_col) if fields(self.by_col[c]) >= 2]
+        rows = [r for r in sorted(in_row) if in_row[r] >= 2 or in_row[r] and (
+            in_row.get(r - 1, 0) or in_row.get(r + 1, 0))]
+        rows.sort(key=lambda r: in_row[r] < 2)  # real header rows first, then at most 50
         return [self.long(c) for c in cols] + [self.wide(r) for r in rows[:50]]
 
     def pseudo(self, key: str) -> tuple[object, tuple[int, int]] | None:

@@ -68,6 +68,8 @@ class LabelMatcher:
         if text is None or isinstance(text, (bool, int, float)):
             return None
         text = text if isinstance(text, str) else str(text)
+        if text.isdigit():  # a CSV's numbers are text: never a label, and not worth a memo entry
+            return None
         try:
             return self._memo[text]
         except KeyError:

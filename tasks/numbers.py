@@ -12,7 +12,7 @@ import datetime as dt
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 from decimal import Decimal, InvalidOperation
 
 import cn2an
@@ -41,9 +41,9 @@ _TRAILING_NOTE = re.compile(r"[(\[【][^()\[\]【】]*[)\]】]$")
 _APPROX_PREFIXES = frozenset({"大约", "约计", "约", "将近", "接近", "近", "超过", "逾"})
 
 
-@dataclass(frozen=True)
-class ParsedCount:
-    """A parsed count: ``value`` is None when blank or unparseable (then ``error`` says why)."""
+class ParsedCount(NamedTuple):
+    """A parsed count: ``value`` is None when blank or unparseable (then ``error`` says why).
+    (A named tuple: thousands cross from worker processes, and tuples pickle cheaply.)"""
 
     value: int | None
     approximate: bool = False

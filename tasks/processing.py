@@ -90,6 +90,25 @@ class _Parsed:
     counts: dict[str, ParsedCount] | None = None  # the count cells, parsed
     spam: list[str] = field(default_factory=list)  # narrative fields that look like spam
 
+    # From a worker process only the findings travel back: the job is the caller's already
+    # and the unit is sent as its code (unpickling thousands of them was the bottleneck).
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__, sub=None, files=(), unit=None)
+        state["unit_code"] = self.unit.code if self.unit else None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self._unit_code = state.pop("unit_code")
+        self.__dict__.update(state)
+
+    def reattach(self, job: _Job, config: Config) -> "_Parsed":
+        """After a worker: the job and unit back in place."""
+        if self.sub is None:
+            self.sub, self.files = job, job.files
+            code = self.__dict__.pop("_unit_code", None)
+            self.unit = config.unit_by_code[code] if code else None
+        return self
+
 
 def _parse_one(home: Path, config: Config, sub: _Job) -> _Parsed:
     files = sub.files
@@ -150,7 +169,8 @@ def parse_all(home: Path, config: Config, jobs: list[_Job], progress: Progress |
     """Parse every job, in order: in forked worker processes when there are many (reading
     and matching cells is CPU-bound Python), else here."""
     unit_index(config.units)  # built once here, inherited by the workers
-    return map_forked(_parse_safely, jobs, (home, config), progress=progress, workers=workers)
+    parsed = map_forked(_parse_safely, jobs, (home, config), progress=progress, workers=workers)
+    return [p.reattach(job, config) for p, job in zip(parsed, jobs)]
 
 
 def _take_docx_narrative(home: Path, config: Config, p: _Parsed) -> None:
