@@ -152,18 +152,21 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     def archive(entry: Path) -> _Archived:
         return _archive_entry(ledger.home, entry.name, entry_files(entry), max_file_bytes, durable=False)
 
+    parts = [entries[at:at + chunk] for at in range(0, len(entries), chunk)]
     with ThreadPoolExecutor(ARCHIVE_THREADS) as pool:
-        for at in range(0, len(entries), chunk):
-            part = entries[at:at + chunk]
-            archived = list(pool.map(archive, part))
+        pending = [pool.submit(archive, e) for e in parts[0]] if parts else []
+        for k, part in enumerate(parts):
+            archived = [f.result() for f in pending]
+            # the next chunk is archived while this one is recorded and moved
+            pending = [pool.submit(archive, e) for e in parts[k + 1]] if k + 1 < len(parts) else []
             if any(sha for a in archived for _, sha, _ in a.kept):
-                sync_folder(ledger.home / "archive")  # one flush for the chunk, before its rows
+                sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
             results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
                                max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
             for e in part:
                 move_processed(ledger.home, campaign, e, now)
             if progress:
-                progress(at + len(part), len(entries))
+                progress(len(results), len(entries))
     return results
 
 
@@ -197,11 +200,12 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                 else:
                     firsts.add(a.fingerprint)
                     rows.append((i, a, _state_of(a, first, max_file_bytes)))
-            ids = s.scalars(insert(Submission).returning(Submission.id, sort_by_parameter_order=True), [
+            subs = Submission.__table__
+            ids = s.execute(insert(subs).returning(subs.c.id, sort_by_parameter_order=True), [
                 dict(campaign=campaign, source=source, original_name=a.entry_name, sender=sender,
                      received_at=now, fingerprint=a.fingerprint, state=state,
                      errors=[detail] if state == REFUSED else [], warnings=[])
-                for _, a, (state, detail) in rows]).all() if rows else []
+                for _, a, (state, detail) in rows]).scalars().all() if rows else []
             file_rows, events = [], []
             for sub_id, (i, a, (state, detail)) in zip(ids, rows):
                 earlier.setdefault(a.fingerprint, (sub_id, a.entry_name, source))
@@ -212,10 +216,10 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                                        {"name": a.entry_name, "files": [f.name for f in a.files],
                                         "note": detail}, ensure_ascii=False)))
                 results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)
-            if file_rows:
-                s.execute(insert(SubmissionFile), file_rows)
+            if file_rows:  # Core inserts: no ORM objects per row
+                s.execute(insert(SubmissionFile.__table__), file_rows)
             if events:
-                s.execute(insert(Event), events)
+                s.execute(insert(Event.__table__), events)
             pending = later
     return results  # type: ignore[return-value]
 
