@@ -405,7 +405,7 @@ def run_product(folder: Path, profile: bool) -> dict:
     return {"seconds": t_collect + t_compile, "collect": t_collect, "compile": t_compile,
             "imports": imports, "prefect_start": prefect_start, "trivial_flow": trivial_flow,
             "peak_rss_mb": peak_rss_mb(), "server_peak_rss_mb": _children_peak_mb(),
-            "workers": workers_wanted(),  # forked processes for parsing and receipts
+            "workers": workers_wanted(),  # forked processes for parsing
             "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "states": collected["decided"], "receipts": collected["receipts"], "eml_files": eml,
             "bulletin_version": compiled["version"],
@@ -518,7 +518,7 @@ def report(results: list[dict]) -> str:
                      f"({r['ratio_fsync']:.2f} against the baseline that fsyncs like the product)"
                      f"{' (profiled run: timings inflated by cProfile)' if p['profiled'] else ''}; "
                      f"same decisions and totals as the baseline: {'yes' if r['same_result'] else 'NO'}")
-        lines.append(f"  product: {p['workers']} worker process(es) for parsing and receipts (the baseline "
+        lines.append(f"  product: {p['workers']} worker process(es) for parsing (the baseline "
                      f"uses one process; set BULLETIN_WORKERS=1 to compare like for like), "
                      f"largest worker peak RSS {p['workers_peak_rss_mb']:.0f} MB")
         lines.append(f"  product decisions {p['states']}, receipts {p['receipts']}, "

@@ -32,6 +32,7 @@ def environment(override_dir: str | None = None) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # templates are read once per process (a flow run is one process)
     )
     env.filters.update(yu=round_down_prose, cdate=chinese_date, cdatetime=chinese_datetime,
                        md=escape_markdown)
