@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from tasks.ledger import QUARANTINED, REFUSED
 from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_messages
-from tasks.processing import Outcome, process_received
+from tasks.parallel import PARALLEL_FROM
+from tasks.processing import Outcome, Preparser, process_received
 from tasks.review import explain_by_reply
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
@@ -22,8 +24,9 @@ from .context import Context, open_context
 
 
 @task(name="take-in-drop-folder", cache_policy=NO_CACHE)
-def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
-    """Archive every entry of the drop folder, record it, then move it to ``processed/``."""
+def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
+    """Archive every entry of the drop folder, record it, then move it to ``processed/``;
+    a large batch is read by worker processes meanwhile: (results, parsed submissions by id)."""
     log = get_run_logger()
     folder = Path(inbox) if inbox else ctx.home / "inbox" / ctx.campaign_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,14 +36,26 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> list:
     def progress(done: int, total: int) -> None:
         log.info("已归档 %d/%d", done, total)
 
+    logged = [0]
+
+    def parsing(done: int, total: int) -> None:
+        if done == total or done - logged[0] >= max(500, total // 10):
+            logged[0] = done
+            log.info("解析进度 %d/%d", done, total)
+
     camp = ctx.config.campaign
-    results = take_in_entries(ctx.ledger, ctx.campaign_id, entries, source="folder", now=ctx.now,
-                              max_file_bytes=camp.max_file_bytes, max_photo_bytes=camp.max_photo_bytes,
-                              progress=progress)
+    with contextlib.ExitStack() as stack:
+        pre = stack.enter_context(Preparser(ctx.ledger, ctx.config)) if len(entries) >= PARALLEL_FROM else None
+        results = take_in_entries(
+            ctx.ledger, ctx.campaign_id, entries, source="folder", now=ctx.now,
+            max_file_bytes=camp.max_file_bytes, max_photo_bytes=camp.max_photo_bytes, progress=progress,
+            recorded=(lambda done: pre.add([r.submission_id for r in done if r.outcome == "received"]))
+            if pre else None)
+        parsed = pre.parsed(parsing) if pre else {}
     for result in results:
         if result.outcome != "received":
             log.warning("《%s》：%s %s", result.name, result.outcome, result.detail)
-    return results
+    return results, parsed
 
 
 @task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
@@ -82,7 +97,7 @@ def apply_explanations(ctx: Context, replies: list) -> list[Outcome]:
 
 
 @task(name="decide-returns", cache_policy=NO_CACHE)
-def decide_returns(ctx: Context) -> list[Outcome]:
+def decide_returns(ctx: Context, preparsed: dict | None = None) -> list[Outcome]:
     """Parse, identify and validate every received submission in one batch; record decisions."""
     log = get_run_logger()
 
@@ -90,7 +105,7 @@ def decide_returns(ctx: Context) -> list[Outcome]:
         if done == total or done % max(1, total // 10) == 0:
             log.info("解析进度 %d/%d", done, total)
 
-    outcomes = process_received(ctx.ledger, ctx.config, ctx.now, progress=progress)
+    outcomes = process_received(ctx.ledger, ctx.config, ctx.now, progress=progress, preparsed=preparsed)
     for o in outcomes:
         if o.state != "accepted":  # accepted ones are summed up below, not logged one by one
             log.info("%s《%s》→ %s（错误 %d，提示 %d）", o.unit_code or "未识别", o.name, o.state,
@@ -121,10 +136,10 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     ctx = open_context(campaign, home, config_dir, now)
     get_run_logger().info("收取报表：%s，主目录 %s", ctx.campaign_id, ctx.home)
     check_uncertain(ctx)
-    taken = take_in_drop_folder(ctx, inbox)
+    taken, preparsed = take_in_drop_folder(ctx, inbox)
     mailed, replies, mailbox_problems = take_in_mailbox(ctx)
     taken = taken + mailed
-    outcomes = decide_returns(ctx)
+    outcomes = decide_returns(ctx, quote(preparsed))
     explained = apply_explanations(ctx, replies) if replies else []
     receipts = send_messages(ctx, quote(build_receipts(ctx, quote(outcomes + explained))), "receipt")
     refused = [r for r in taken if r.outcome == REFUSED]

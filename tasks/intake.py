@@ -142,11 +142,13 @@ ARCHIVE_THREADS = 4
 
 def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, source: str,
                     now: dt.datetime, max_file_bytes: int, max_photo_bytes: int = 10 * 1024 * 1024,
-                    chunk: int = 500, progress: Callable[[int, int], None] | None = None
+                    chunk: int = 500, progress: Callable[[int, int], None] | None = None,
+                    recorded: Callable[[list[TakeInResult]], None] | None = None,
                     ) -> list[TakeInResult]:
     """Take in drop-folder entries by chunks: archive a chunk's files, make them durable
     together (one syncfs), record the chunk in one transaction, then move its entries to
-    ``processed/``. A crash at any point loses nothing, and a re-run records nothing twice."""
+    ``processed/``. A crash at any point loses nothing, and a re-run records nothing twice.
+    ``recorded(results)`` is called with each chunk's results once they are in the ledger."""
     results: list[TakeInResult] = []
 
     def archive(entry: Path) -> _Archived:
@@ -161,8 +163,11 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
             pending = [pool.submit(archive, e) for e in parts[k + 1]] if k + 1 < len(parts) else []
             if any(sha for a in archived for _, sha, _ in a.kept):
                 sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
-            results += _record(ledger, campaign, archived, source=source, sender=None, now=now,
-                               max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
+            done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
+                           max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
+            results += done
+            if recorded:
+                recorded(done)
             for e in part:
                 move_processed(ledger.home, campaign, e, now)
             if progress:

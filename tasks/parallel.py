@@ -69,3 +69,53 @@ def map_forked(fn: Callable[..., R], items: Sequence[T], shared: tuple = (), *,
     finally:
         _job = None
     return out
+
+
+def _noop() -> None:
+    return None
+
+
+class ForkedPool:
+    """Chunks of items submitted over time, each run as ``[fn(*shared, item) ...]`` in forked
+    workers while the caller goes on (e.g. parsing one chunk of returns while the next one is
+    archived); ``results()`` gives every result in submission order.
+
+    The workers are forked when the pool is made, so make it before starting any threads.
+    With one worker (or no ``fork``) the items are run in ``results()``, in this process."""
+
+    def __init__(self, fn: Callable[..., R], shared: tuple = (), workers: int | None = None):
+        global _job
+        self._fn, self._shared = fn, shared
+        self._parts: list = []  # futures, or item lists to run here
+        self._pool: ProcessPoolExecutor | None = None
+        workers = workers or workers_wanted()
+        if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
+            _job = (fn, shared)
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool.submit(_noop).result()  # fork every worker now, before the caller's threads
+
+    def submit(self, items: Sequence[T]) -> None:
+        if items:
+            self._parts.append(self._pool.submit(_run_chunk, list(items)) if self._pool else list(items))
+
+    def results(self, progress: Callable[[int, int], None] | None = None) -> list[R]:
+        out: list[R] = []
+        for part in self._parts:
+            out += part.result() if self._pool else [self._fn(*self._shared, item) for item in part]
+            if progress:
+                progress(len(out), -1)
+        self._parts = []
+        return out
+
+    def close(self) -> None:
+        global _job
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            _job = None
+
+    def __enter__(self) -> "ForkedPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

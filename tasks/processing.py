@@ -23,7 +23,7 @@ from .extract import CellValue, Extracted, extract_return, identify_unit, unit_i
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value, bulk_insert)
 from .mailbox import sender_allowed
-from .parallel import map_forked
+from .parallel import ForkedPool, map_forked
 from .spam import looks_like_spam
 from .readers import ReturnFileError, read_sheets
 from .numbers import ParsedCount, parse_count
@@ -197,22 +197,64 @@ def _check_sender(p: _Parsed) -> None:
         p.unit, p.how = None, f"发件人 {sub.sender} 不是{p.unit.name}登记的联系人或授权人"
 
 
-def process_received(ledger: Ledger, config: Config, now: dt.datetime,
-                     progress: Progress | None = None) -> list[Outcome]:
-    """Decide every ``received`` submission of the campaign and record the decisions."""
-    camp = config.campaign
+def received_jobs(ledger: Ledger, campaign: str, ids: list[int] | None = None) -> list[_Job]:
+    """The campaign's ``received`` submissions (or those of ``ids``) as jobs, oldest first."""
     S, F = Submission.__table__.c, SubmissionFile.__table__.c
+    where = [S.campaign == campaign, S.state == RECEIVED] + ([S.id.in_(ids)] if ids is not None else [])
     with ledger.session() as s:
-        subs = s.execute(select(S.id, S.original_name, S.sender, S.source, S.received_at).where(
-            S.campaign == camp.id, S.state == RECEIVED).order_by(S.id)).all()
+        subs = s.execute(select(S.id, S.original_name, S.sender, S.source, S.received_at)
+                         .where(*where).order_by(S.id)).all()
         files: dict[int, list[_File]] = {x.id: [] for x in subs}
         for f in s.execute(select(F.submission_id, F.id, F.role, F.name, F.size, F.archive_path, F.note)
                            .join(Submission.__table__, S.id == F.submission_id)
-                           .where(S.campaign == camp.id, S.state == RECEIVED).order_by(F.id)):
+                           .where(*where).order_by(F.id)):
             files[f.submission_id].append(_File(f.id, f.role, f.name, f.size, f.archive_path, f.note))
-    jobs = [_Job(x.id, x.original_name, x.sender, x.source, _aware(x.received_at), tuple(files[x.id]))
+    return [_Job(x.id, x.original_name, x.sender, x.source, _aware(x.received_at), tuple(files[x.id]))
             for x in subs]
-    parsed = parse_all(ledger.home, config, jobs, progress)
+
+
+class Preparser:
+    """Parses submissions while the intake goes on: ``add`` the ids of each recorded chunk
+    (already archived and in the ledger), get everything back from ``parsed``. Reading is
+    CPU work and archiving mostly waits on the disk, so the two overlap. Make it before the
+    intake starts its threads (the workers are forked at once)."""
+
+    def __init__(self, ledger: Ledger, config: Config, workers: int | None = None):
+        unit_index(config.units)  # built once here, inherited by the workers
+        self.ledger, self.config, self.jobs = ledger, config, []
+        self.pool = ForkedPool(_parse_safely, (ledger.home, config), workers)
+
+    def add(self, ids: list[int]) -> None:
+        jobs = received_jobs(self.ledger, self.config.campaign.id, ids) if ids else []
+        self.jobs += jobs
+        self.pool.submit(jobs)
+
+    def parsed(self, progress: Progress | None = None) -> dict[int, "_Parsed"]:
+        total = len(self.jobs)
+        results = self.pool.results(progress=(lambda done, _: progress(done, total)) if progress else None)
+        return {job.id: p.reattach(job, self.config) for p, job in zip(results, self.jobs)}
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Preparser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def process_received(ledger: Ledger, config: Config, now: dt.datetime,
+                     progress: Progress | None = None,
+                     preparsed: dict[int, "_Parsed"] | None = None) -> list[Outcome]:
+    """Decide every ``received`` submission of the campaign and record the decisions
+    (``preparsed``: submissions a :class:`Preparser` already read, by id)."""
+    camp = config.campaign
+    jobs = received_jobs(ledger, camp.id)
+    preparsed = preparsed or {}
+    fresh = parse_all(ledger.home, config, [j for j in jobs if j.id not in preparsed], progress)
+    by_id = {p.sub.id: p for p in fresh}
+    parsed = [preparsed[j.id] if j.id in preparsed else by_id[j.id] for j in jobs]
     for p in parsed:
         if p.failure:
             log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)

@@ -19,7 +19,8 @@ def _parsed(server):
     return [email.message_from_bytes(m.data, policy=policy.default) for m in server.messages]
 
 
-def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env):
+def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env, monkeypatch):
+    import flows.collect_returns as collect_module
     from flows.collect_returns import collect_returns
     from flows.compile_bulletin import compile_bulletin
     from flows.publish_bulletin import publish_bulletin
@@ -64,6 +65,9 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env):
     bad.values["banners"] = "-5"
     drop(config, inbox, bad, "generated")
     before = len(server.messages)
+    # these three are read by forked workers during the intake, as a large batch would be
+    monkeypatch.setattr(collect_module, "PARALLEL_FROM", 2)
+    monkeypatch.setenv("BULLETIN_WORKERS", "2")
     outcome = collect_returns(CAMPAIGN, now=cal.deadline_at - dt.timedelta(days=2), **args)
     assert outcome["decided"] == {"accepted": 2, "rejected": 1}
     receipts = _parsed(server)[before:]

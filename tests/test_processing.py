@@ -349,3 +349,24 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
     receipts = receipt_messages(config, outcomes)
     assert len(receipts) == 13  # nobody to tell about 坏文件
     assert "张贴宣传画" in receipts[12][0].text and receipts[12][1] == u[7].code
+
+
+def test_preparser_reads_chunks_while_the_intake_goes_on(ledger, config, inbox, monkeypatch):
+    """Chunks added as they are recorded are parsed by forked workers; the decisions made
+    with them equal those made by parsing in process_received (one unrecorded submission
+    left to it)."""
+    from tasks.processing import Preparser
+
+    u = config.units
+    ids = [submit(ledger, config, write_return(inbox, config, u[i % 5], f"{u[i % 5].name}-{i}.xlsx",
+                                               posters=200 + i), BEFORE) for i in range(9)]
+    with Preparser(ledger, config, workers=2) as pre:
+        pre.add(ids[:4])
+        pre.add(ids[4:8])  # ids[8] is left for process_received to read itself
+        parsed = pre.parsed()
+    assert sorted(parsed) == ids[:8]
+    assert all(p.unit is not None and p.sub.id == sid for sid, p in parsed.items())
+    outcomes = process_received(ledger, config, BEFORE, preparsed=parsed)
+    assert [o.submission_id for o in outcomes] == ids
+    assert [o.state for o in outcomes] == [ACCEPTED] * 9
+    assert [values_of(ledger, i)["posters"] for i in ids] == [200.0 + i for i in range(9)]
