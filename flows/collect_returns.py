@@ -33,19 +33,17 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
     entries = drop_folder_entries(folder)
     log.info("收件目录 %s：%d 份待处理", folder, len(entries))
 
-    def progress(done: int, total: int) -> None:
-        log.info("已归档 %d/%d", done, total)
-
-    logged = [0]
-
-    def parsing(done: int, total: int) -> None:
-        if done == total or done - logged[0] >= max(500, total // 10):
-            logged[0] = done
-            log.info("解析进度 %d/%d", done, total)
-
     camp = ctx.config.campaign
     with contextlib.ExitStack() as stack:
         pre = stack.enter_context(Preparser(ctx.ledger, ctx.config)) if len(entries) >= PARALLEL_FROM else None
+
+        def progress(done: int, total: int) -> None:
+            log.info("已归档 %d/%d%s", done, total, f"，已解析 {pre.completed()}" if pre else "")
+
+        def parsing(done: int, total: int) -> None:
+            if done == total:
+                log.info("解析进度 %d/%d", done, total)
+
         results = take_in_entries(
             ctx.ledger, ctx.campaign_id, entries, source="folder", now=ctx.now,
             max_file_bytes=camp.max_file_bytes, max_photo_bytes=camp.max_photo_bytes, progress=progress,

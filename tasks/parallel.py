@@ -98,6 +98,10 @@ class ForkedPool:
         if items:
             self._parts.append(self._pool.submit(_run_chunk, list(items)) if self._pool else list(items))
 
+    def completed(self) -> int:
+        """How many submitted items the workers have finished so far."""
+        return sum(len(part.result()) for part in self._parts if self._pool and part.done())
+
     def results(self, progress: Callable[[int, int], None] | None = None) -> list[R]:
         out: list[R] = []
         for part in self._parts:

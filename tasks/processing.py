@@ -229,6 +229,10 @@ class Preparser:
         self.jobs += jobs
         self.pool.submit(jobs)
 
+    def completed(self) -> int:
+        """Submissions parsed so far (in the workers)."""
+        return self.pool.completed()
+
     def parsed(self, progress: Progress | None = None) -> dict[int, "_Parsed"]:
         total = len(self.jobs)
         results = self.pool.results(progress=(lambda done, _: progress(done, total)) if progress else None)
