@@ -20,6 +20,7 @@ import imaplib
 import logging
 import re
 import shutil
+import ssl
 import tempfile
 from dataclasses import dataclass, field
 from email.header import decode_header
@@ -150,10 +151,13 @@ def _connect(settings: ImapSettings):
     if not settings.host:
         raise MailboxError("未设置收件邮箱服务器 BULLETIN_IMAP_HOST")
     password = settings.password.get_secret_value() if settings.password else ""
-    cls = {"ssl": MailBox, "starttls": MailBoxStartTls, "none": MailBoxUnencrypted}[settings.security]
     box = None
     try:
-        box = cls(settings.host, port=port, timeout=60)
+        if settings.security == "none":
+            box = MailBoxUnencrypted(settings.host, port=port, timeout=60)
+        else:  # imaplib's default TLS context checks no certificate: always pass a verifying one
+            cls = MailBox if settings.security == "ssl" else MailBoxStartTls
+            box = cls(settings.host, port=port, timeout=60, ssl_context=ssl.create_default_context())
         box.email_message_class = _RawMessage
         box.login(settings.user or "", password, initial_folder=None)
         if not box.folder.exists(settings.done_folder):

@@ -43,9 +43,11 @@ USER, PASSWORD = "bulletin", "imap-test-secret"
 
 class ImapServer(NamedTuple):
     host: str
-    port: int
+    port: int  # IMAP, STARTTLS offered
     user: str
     password: str
+    tls_port: int  # IMAPS (TLS from the first byte)
+    cafile: str  # the self-signed certificate the server presents (for 127.0.0.1)
 
 
 def dovecot_binary() -> str | None:
@@ -82,16 +84,26 @@ def _group_exists(name: str) -> bool:
         return False
 
 
-def _config(root: Path, port: int, version: tuple[int, int]) -> str:
+def _certificate(root: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+
+
+def _config(root: Path, port: int, tls_port: int, version: tuple[int, int]) -> str:
     login_user, internal_user, uid, gid = _accounts()
+    tls = (f"ssl_server_cert_file = {root}/cert.pem\nssl_server_key_file = {root}/key.pem\n"
+           if version >= (2, 4) else f"ssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem\n")
     common = f"""\
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-auth_mechanisms = plain login
+ssl = yes
+{tls}auth_mechanisms = plain login
 auth_failure_delay = 0
 first_valid_uid = 1
 default_login_user = {login_user}
@@ -101,7 +113,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {tls_port}
+    ssl = yes
   }}
 }}
 """
@@ -180,11 +193,12 @@ def running_dovecot(binary: str | None = None, timeout: float = 15.0) -> Iterato
         for p in (root / "mail", home):
             shutil.chown(p, uid, gid)
     conf = root / "dovecot.conf"
+    _certificate(root)
     proc = None
     try:
         for attempt in range(3):  # a free port may be taken between probing and binding
-            port = _free_port()
-            conf.write_text(_config(root, port, version))
+            port, tls_port = _free_port(), _free_port()
+            conf.write_text(_config(root, port, tls_port, version))
             proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT)
             try:
@@ -194,7 +208,7 @@ def running_dovecot(binary: str | None = None, timeout: float = 15.0) -> Iterato
                 _stop(binary, conf, proc)
                 if attempt == 2:
                     raise
-        yield ImapServer("127.0.0.1", port, USER, PASSWORD)
+        yield ImapServer("127.0.0.1", port, USER, PASSWORD, tls_port, str(root / "cert.pem"))
     finally:
         if proc is not None:
             _stop(binary, conf, proc)

@@ -421,3 +421,26 @@ def test_missing_dovecot_skips_locally_but_fails_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         helper.dovecot_or_skip()
+
+
+# ---------------------------------------------------------------- TLS: certificates are checked
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_tls_modes_take_mail_and_check_the_certificate(ledger, settings, work, imap_server,  # noqa: F811
+                                                       monkeypatch, security):
+    """IMAPS and STARTTLS against the real dovecot: with its certificate trusted (SSL_CERT_FILE,
+    as an office with its own CA would set it) the mail is taken; a certificate nobody vouches
+    for stops the connection before the password is sent."""
+    port = imap_server.tls_port if security == "ssl" else imap_server.port
+    tls = settings.model_copy(update={"security": security, "port": port})
+    put(settings, mail(CONTACT, "报表", [("沈阳市报表.xlsx", workbook(), XLSX_TYPE)]))
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with pytest.raises(MailboxError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        collect(ledger, tls, work)
+    assert messages_in(settings, settings.folder)  # nothing taken, nothing moved
+
+    monkeypatch.setenv("SSL_CERT_FILE", imap_server.cafile)
+    result = collect(ledger, tls, work)
+    assert len(result.taken) == 1 and result.taken[0].outcome == "received"
+    assert messages_in(settings, settings.folder) == []
