@@ -118,7 +118,7 @@ def main() -> int:
     home = work / "home"
     if home.exists():
         shutil.rmtree(home)
-    print(f"code: {Path(tasks.__file__).parent.parent}  deliver_many: {hasattr(delivery, 'deliver_many')}",
+    print(f"code: {Path(delivery.__file__).parent.parent}  deliver_many: {hasattr(delivery, 'deliver_many')}",
           file=sys.stderr)
     items = [(receipt(n), f"B{n:06d}") for n in range(1, args.n + 1)]
     text, html = (sum(len(getattr(m, a)) for m, _ in items[:100]) // 100 for a in ("text", "html"))
