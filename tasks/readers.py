@@ -164,27 +164,21 @@ def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells:
         raise ReturnFileError(name, "已损坏或已加密，不是有效的 Excel/ODS 文件，请重新保存后发送") from None
 
 
-_CELL_OPEN = re.compile(rb"<(?:\w+:)?c\b([^>]*)>")
-_CELL_REF = re.compile(rb'<(?:\w+:)?c\b[^>]*?\br="\$?([A-Za-z]{1,3})\$?([0-9]{1,7})"[^>]*>')
+_CELL_OPEN = re.compile(rb"<(?:\w+:)?c\b[^>]*(?<!/)>")  # a cell with content (not <c .../>)
+_CELL_REF = re.compile(rb'<(?:\w+:)?c\b[^>]*?\br="\$?([A-Za-z]{1,3})\$?([0-9]{1,7})"[^>]*?(/?)>')
 
 
 def _xlsx_extent(xml: bytes) -> tuple[int, int]:
     """(rows, cols) from A1 to the farthest non-empty cell; cells without ``r`` counted wide."""
-    rows = cols = refs = 0
-    letters_seen: set[bytes] = set()
-    for m in _CELL_REF.finditer(xml):
-        if m.group(0).endswith(b"/>"):
-            continue  # <c r="Z9" s="1"/>: formatting only
-        refs += 1
-        letters_seen.add(m.group(1))
-        rows = max(rows, int(m.group(2)))
-    for letters in letters_seen:
+    refs = [(letters, digits) for letters, digits, empty in _CELL_REF.findall(xml) if not empty]
+    rows = max((int(d) for _, d in refs), default=0)
+    cols = 0
+    for letters in {x for x, _ in refs}:  # <c r="Z9" s="1"/> (formatting only) left out above
         col = 0
         for ch in letters.upper():
             col = col * 26 + ch - 64
         cols = max(cols, col)
-    opened = sum(1 for m in _CELL_OPEN.finditer(xml) if not m.group(1).endswith(b"/"))
-    loose = opened - refs  # cells without a usable r="": placed after the others
+    loose = len(_CELL_OPEN.findall(xml)) - len(refs)  # cells without a usable r="": placed last
     if loose > 0:
         row_attrs = [int(x) for x in re.findall(rb'<(?:\w+:)?row\b[^>]*?\br="([0-9]+)"', xml)]
         rows, cols = max([rows, *row_attrs]) + loose, cols + loose
