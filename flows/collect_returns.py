@@ -49,7 +49,12 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
             max_file_bytes=camp.max_file_bytes, max_photo_bytes=camp.max_photo_bytes, progress=progress,
             recorded=(lambda done: pre.add([r.submission_id for r in done if r.outcome == "received"]))
             if pre else None)
-        parsed = pre.parsed(parsing) if pre else {}
+        parsed = {}
+        if pre:
+            try:
+                parsed = pre.parsed(parsing)
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory: read them here
+                log.warning("后台解析进程失败（%s: %s），改由本进程逐份解析", type(exc).__name__, exc)
     for result in results:
         if result.outcome != "received":
             log.warning("《%s》：%s %s", result.name, result.outcome, result.detail)

@@ -4,6 +4,7 @@ made by tasks/workbook.py: take_in each, then process_received."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -370,3 +371,27 @@ def test_preparser_reads_chunks_while_the_intake_goes_on(ledger, config, inbox, 
     assert [o.submission_id for o in outcomes] == ids
     assert [o.state for o in outcomes] == [ACCEPTED] * 9
     assert [values_of(ledger, i)["posters"] for i in ids] == [200.0 + i for i in range(9)]
+
+
+def _die_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(9)  # a worker killed (e.g. for memory): no exception, the process is gone
+    return x * 2
+
+
+def test_a_dead_worker_is_an_exception_not_a_hang():
+    """The flow falls back to reading in its own process when the pool breaks; for that the
+    pool must raise, not wait forever."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tasks.parallel import ForkedPool
+
+    with ForkedPool(_die_on_three, workers=2) as pool:
+        pool.submit([1, 2])
+        pool.submit([3, 4])
+        with pytest.raises(BrokenProcessPool):
+            pool.results()
+    with ForkedPool(_die_on_three, workers=2) as pool:
+        pool.submit([1, 2])
+        pool.submit([5])
+        assert pool.results() == [2, 4, 10]
