@@ -16,7 +16,8 @@ from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_messages
 from tasks.parallel import PARALLEL_FROM
-from tasks.processing import Outcome, Preparser, process_received
+from tasks.parsing import Preparser
+from tasks.processing import Outcome, process_received
 from tasks.review import explain_by_reply
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages

@@ -288,17 +288,17 @@ def test_photos_get_captions(ledger, config, inbox):
 def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, config, monkeypatch):
     """A bug or surprise while reading one return: that one is rejected with a message and
     marked for the coordinators; the others are decided as usual."""
-    import tasks.processing as processing
+    import tasks.parsing as parsing
     good = submit(ledger, config, write_return(tmp_path / "a", config, config.units[0]), BEFORE)
     bad = submit(ledger, config, write_return(tmp_path / "b", config, config.units[1]), BEFORE)
-    real = processing.extract_return
+    real = parsing.extract_return
 
     def flaky(sheets, form, file_name):
         if config.units[1].name in file_name:
             raise RuntimeError("boom")
         return real(sheets, form, file_name)
 
-    monkeypatch.setattr(processing, "extract_return", flaky)
+    monkeypatch.setattr(parsing, "extract_return", flaky)
     outcomes = {o.submission_id: o for o in process_received(ledger, config, BEFORE)}
     assert outcomes[good].state == ACCEPTED and outcomes[good].failure is None
     assert outcomes[bad].state == REJECTED and "RuntimeError: boom" in outcomes[bad].failure
@@ -320,10 +320,10 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
     ids = [submit(ledger, config, e, BEFORE) for e in entries]
 
     def decide(workers: int) -> list:
-        from tasks.processing import _Job, _File, parse_all
+        from tasks.parsing import Job, JobFile, parse_all
         with ledger.session() as s:
-            jobs = [_Job(x.id, x.original_name, x.sender, x.source, x.received_at, tuple(
-                _File(f.id, f.role, f.name, f.size, f.archive_path, f.note) for f in s.scalars(
+            jobs = [Job(x.id, x.original_name, x.sender, x.source, x.received_at, tuple(
+                JobFile(f.id, f.role, f.name, f.size, f.archive_path, f.note) for f in s.scalars(
                     select(SubmissionFile).where(SubmissionFile.submission_id == x.id))))
                 for x in s.scalars(select(Submission).where(Submission.id.in_(ids)).order_by(Submission.id))]
         seen = []
@@ -356,7 +356,7 @@ def test_preparser_reads_chunks_while_the_intake_goes_on(ledger, config, inbox, 
     """Chunks added as they are recorded are parsed by forked workers; the decisions made
     with them equal those made by parsing in process_received (one unrecorded submission
     left to it)."""
-    from tasks.processing import Preparser
+    from tasks.parsing import Preparser
 
     u = config.units
     ids = [submit(ledger, config, write_return(inbox, config, u[i % 5], f"{u[i % 5].name}-{i}.xlsx",
