@@ -100,7 +100,8 @@ class ForkedPool:
 
     def completed(self) -> int:
         """How many submitted items the workers have finished so far."""
-        return sum(len(part.result()) for part in self._parts if self._pool and part.done())
+        return sum(len(part.result()) for part in self._parts
+                   if self._pool and part.done() and part.exception() is None)
 
     def results(self, progress: Callable[[int, int], None] | None = None) -> list[R]:
         out: list[R] = []

@@ -194,18 +194,28 @@ class Preparser:
     def __init__(self, ledger: Ledger, config: Config, workers: int | None = None):
         unit_index(config.units)  # built once here, inherited by the workers
         self.ledger, self.config, self.jobs = ledger, config, []
+        self.broken: Exception | None = None
         self.pool = ForkedPool(_parse_safely, (ledger.home, config), workers)
 
     def add(self, ids: list[int]) -> None:
-        jobs = received_jobs(self.ledger, self.config.campaign.id, ids) if ids else []
-        self.jobs += jobs
-        self.pool.submit(jobs)
+        """Queue these submissions; never raises into the intake (a broken pool is reported
+        by :meth:`parsed`, and the decisions then read everything themselves)."""
+        if self.broken is not None or not ids:
+            return
+        try:
+            jobs = received_jobs(self.ledger, self.config.campaign.id, ids)
+            self.pool.submit(jobs)
+            self.jobs += jobs
+        except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool
+            self.broken = exc
 
     def completed(self) -> int:
         """Submissions parsed so far (in the workers)."""
         return self.pool.completed()
 
     def parsed(self, progress: Progress | None = None) -> dict[int, "Parsed"]:
+        if self.broken is not None:
+            raise self.broken
         total = len(self.jobs)
         results = self.pool.results(progress=(lambda done, _: progress(done, total)) if progress else None)
         return {job.id: p.reattach(job, self.config) for p, job in zip(results, self.jobs)}

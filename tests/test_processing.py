@@ -395,3 +395,19 @@ def test_a_dead_worker_is_an_exception_not_a_hang():
         pool.submit([1, 2])
         pool.submit([5])
         assert pool.results() == [2, 4, 10]
+
+
+def test_a_broken_preparser_never_stops_the_intake(ledger, config, inbox):
+    """Its workers gone, the preparser takes no more chunks without raising; parsed() then
+    raises, and process_received reads every submission itself."""
+    from tasks.parsing import Preparser
+
+    ids = [submit(ledger, config, write_return(inbox, config, u), BEFORE) for u in config.units[:3]]
+    with Preparser(ledger, config, workers=2) as pre:
+        pre.add(ids[:1])
+        pre.pool._pool.shutdown(wait=True)  # as if the pool had broken: submit now raises
+        pre.add(ids[1:])
+        assert pre.completed() >= 0 and isinstance(pre.broken, RuntimeError)
+        with pytest.raises(RuntimeError):
+            pre.parsed()
+    assert [o.state for o in process_received(ledger, config, BEFORE)] == [ACCEPTED] * 3
