@@ -35,8 +35,8 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
     log.info("收件目录 %s：%d 份待处理", folder, len(entries))
 
     camp = ctx.config.campaign
-    with contextlib.ExitStack() as stack:
-        pre = stack.enter_context(Preparser(ctx.ledger, ctx.config)) if len(entries) >= PARALLEL_FROM else None
+    big = len(entries) >= PARALLEL_FROM  # read in workers while the intake goes on
+    with Preparser(ctx.ledger, ctx.config) if big else contextlib.nullcontext() as pre:
 
         def progress(done: int, total: int) -> None:
             log.info("已归档 %d/%d%s", done, total, f"，已解析 {pre.completed()}" if pre else "")

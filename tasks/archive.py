@@ -29,7 +29,6 @@ def archive_relpath(sha256: str) -> str:
     return f"archive/{sha256[:2]}/{sha256}"
 
 
-
 _made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
 from .config import Config
 from .formatting import chinese_date, defang_links, round_down_prose
-from .ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value
+from .ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, plain_rows
 from .render import render, template_files
 from .render_docx import write_docx
 from .safe_sheet import export_frame
@@ -55,7 +55,7 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
         subs = conn.execute(select(Submission.id, Submission.unit_code, Submission.fingerprint,
                                    Submission.late, Submission.decided_by)
                             .where(*accepted).order_by(Submission.id)).all()
-        value_rows = _plain_rows(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
+        value_rows = plain_rows(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
                                               Value.flag)
                                  .join(Submission, Submission.id == Value.submission_id)
                                  .where(*accepted).order_by(Value.submission_id, Value.id))
@@ -79,21 +79,6 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
                   .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
     return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
-
-
-def _plain_rows(conn, stmt) -> list[tuple]:
-    """The rows of a Core select as the DB-API cursor gives them: plain tuples, no Row objects
-    (a third of the merge's time at 140,000 values). Only for columns that need no result
-    conversion (numbers, text) and parameters that need no bind conversion (text)."""
-    compiled = stmt.compile(dialect=conn.dialect)
-    params = compiled.construct_params()
-    args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(str(compiled), args)
-        return [tuple(r) for r in cursor.fetchall()]
-    finally:
-        cursor.close()
 
 
 def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:

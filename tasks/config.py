@@ -422,13 +422,11 @@ def list_campaigns(config_dir: Path) -> list[str]:
 def load_units(config_dir: Path, reading: _Reading | None = None) -> list[Unit]:
     path = config_dir / "units.yaml"
     units = _validated(_UnitsFile, _read_yaml(path, reading), path).units
-    codes = {u.code for u in units}
-    if len(codes) < len(units):  # rare: find the first repeat to name it
-        seen: set[str] = set()
-        for i, u in enumerate(units):
-            if u.code in seen:
-                raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
-            seen.add(u.code)
+    seen: set[str] = set()
+    for i, u in enumerate(units):
+        if u.code in seen:
+            raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
+        seen.add(u.code)
     return units
 
 

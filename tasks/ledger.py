@@ -169,6 +169,21 @@ def bulk_insert(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> Non
     conn.exec_driver_sql(sql, rows)
 
 
+def plain_rows(conn, stmt) -> list[tuple]:
+    """The rows of a Core select as the DB-API cursor gives them: plain tuples, no Row objects
+    (a third of a bulletin merge's time at 140,000 values). Only for columns that need no result
+    conversion (numbers, text) and parameters that need no bind conversion (text)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        return [tuple(r) for r in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
 def database_url(home: Path, url: str | None = None) -> str:
     return url or f"sqlite:///{(home / 'ledger.db').resolve()}"
 

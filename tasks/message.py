@@ -94,6 +94,15 @@ def _check_line(value: str, what: str) -> str:
     return value
 
 
+def _check_extra_header(name: str, value: str) -> str:
+    """An extra header's value, after checking its name is legal and not one we set."""
+    if not _HEADER_NAME.match(name):
+        raise ValueError(f"bad header name: {name!r}")
+    if name.lower() in _RESERVED_HEADERS or name.lower().startswith("content-"):
+        raise ValueError(f"header {name!r} is set by build_mime, not by extra headers")
+    return _check_line(value, f"header {name}")
+
+
 def _domain_of(email_addr: str) -> str:
     local, at, domain = email_addr.rpartition("@")
     if not at or not local or not domain:
@@ -160,11 +169,7 @@ def build_mime(msg: OutgoingMessage, sender: Address, date: datetime | None = No
         mime["Auto-Submitted"] = "auto-generated"
         mime["X-Auto-Response-Suppress"] = "All"
     for name, value in msg.headers:
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"bad header name: {name!r}")
-        if name.lower() in _RESERVED_HEADERS or name.lower().startswith("content-"):
-            raise ValueError(f"header {name!r} is set by build_mime, not by extra headers")
-        mime[name] = _check_line(value, f"header {name}")
+        mime[name] = _check_extra_header(name, value)
 
     mime.set_content(msg.text)
     if msg.html is not None:
@@ -325,14 +330,10 @@ def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[
     if msg.auto_generated:
         head += ("Auto-Submitted: auto-generated", "X-Auto-Response-Suppress: All")
     for name, value in msg.headers:
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"bad header name: {name!r}")
-        low = name.lower()
-        if low in _RESERVED_HEADERS or low.startswith("content-"):
-            raise ValueError(f"header {name!r} is set by build_mime, not by extra headers")
-        if low in _STRUCTURED:
+        value = _check_extra_header(name, value)
+        if name.lower() in _STRUCTURED:
             raise _Fallback
-        head.append(_unstructured(name, _check_line(value, f"header {name}")))
+        head.append(_unstructured(name, value))
     head.append("MIME-Version: 1.0")
 
     # "=_" never occurs in base64 (nor in quoted-printable); 7bit bodies are checked

@@ -1,8 +1,8 @@
 """CPU-bound work over many items in forked worker processes, results in input order.
 
-Parsing thousands of returns or rendering thousands of receipts is pure Python: one process
-uses one core. Forked workers inherit what the caller already holds (the config, its unit
-index, compiled templates) without pickling it; only items and results cross over.
+Parsing thousands of returns is pure Python: one process uses one core. Forked workers
+inherit what the caller already holds (the config, its unit index) without pickling it;
+only items and results cross over.
 Small batches stay in this process, where forking would cost more than it saves.
 """
 
@@ -39,36 +39,21 @@ def _run_chunk(items: list) -> list:
 
 
 def map_forked(fn: Callable[..., R], items: Sequence[T], shared: tuple = (), *,
-               progress: Callable[[int, int], None] | None = None, workers: int | None = None,
-               parallel_from: int | None = None) -> list[R]:
+               progress: Callable[[int, int], None] | None = None,
+               workers: int | None = None) -> list[R]:
     """``[fn(*shared, item) for item in items]``, in forked workers when there are many items.
 
     ``fn`` must not raise for one bad item (return the failure as data instead) and should not
     log: a worker has no share in the parent's logging threads. ``progress(done, total)``
     is called in this process after every chunk."""
-    global _job
     workers = workers or workers_wanted()
-    threshold = PARALLEL_FROM if parallel_from is None else parallel_from
-    if workers < 2 or len(items) < threshold or "fork" not in multiprocessing.get_all_start_methods():
-        out = []
-        for i, item in enumerate(items, 1):
-            out.append(fn(*shared, item))
-            if progress and (i % 100 == 0 or i == len(items)):
-                progress(i, len(items))
-        return out
-    size = max(20, min(500, len(items) // (workers * 4)))
-    chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
-    out = []
-    _job = (fn, shared)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for part in pool.map(_run_chunk, chunks):
-                out += part
-                if progress:
-                    progress(len(out), len(items))
-    finally:
-        _job = None
-    return out
+    if len(items) < PARALLEL_FROM:
+        workers = 1
+    size = 100 if workers < 2 else max(20, min(500, len(items) // (workers * 4)))
+    with ForkedPool(fn, shared, workers) as pool:
+        for i in range(0, len(items), size):
+            pool.submit(items[i:i + size])
+        return pool.results(progress)
 
 
 def _noop() -> None:
@@ -87,6 +72,7 @@ class ForkedPool:
         global _job
         self._fn, self._shared = fn, shared
         self._parts: list = []  # futures, or item lists to run here
+        self._submitted = 0
         self._pool: ProcessPoolExecutor | None = None
         workers = workers or workers_wanted()
         if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
@@ -97,6 +83,7 @@ class ForkedPool:
     def submit(self, items: Sequence[T]) -> None:
         if items:
             self._parts.append(self._pool.submit(_run_chunk, list(items)) if self._pool else list(items))
+            self._submitted += len(items)
 
     def completed(self) -> int:
         """How many submitted items the workers have finished so far."""
@@ -104,12 +91,13 @@ class ForkedPool:
                    if self._pool and part.done() and part.exception() is None)
 
     def results(self, progress: Callable[[int, int], None] | None = None) -> list[R]:
+        """Every result in submission order; ``progress(done, submitted)`` after each chunk."""
         out: list[R] = []
         for part in self._parts:
             out += part.result() if self._pool else [self._fn(*self._shared, item) for item in part]
             if progress:
-                progress(len(out), -1)
-        self._parts = []
+                progress(len(out), self._submitted)
+        self._parts, self._submitted = [], 0
         return out
 
     def close(self) -> None:

@@ -181,7 +181,7 @@ def received_jobs(ledger: Ledger, campaign: str, ids: list[int] | None = None) -
                            .join(Submission.__table__, S.id == F.submission_id)
                            .where(*where).order_by(F.id)):
             files[f.submission_id].append(JobFile(f.id, f.role, f.name, f.size, f.archive_path, f.note))
-    return [Job(x.id, x.original_name, x.sender, x.source, _aware(x.received_at), tuple(files[x.id]))
+    return [Job(x.id, x.original_name, x.sender, x.source, x.received_at, tuple(files[x.id]))
             for x in subs]
 
 
@@ -216,8 +216,7 @@ class Preparser:
     def parsed(self, progress: Progress | None = None) -> dict[int, "Parsed"]:
         if self.broken is not None:
             raise self.broken
-        total = len(self.jobs)
-        results = self.pool.results(progress=(lambda done, _: progress(done, total)) if progress else None)
+        results = self.pool.results(progress)
         return {job.id: p.reattach(job, self.config) for p, job in zip(results, self.jobs)}
 
     def close(self) -> None:
@@ -228,7 +227,3 @@ class Preparser:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
