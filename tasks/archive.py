@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -30,9 +29,18 @@ def archive_relpath(sha256: str) -> str:
 
 
 _made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _store(home: Path, sha: str, write, durable: bool = True) -> str:
+    """Write once under the sha256: into a temp name of ours, then renamed (a crash never
+    leaves a partial file under the final name). ``write(fd)`` writes the bytes."""
     rel = archive_relpath(sha)
     target = os.path.join(home, rel)
     if os.path.exists(target):
@@ -44,42 +52,71 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
     # a temp name of our own (no path from outside), unique per process and thread
     tmp = os.path.join(folder, f".incoming-{sha[:16]}-{os.getpid()}-{threading.get_ident()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, _OPEN_NEW, 0o444)  # read-only from birth: the archive is write-once
+    except FileExistsError:  # left by a crash of a process with this very id
+        os.unlink(tmp)
+        fd = os.open(tmp, _OPEN_NEW, 0o444)
     except FileNotFoundError:  # the folder went away under us (a test removed the home)
         _made_dirs.discard(folder)
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, _OPEN_NEW, 0o444)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        try:
+            write(fd)
             if durable:
-                os.fsync(fh.fileno())
-            os.fchmod(fh.fileno(), 0o444)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     return rel
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _read_small(path: Path | str, limit: int) -> bytes | None:
+    """The whole file if it has at most *limit* bytes, else None (one open, one fstat)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            return None
+        parts, got = [], 0
+        while chunk := os.read(fd, max(size - got, 0) + 1):  # +1: notices a file still growing
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, str, int]:
     """Copy a file into the archive; return (sha256, path relative to home, size).
     ``durable=False``: no fsync here, the caller calls :func:`tasks.durable.sync_folder` for the batch."""
-    size = path.stat().st_size
-    if size <= _CHUNK * 8:  # small (nearly every return): read once, hash and write the bytes
-        data = path.read_bytes()
+    data = _read_small(path, _CHUNK * 8)
+    if data is not None:  # small (nearly every return): read once, hash and write the bytes
         sha = hashlib.sha256(data).hexdigest()
-        return sha, _store(home, sha, lambda fh: fh.write(data), durable), len(data)
+        return sha, _store(home, sha, lambda fd: _write_all(fd, data), durable), len(data)
     sha = sha256_file(path)
-    def _write(fh):
+    size = 0
+
+    def _write(fd: int) -> None:
+        nonlocal size
         with path.open("rb") as src:
-            shutil.copyfileobj(src, fh, _CHUNK)
+            while chunk := src.read(_CHUNK):
+                _write_all(fd, chunk)
+                size += len(chunk)
     return sha, _store(home, sha, _write, durable), size
 
 
 def archive_bytes(home: Path, data: bytes, *, durable: bool = True) -> tuple[str, str]:
     """Keep bytes (an attachment, a generated workbook); return (sha256, relative path)."""
     sha = hashlib.sha256(data).hexdigest()
-    return sha, _store(home, sha, lambda fh: fh.write(data), durable)
+    return sha, _store(home, sha, lambda fd: _write_all(fd, data), durable)

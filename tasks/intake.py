@@ -13,17 +13,18 @@ import json
 import os
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from .archive import archive_file
 from .durable import sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
-from .ledger import DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile
+from .ledger import (DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile,
+                     bulk_insert, db_value, insert_with_ids)
 
 RETURN_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".ods", ".csv"}
 _SAFE = re.compile(r"[^A-Za-z0-9._\-\u4e00-\u9fff]+")
@@ -49,7 +50,7 @@ OTHER_ROLES = {".zip": "zip", ".pdf": "signed", ".docx": "narrative"}
 
 def file_role(name: str) -> str:
     """return | photo | zip (of photos) | signed (stamped PDF scan) | narrative (.docx) | other"""
-    suffix = Path(name).suffix.lower()
+    suffix = os.path.splitext(name)[1].lower()
     if suffix in RETURN_SUFFIXES:
         return "return"
     if suffix in PHOTO_SUFFIXES:
@@ -75,8 +76,14 @@ def drop_folder_entries(inbox: Path) -> list[Path]:
 
 def entry_files(entry: Path) -> list[IncomingFile]:
     """The regular files of an entry (a file, or a folder walked without following links)."""
-    if entry.is_file():
-        return [IncomingFile(entry.name, entry, entry.stat().st_size)]
+    try:
+        st = entry.stat()
+    except FileNotFoundError:
+        return []
+    if stat.S_ISREG(st.st_mode):
+        return [IncomingFile(entry.name, entry, st.st_size)]
+    if not stat.S_ISDIR(st.st_mode):
+        return []
     found = []
     for root, dirs, files in os.walk(entry, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -136,10 +143,6 @@ def take_in(ledger: Ledger, campaign: str, entry_name: str, files: list[Incoming
                    max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)[0]
 
 
-#: Threads that archive a chunk's files: creating files mostly waits on the file system.
-ARCHIVE_THREADS = 4
-
-
 def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, source: str,
                     now: dt.datetime, max_file_bytes: int, max_photo_bytes: int = 10 * 1024 * 1024,
                     chunk: int = 500, progress: Callable[[int, int], None] | None = None,
@@ -154,24 +157,20 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     def archive(entry: Path) -> _Archived:
         return _archive_entry(ledger.home, entry.name, entry_files(entry), max_file_bytes, durable=False)
 
-    parts = [entries[at:at + chunk] for at in range(0, len(entries), chunk)]
-    with ThreadPoolExecutor(ARCHIVE_THREADS) as pool:
-        pending = [pool.submit(archive, e) for e in parts[0]] if parts else []
-        for k, part in enumerate(parts):
-            archived = [f.result() for f in pending]
-            # the next chunk is archived while this one is recorded and moved
-            pending = [pool.submit(archive, e) for e in parts[k + 1]] if k + 1 < len(parts) else []
-            if any(sha for a in archived for _, sha, _ in a.kept):
-                sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
-            done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
-                           max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
-            results += done
-            if recorded:
-                recorded(done)
-            for e in part:
-                move_processed(ledger.home, campaign, e, now)
-            if progress:
-                progress(len(results), len(entries))
+    for at in range(0, len(entries), chunk):
+        part = entries[at:at + chunk]
+        archived = [archive(e) for e in part]
+        if any(sha for a in archived for _, sha, _ in a.kept):
+            sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
+        done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
+                       max_file_bytes=max_file_bytes, max_photo_bytes=max_photo_bytes)
+        results += done
+        if recorded:
+            recorded(done)
+        for e in part:
+            move_processed(ledger.home, campaign, e, now)
+        if progress:
+            progress(len(results), len(entries))
     return results
 
 
@@ -205,28 +204,32 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                 else:
                     firsts.add(a.fingerprint)
                     rows.append((i, a, _state_of(a, first, max_file_bytes)))
-            subs = Submission.__table__
-            ids = s.execute(insert(subs).returning(subs.c.id, sort_by_parameter_order=True), [
-                dict(campaign=campaign, source=source, original_name=a.entry_name, sender=sender,
-                     received_at=now, fingerprint=a.fingerprint, state=state,
-                     errors=[detail] if state == REFUSED else [], warnings=[])
-                for _, a, (state, detail) in rows]).scalars().all() if rows else []
+            conn = s.connection()  # plain DB-API rows: SQLAlchemy's per-row work cost more
+            subs, c = Submission.__table__, Submission.__table__.c
+            at, no_list = db_value(conn, c.received_at, now), db_value(conn, c.errors, [])
+            ids = insert_with_ids(conn, subs, _SUBMISSION_COLUMNS, [
+                (campaign, source, a.entry_name, sender, at, a.fingerprint, state,
+                 db_value(conn, c.errors, [detail]) if state == REFUSED else no_list, no_list, False)
+                for _, a, (state, detail) in rows])
             file_rows, events = [], []
             for sub_id, (i, a, (state, detail)) in zip(ids, rows):
                 earlier.setdefault(a.fingerprint, (sub_id, a.entry_name, source))
                 file_rows += _file_rows(ledger.home, sub_id, a, state, max_file_bytes, max_photo_bytes)
                 outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
-                events.append(dict(at=now, campaign=campaign, actor=sender or source,
-                                   action=f"submission.{outcome}", subject=str(sub_id), detail=json.dumps(
-                                       {"name": a.entry_name, "files": [f.name for f in a.files],
-                                        "note": detail}, ensure_ascii=False)))
+                events.append((at, campaign, sender or source, f"submission.{outcome}", str(sub_id), json.dumps(
+                    {"name": a.entry_name, "files": [f.name for f in a.files], "note": detail},
+                    ensure_ascii=False)))
                 results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)
-            if file_rows:  # Core inserts: no ORM objects per row
-                s.execute(insert(SubmissionFile.__table__), file_rows)
-            if events:
-                s.execute(insert(Event.__table__), events)
+            bulk_insert(conn, SubmissionFile.__table__, _FILE_COLUMNS, file_rows)
+            bulk_insert(conn, Event.__table__, _EVENT_COLUMNS, events)
             pending = later
     return results  # type: ignore[return-value]
+
+
+_SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "received_at", "fingerprint",
+                       "state", "errors", "warnings", "late")
+_FILE_COLUMNS = ("submission_id", "role", "name", "sha256", "size", "archive_path", "caption", "note")
+_EVENT_COLUMNS = ("at", "campaign", "actor", "action", "subject", "detail")
 
 
 def _state_of(a: _Archived, first: tuple[int, str, str] | None, max_file_bytes: int) -> tuple[str, str]:
@@ -238,34 +241,44 @@ def _state_of(a: _Archived, first: tuple[int, str, str] | None, max_file_bytes: 
 
 
 def _file_rows(home: Path, sub_id: int, a: _Archived, state: str, max_file_bytes: int,
-               max_photo_bytes: int) -> list[dict]:
+               max_photo_bytes: int) -> list[tuple]:
     rows = []
     for f, sha, rel in a.kept:
         role = "refused" if sha is None else file_role(f.name)
-        rows.append(dict(submission_id=sub_id, role=role, name=f.name, sha256=sha, size=f.size,
-                         archive_path=rel, caption=None,
-                         note="超过文件大小上限" if sha is None else None))
+        rows.append((sub_id, role, f.name, sha, f.size, rel, None, "超过文件大小上限" if sha is None else None))
         if role == "zip" and state == RECEIVED:
             for u in unpack_photos(home, home / rel, f.name, max_photo_bytes,
                                    max_total_bytes=max_file_bytes):
-                rows.append(dict(submission_id=sub_id, role="refused" if u.refused else "photo",
-                                 name=u.name, sha256=u.sha256, size=u.size,
-                                 archive_path=u.archive_path, caption=None, note=u.refused))
+                rows.append((sub_id, "refused" if u.refused else "photo", u.name, u.sha256, u.size,
+                             u.archive_path, None, u.refused))
     return rows
 
 
+_processed_dirs: set[str] = set()  # made already (saves a mkdir per entry)
+
+
 def move_processed(home: Path, campaign: str, entry: Path, now: dt.datetime) -> Path:
-    """Move a taken-in entry out of the inbox under a name of our own making."""
-    target_dir = home / "processed" / campaign
-    target_dir.mkdir(parents=True, exist_ok=True)
+    """Move a taken-in entry out of the inbox under a name of our own making; never over
+    another one."""
+    folder = os.path.join(home, "processed", campaign)
+    if folder not in _processed_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _processed_dirs.add(folder)
     stamp = now.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = target_dir / f"{stamp}-{safe_name(entry.name)}"
-    n = 1
-    while target.exists():
+    name = safe_name(entry.name)
+    target, n = os.path.join(folder, f"{stamp}-{name}"), 1
+    while os.path.lexists(target):
         n += 1
-        target = target_dir / f"{stamp}-{n}-{safe_name(entry.name)}"
+        target = os.path.join(folder, f"{stamp}-{n}-{name}")
     try:
         os.rename(entry, target)  # same filesystem (the usual case): one rename
+    except FileNotFoundError:
+        if os.path.lexists(entry):  # the folder went away under us (a test removed the home)
+            _processed_dirs.discard(folder)
+            os.makedirs(folder, exist_ok=True)
+            os.rename(entry, target)
+        else:
+            raise
     except OSError:
-        shutil.move(str(entry), str(target))
-    return target
+        shutil.move(str(entry), target)
+    return Path(target)
