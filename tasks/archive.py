@@ -12,6 +12,8 @@ import os
 import threading
 from pathlib import Path
 
+from .durable import write_all
+
 _CHUNK = 1 << 20
 
 
@@ -30,12 +32,6 @@ def archive_relpath(sha256: str) -> str:
 
 _made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _store(home: Path, sha: str, write, durable: bool = True) -> str:
@@ -103,7 +99,7 @@ def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, 
     data = _read_small(path, _CHUNK * 8)
     if data is not None:  # small (nearly every return): read once, hash and write the bytes
         sha = hashlib.sha256(data).hexdigest()
-        return sha, _store(home, sha, lambda fd: _write_all(fd, data), durable), len(data)
+        return sha, _store(home, sha, lambda fd: write_all(fd, data), durable), len(data)
     sha = sha256_file(path)
     size = 0
 
@@ -111,7 +107,7 @@ def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, 
         nonlocal size
         with path.open("rb") as src:
             while chunk := src.read(_CHUNK):
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 size += len(chunk)
     return sha, _store(home, sha, _write, durable), size
 
@@ -119,4 +115,4 @@ def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, 
 def archive_bytes(home: Path, data: bytes, *, durable: bool = True) -> tuple[str, str]:
     """Keep bytes (an attachment, a generated workbook); return (sha256, relative path)."""
     sha = hashlib.sha256(data).hexdigest()
-    return sha, _store(home, sha, lambda fd: _write_all(fd, data), durable)
+    return sha, _store(home, sha, lambda fd: write_all(fd, data), durable)

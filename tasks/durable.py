@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -53,3 +54,36 @@ def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
         os.fsync(fd)  # the new names
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte to a raw file descriptor (``os.write`` may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def replace_file(target: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """Put *data* under *target* atomically (readers never see a partial file): written to a
+    temp name of ours beside it, then renamed over it. No fsync: see :func:`sync_folder`."""
+    target = os.fspath(target)
+    tmp = os.path.join(os.path.dirname(target),
+                       f".{os.path.basename(target)}.{os.getpid()}-{threading.get_ident()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:  # left by a crash of a process with this very id
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -29,14 +29,13 @@ import os
 import re
 import smtplib
 import ssl
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import yagmail
 
-from tasks.durable import sync_folder
+from tasks.durable import replace_file, sync_folder
 from tasks.message import Address, OutgoingMessage, mime_bytes, recipients
 from tasks.settings import AppSettings, SmtpSettings
 
@@ -111,14 +110,7 @@ class OutboxMailer(_ContextMixin):
             if not self._folder_ready:
                 self.outbox_dir.mkdir(parents=True, exist_ok=True)
                 self._folder_ready = True
-            fd, tmp = tempfile.mkstemp(dir=self.outbox_dir, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, target)  # readers never see a partial file under the name
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            replace_file(target, data)  # readers never see a partial file under the name
         except OSError as exc:
             self._folder_ready = False
             raise MailError(f"cannot write {target}: {exc}") from exc
