@@ -303,3 +303,40 @@ def test_take_in_entries_by_chunks_records_each_once(ledger, home, inbox):
                             max_file_bytes=BIG)
     assert [(r.submission_id, r.outcome) for r in again] == [(results[0].submission_id, "duplicate")]
     assert len(submissions(ledger)) == 5
+
+
+def test_intake_rows_read_back_through_the_orm(ledger, inbox):
+    """Rows written with plain DB-API values read back as the ORM's types: aware UTC times,
+    JSON lists, booleans."""
+    from tasks.intake import take_in_entries
+
+    put(inbox, "a.csv", b"x,1\n")
+    put(inbox, "big.csv", b"y" * (BIG + 1))
+    take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,
+                    max_file_bytes=BIG)
+    subs = {s.original_name: s for s in submissions(ledger)}
+    assert subs["a.csv"].received_at == NOW and subs["a.csv"].received_at.tzinfo is not None
+    assert (subs["a.csv"].errors, subs["a.csv"].warnings, subs["a.csv"].late) == ([], [], False)
+    assert subs["big.csv"].state == REFUSED and "大小上限" in subs["big.csv"].errors[0]
+
+
+def test_insert_with_ids_gives_the_ids_in_order(ledger):
+    """After rows removed at the end and in the middle, new ids follow the largest one left,
+    in the order given, and each row holds its own values."""
+    from tasks.ledger import Event, insert_with_ids
+
+    table = Event.__table__
+    cols = ("at", "campaign", "actor", "action", "subject", "detail")
+    with ledger.session() as s:
+        conn = s.connection()
+        first = insert_with_ids(conn, table, cols, [("2023-09-25 02:00:00", "c", "a", "x", str(i), None)
+                                                    for i in range(5)])
+        assert first == list(range(first[0], first[0] + 5))
+        conn.exec_driver_sql(f"DELETE FROM events WHERE id IN ({first[1]}, {first[4]})")
+        second = insert_with_ids(conn, table, cols, [("2023-09-25 02:00:00", "c", "a", "y", str(i), None)
+                                                     for i in range(3)])
+    assert second == [first[3] + 1, first[3] + 2, first[3] + 3]
+    with ledger.session() as s:
+        rows = s.execute(select(Event.id, Event.action, Event.subject).order_by(Event.id)).all()
+    assert [(r.action, r.subject) for r in rows if r.id in second] == [("y", "0"), ("y", "1"), ("y", "2")]
+    assert insert_with_ids(ledger.engine.connect(), table, cols, []) == []
