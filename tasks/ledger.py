@@ -177,6 +177,26 @@ def db_value(conn, column, value):
     return process(value) if process else value
 
 
+def db_rows(conn, table, columns: tuple[str, ...], rows: list[dict]) -> list[tuple]:
+    """Dict rows as DB-API tuples in *columns* order, each value converted by its column's
+    type (JSON, datetimes): for :func:`bulk_insert` and :func:`bulk_update`."""
+    process = [table.c[c].type.bind_processor(conn.dialect) for c in columns]
+    pairs = list(zip(columns, process))
+    return [tuple(p(r[c]) if p else r[c] for c, p in pairs) for r in rows]
+
+
+def bulk_update(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """``UPDATE table SET columns… WHERE id = ?`` for many plain rows ``(*values, id)`` with
+    one DB-API ``executemany``."""
+    if not rows:
+        return
+    mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
+    if mark is None:
+        raise NotImplementedError(f"DB-API paramstyle {conn.dialect.paramstyle}")
+    sets = ", ".join(f"{c} = {mark}" for c in columns)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE id = {mark}", rows)
+
+
 def insert_with_ids(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> list[int]:
     """:func:`bulk_insert` that gives the new rows' ids, in order. SQLite: the first row goes
     in alone, which gives this transaction the database's only write lock, and the others take

@@ -19,7 +19,8 @@ from sqlalchemy import bindparam, select, update
 
 from .config import Config
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
-                     Event, Ledger, Submission, SubmissionFile, Value, bulk_insert)
+                     Event, Ledger, Submission, SubmissionFile, Value, bulk_insert, bulk_update, db_rows,
+                     db_value)
 from .parsing import Parsed, Progress, parse_all, received_jobs
 from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
 
@@ -78,12 +79,11 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
                     for p in parsed]
         _write_decisions(s, batch, config, parsed, numbers, texts)
         conn = s.connection()
-        if outcomes:
-            conn.execute(Event.__table__.insert(), [dict(
-                at=now, campaign=camp.id, actor="system", action=f"submission.{o.state}",
-                subject=str(o.submission_id), detail=json.dumps(
-                    {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
-                    ensure_ascii=False)) for o in outcomes])
+        at = db_value(conn, Event.__table__.c.at, now)
+        bulk_insert(conn, Event.__table__, ("at", "campaign", "actor", "action", "subject", "detail"), [
+            (at, camp.id, "system", f"submission.{o.state}", str(o.submission_id), json.dumps(
+                {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
+                ensure_ascii=False)) for o in outcomes])
     return outcomes
 
 
@@ -92,9 +92,9 @@ def _write_decisions(s, batch: "_Batch", config: Config, parsed: list[Parsed], n
     conn = s.connection()
     S, F = Submission.__table__, SubmissionFile.__table__
     if batch.updates:
-        conn.execute(update(S).where(S.c.id == bindparam("b_id")).values(
-            {c: bindparam(f"b_{c}") for c in batch.updates[0] if c != "id"}),
-            [{f"b_{k}": v for k, v in u.items()} for u in batch.updates])
+        columns = tuple(c for c in batch.updates[0] if c != "id")
+        bulk_update(conn, S, columns, [(*row, u["id"]) for row, u in
+                                       zip(db_rows(conn, S, columns, batch.updates), batch.updates)])
     superseded = [e["id"] for rows in batch.history.values() for e in rows
                   if e.get("old") and e["state"] == SUPERSEDED]
     for i in range(0, len(superseded), 500):
