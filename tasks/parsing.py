@@ -187,9 +187,9 @@ def received_jobs(ledger: Ledger, campaign: str, ids: list[int] | None = None) -
 
 class Preparser:
     """Parses submissions while the intake goes on: ``add`` the ids of each recorded chunk
-    (already archived and in the ledger), get everything back from ``parsed``. Reading is
-    CPU work and archiving mostly waits on the disk, so the two overlap. Make it before the
-    intake starts its threads (the workers are forked at once)."""
+    (already archived and in the ledger), get everything back from ``parsed``. The workers
+    read on the other CPUs while this process archives and records. Make it before starting
+    any thread of your own (the workers are forked at once)."""
 
     def __init__(self, ledger: Ledger, config: Config, workers: int | None = None):
         unit_index(config.units)  # built once here, inherited by the workers
