@@ -151,15 +151,15 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     """Take in drop-folder entries by chunks: archive a chunk's files, make them durable
     together (one syncfs), record the chunk in one transaction, then move its entries to
     ``processed/``. A crash at any point loses nothing, and a re-run records nothing twice.
-    ``recorded(results)`` is called with each chunk's results once they are in the ledger."""
+    ``recorded(results)`` is called with each chunk's results once they are in the ledger.
+    An entry that is gone by the time its turn comes (taken away by its sender) is skipped."""
     results: list[TakeInResult] = []
-
-    def archive(entry: Path) -> _Archived:
-        return _archive_entry(ledger.home, entry.name, entry_files(entry), max_file_bytes, durable=False)
-
+    processed = 0
     for at in range(0, len(entries), chunk):
-        part = entries[at:at + chunk]
-        archived = [archive(e) for e in part]
+        part = [e for e in entries[at:at + chunk] if os.path.lexists(e)]
+        processed += min(chunk, len(entries) - at)
+        archived = [_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False)
+                    for e in part]
         if any(sha for a in archived for _, sha, _ in a.kept):
             sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
         done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
@@ -170,7 +170,7 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
         for e in part:
             move_processed(ledger.home, campaign, e, now)
         if progress:
-            progress(len(results), len(entries))
+            progress(processed, len(entries))
     return results
 
 
@@ -207,6 +207,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             conn = s.connection()  # plain DB-API rows: SQLAlchemy's per-row work cost more
             subs, c = Submission.__table__, Submission.__table__.c
             at, no_list = db_value(conn, c.received_at, now), db_value(conn, c.errors, [])
+            event_at = db_value(conn, Event.__table__.c.at, now)
             ids = insert_with_ids(conn, subs, _SUBMISSION_COLUMNS, [
                 (campaign, source, a.entry_name, sender, at, a.fingerprint, state,
                  db_value(conn, c.errors, [detail]) if state == REFUSED else no_list, no_list, False)
@@ -216,7 +217,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                 earlier.setdefault(a.fingerprint, (sub_id, a.entry_name, source))
                 file_rows += _file_rows(ledger.home, sub_id, a, state, max_file_bytes, max_photo_bytes)
                 outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
-                events.append((at, campaign, sender or source, f"submission.{outcome}", str(sub_id), json.dumps(
+                events.append((event_at, campaign, sender or source, f"submission.{outcome}", str(sub_id), json.dumps(
                     {"name": a.entry_name, "files": [f.name for f in a.files], "note": detail},
                     ensure_ascii=False)))
                 results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)

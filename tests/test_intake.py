@@ -340,3 +340,19 @@ def test_insert_with_ids_gives_the_ids_in_order(ledger):
         rows = s.execute(select(Event.id, Event.action, Event.subject).order_by(Event.id)).all()
     assert [(r.action, r.subject) for r in rows if r.id in second] == [("y", "0"), ("y", "1"), ("y", "2")]
     assert insert_with_ids(ledger.engine.connect(), table, cols, []) == []
+
+
+def test_take_in_entries_skips_an_entry_gone_before_its_turn(ledger, home, inbox):
+    """A sender takes a file back after the drop folder was listed: the others go on."""
+    from tasks.intake import take_in_entries
+
+    put(inbox, "a.csv", b"x,1\n")
+    put(inbox, "b.csv", b"x,2\n")
+    entries = drop_folder_entries(inbox)
+    (inbox / "a.csv").unlink()
+    seen = []
+    results = take_in_entries(ledger, CAMPAIGN, entries, source="folder", now=NOW, max_file_bytes=BIG,
+                              progress=lambda d, t: seen.append((d, t)))
+    assert [(r.name, r.outcome) for r in results] == [("b.csv", "received")]
+    assert [s.original_name for s in submissions(ledger)] == ["b.csv"]
+    assert seen == [(2, 2)]
