@@ -17,14 +17,6 @@ from .durable import write_all
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def archive_relpath(sha256: str) -> str:
     """``archive/ab/<sha256>`` relative to the home: the only path an archived file has."""
     return f"archive/{sha256[:2]}/{sha256}"
@@ -34,6 +26,23 @@ _made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir pe
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
+def _new_temp(folder: str, tag: str) -> tuple[int, str]:
+    """A new read-only temp file in *folder* (made if needed) under a name of our own, unique
+    per process and thread (never a name from outside): (fd, path)."""
+    if folder not in _made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _made_dirs.add(folder)
+    tmp = os.path.join(folder, f".incoming-{tag}-{os.getpid()}-{threading.get_ident()}")
+    try:
+        return os.open(tmp, _OPEN_NEW, 0o444), tmp  # read-only from birth: the archive is write-once
+    except FileExistsError:  # left by a crash of a process with this very id
+        os.unlink(tmp)
+    except FileNotFoundError:  # the folder went away under us (a test removed the home)
+        _made_dirs.discard(folder)
+        os.makedirs(folder, exist_ok=True)
+    return os.open(tmp, _OPEN_NEW, 0o444), tmp
+
+
 def _store(home: Path, sha: str, write, durable: bool = True) -> str:
     """Write once under the sha256: into a temp name of ours, then renamed (a crash never
     leaves a partial file under the final name). ``write(fd)`` writes the bytes."""
@@ -41,21 +50,7 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
     target = os.path.join(home, rel)
     if os.path.exists(target):
         return rel  # same bytes already kept: write-once
-    folder = os.path.dirname(target)
-    if folder not in _made_dirs:
-        os.makedirs(folder, exist_ok=True)
-        _made_dirs.add(folder)
-    # a temp name of our own (no path from outside), unique per process and thread
-    tmp = os.path.join(folder, f".incoming-{sha[:16]}-{os.getpid()}-{threading.get_ident()}")
-    try:
-        fd = os.open(tmp, _OPEN_NEW, 0o444)  # read-only from birth: the archive is write-once
-    except FileExistsError:  # left by a crash of a process with this very id
-        os.unlink(tmp)
-        fd = os.open(tmp, _OPEN_NEW, 0o444)
-    except FileNotFoundError:  # the folder went away under us (a test removed the home)
-        _made_dirs.discard(folder)
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, _OPEN_NEW, 0o444)
+    fd, tmp = _new_temp(os.path.dirname(target), sha[:16])
     try:
         try:
             write(fd)
@@ -68,6 +63,39 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
         _unlink_quietly(tmp)
         raise
     return rel
+
+
+def _store_stream(home: Path, path: Path, durable: bool) -> tuple[str, str, int]:
+    """A large file copied once, hashed on the way, then named by that hash: what is kept is
+    exactly what was hashed, even if the original changes meanwhile."""
+    fd, tmp = _new_temp(os.path.join(home, "archive", ".incoming"), "stream")
+    h, size = hashlib.sha256(), 0
+    try:
+        try:
+            with path.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    write_all(fd, chunk)
+                    size += len(chunk)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        sha = h.hexdigest()
+        rel = archive_relpath(sha)
+        target = os.path.join(home, rel)
+        if os.path.exists(target):  # same bytes already kept: write-once
+            _unlink_quietly(tmp)
+        else:
+            folder = os.path.dirname(target)
+            if folder not in _made_dirs:
+                os.makedirs(folder, exist_ok=True)
+                _made_dirs.add(folder)
+            os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return sha, rel, size
 
 
 def _unlink_quietly(path: str) -> None:
@@ -100,16 +128,7 @@ def archive_file(home: Path, path: Path, *, durable: bool = True) -> tuple[str, 
     if data is not None:  # small (nearly every return): read once, hash and write the bytes
         sha = hashlib.sha256(data).hexdigest()
         return sha, _store(home, sha, lambda fd: write_all(fd, data), durable), len(data)
-    sha = sha256_file(path)
-    size = 0
-
-    def _write(fd: int) -> None:
-        nonlocal size
-        with path.open("rb") as src:
-            while chunk := src.read(_CHUNK):
-                write_all(fd, chunk)
-                size += len(chunk)
-    return sha, _store(home, sha, _write, durable), size
+    return _store_stream(home, path, durable)
 
 
 def archive_bytes(home: Path, data: bytes, *, durable: bool = True) -> tuple[str, str]:

@@ -356,3 +356,18 @@ def test_take_in_entries_skips_an_entry_gone_before_its_turn(ledger, home, inbox
     assert [(r.name, r.outcome) for r in results] == [("b.csv", "received")]
     assert [s.original_name for s in submissions(ledger)] == ["b.csv"]
     assert seen == [(2, 2)]
+
+
+def test_a_large_file_is_archived_by_the_hash_of_the_bytes_copied(home, tmp_path):
+    """Over 8 MB a file is streamed: hashed while copied, kept read-only under that hash,
+    once; no temp file is left behind."""
+    from tasks.archive import archive_file
+
+    data = os.urandom(1 << 20) * 9  # 9 MB
+    src = put(tmp_path, "big.xlsx", data)
+    sha, rel, size = archive_file(home, src)
+    assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    kept = home / rel
+    assert kept.read_bytes() == data and not kept.stat().st_mode & 0o222
+    assert archive_file(home, src) == (sha, rel, size)  # write-once: the same bytes again
+    assert [p.name for p in (home / "archive").rglob(".incoming-*")] == []
