@@ -12,7 +12,7 @@ import typer
 
 from tasks.config import ConfigError, load_config
 
-from .context import configure_prefect_home, resolve_config_dir, resolve_home, resolve_now
+from .context import config_cache, configure_prefect_home, resolve_config_dir, resolve_home, resolve_now
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="报送任务：从报送通知到简讯分发。Report-collection campaigns, from request to bulletin.")
@@ -37,15 +37,15 @@ def _prepare(campaign: str, home: Path | None, config: Path | None, now: str | N
              prefect: bool = True) -> tuple[str, str, dt.datetime]:
     """Check config and --now before any flow starts; set PREFECT_HOME; print the home."""
     config_dir = resolve_config_dir(config)
-    try:
-        cfg = load_config(config_dir, campaign)
+    home_dir = resolve_home(home)
+    try:  # with the disk cache the flow's own load uses: this process loads the config once
+        cfg = load_config(config_dir, campaign, cache_dir=config_cache(home_dir))
     except ConfigError as exc:
         raise _err(str(exc)) from None
     try:
         moment = resolve_now(now, cfg)
     except ValueError:
         raise _err(f"--now: '{now}' is not an ISO-8601 moment, e.g. 2023-09-28T17:00:00+08:00") from None
-    home_dir = resolve_home(home)
     if prefect:
         configure_prefect_home(home_dir)
         typer.echo(f"主目录 home: {home_dir}", err=True)

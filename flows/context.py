@@ -23,6 +23,11 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return Path(home or os.environ.get("BULLETIN_HOME") or "var").expanduser().resolve()
 
 
+def config_cache(home: Path) -> Path:
+    """Where big config files' parsed data is kept by content (see :func:`load_config`)."""
+    return home / "cache" / "config"
+
+
 def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
     """``--config``, else ``BULLETIN_CONFIG``, else ``./config`` (the bundled one when absent)."""
     chosen = config_dir or os.environ.get("BULLETIN_CONFIG")
@@ -85,6 +90,6 @@ def open_context(campaign: str, home: str | None = None, config_dir: str | None 
     A big ``units.yaml`` is parsed once per content: later runs read its data from
     ``<home>/cache/config``."""
     home_path = resolve_home(home)
-    config = load_config(resolve_config_dir(config_dir), campaign, cache_dir=home_path / "cache" / "config")
+    config = load_config(resolve_config_dir(config_dir), campaign, cache_dir=config_cache(home_path))
     ledger = Ledger(home_path, AppSettings().db_url)
     return Context(config, ledger, home_path, resolve_now(now, config))

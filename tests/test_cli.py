@@ -82,3 +82,19 @@ def test_demo_runs_a_whole_campaign(tmp_path):
     status = json.loads(subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(home)],
                                        env=_env(), capture_output=True, text=True, cwd=tmp_path).stdout)
     assert status["accepted"] == 23 and status["latest_bulletin"]["approved"] is True
+
+
+def test_a_cli_run_keeps_big_config_files_parsed_in_the_home_cache(tmp_path, monkeypatch):
+    """The CLI checks the config with the same disk cache as the flows: a later process reads
+    a big units.yaml's parsed data instead of the YAML."""
+    import tasks.config as config_module
+    monkeypatch.setattr(config_module, "_DISK_CACHE_MIN_CHARS", 0)
+    monkeypatch.setattr(config_module, "_RACY_NS", 0)
+    monkeypatch.setattr(config_module, "_loaded", {})
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    home = tmp_path / "home"
+    result = CliRunner().invoke(app, ["status", "energy-week-2023", "--json", "--config", str(config),
+                                      "--home", str(home), "--now", "2023-09-20T10:00:00+08:00"])
+    assert result.exit_code == 0, result.output
+    assert [p.name.split("-")[0] for p in (home / "cache" / "config").glob("units.yaml-*.json")] == ["units.yaml"]
