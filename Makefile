@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bulletin demo $(if $(HOME_DIR),--home $(HOME_DIR),)
 
-# The IMAP tests run a real dovecot on 127.0.0.1 (tests/imap_server.py). Installed here as
-# root; the system service apt may start is stopped again (the tests use their own config/port).
+# The IMAP tests run a real dovecot on 127.0.0.1 (tests/imap_server.py), the PostgreSQL tests a
+# real postgres (tests/pg_server.py: its own cluster in a temp folder). Installed here as root;
+# the system services apt may start are stopped again (the tests use their own config/port).
 test-deps:
 	@if command -v dovecot >/dev/null || [ -x /usr/sbin/dovecot ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -30,6 +31,12 @@ test-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null) && \
 	  { systemctl disable --now dovecot >/dev/null 2>&1 || service dovecot stop >/dev/null 2>&1 || true; }; \
 	else echo "test-deps: dovecot missing and not root (or no apt-get): the IMAP tests skip, or fail when CI is set"; fi
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing postgresql for the PostgreSQL tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) && \
+	  { systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true; }; \
+	else echo "test-deps: PostgreSQL missing and not root (or no apt-get): the PostgreSQL tests skip, or fail when CI is set"; fi
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -147,7 +147,7 @@ class Event(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime]
     campaign: Mapped[str] = mapped_column(String(64), index=True)
-    actor: Mapped[str] = mapped_column(String(128))  # system, a coordinator's name, a sender
+    actor: Mapped[str] = mapped_column(String(320))  # system, a coordinator's name, a sender's address
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[str | None] = mapped_column(Text)
@@ -173,14 +173,22 @@ def db_value(conn, column, value):
     """*value* as the DB-API takes it for *column* (a datetime or a JSON list converted by
     the column's type), for rows given to :func:`bulk_insert`: convert a value shared by many
     rows once."""
-    process = column.type.bind_processor(conn.dialect)
+    process = _bind_processor(conn, column)
     return process(value) if process else value
+
+
+def _bind_processor(conn, column):
+    """What SQLAlchemy itself does to a value bound to *column* on this connection's dialect.
+    The dialect's implementation of the type, not the generic type: a generic ``JSON`` leaves
+    a list as it is where the driver serializes JSON (psycopg: only its ``Json`` wrapper is
+    sent as JSON; a bare list becomes an array)."""
+    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
 
 
 def db_rows(conn, table, columns: tuple[str, ...], rows: list[dict]) -> list[tuple]:
     """Dict rows as DB-API tuples in *columns* order, each value converted by its column's
     type (JSON, datetimes): for :func:`bulk_insert` and :func:`bulk_update`."""
-    process = [table.c[c].type.bind_processor(conn.dialect) for c in columns]
+    process = [_bind_processor(conn, table.c[c]) for c in columns]
     pairs = list(zip(columns, process))
     return [tuple(p(r[c]) if p else r[c] for c, p in pairs) for r in rows]
 
