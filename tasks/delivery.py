@@ -112,7 +112,9 @@ def _claim_chunk(ledger: Ledger, chunk: list[Item], campaign: str, step: str,
                 if taken.rowcount != len(retry):
                     raise _Contended
             if new_rows:
-                s.execute(insert(_T), new_rows)  # IntegrityError if another run inserted one
+                # in key order, so two runs claiming the same keys cannot deadlock; an
+                # IntegrityError if another run inserted one first
+                s.execute(insert(_T), sorted(new_rows, key=lambda r: r["key"]))
         return claimed
     except (IntegrityError, _Contended):
         seen = set()

@@ -127,8 +127,15 @@ def is_auto_reply(msg: Message | MailMessage) -> bool:
     return local in _DAEMONS or bool(_AUTO_SUBJECT.match(_header_text(m.get("Subject"))))
 
 
+#: The longest address kept (the ledger's column); a longer one is no usable address at all.
+MAX_ADDRESS = 320
+
+
 def _address(sender: str | None) -> str:
-    return (parseaddr(sender or "")[1] or (sender or "")).strip().lower()
+    """The bare address of a From header, lower-cased; '' when there is none or it is too long
+    to be real (such a message is then taken in as from an unknown sender, never answered)."""
+    address = (parseaddr(sender or "")[1] or (sender or "")).strip().lower()
+    return address if len(address) <= MAX_ADDRESS else ""
 
 
 def sender_allowed(sender: str | None, unit: Unit) -> bool:

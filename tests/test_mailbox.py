@@ -164,6 +164,19 @@ def test_received_at_is_never_later_than_now(ledger, settings, work):
     assert submissions(ledger)[0][0].received_at == NOW  # --now in the past wins
 
 
+def test_an_address_too_long_to_be_real_is_no_sender(ledger, settings, work):
+    """A From address longer than any real one (the ledger keeps 320 characters) is taken in as
+    from an unknown sender (quarantined later, never answered); the next message goes on."""
+    long_from = "x" * 400 + "@example.org"
+    put(settings, mail(long_from, "报表", [("a.csv", b"x,1\n", ("text", "csv"))]))
+    put(settings, mail(CONTACT, "报表二", [("b.csv", b"x,2\n", ("text", "csv"))]))
+    result = collect(ledger, settings, work)
+    assert [r.outcome for r in result.taken] == ["received", "received"] and result.failed == 0
+    subs, _ = submissions(ledger)
+    assert sorted((x.original_name, x.sender) for x in subs) == [("报表", None), ("报表二", CONTACT)]
+    assert messages_in(settings, settings.folder) == []
+
+
 # ---------------------------------------------------------------- auto-replies and bounces
 def test_out_of_office_is_recorded_moved_and_not_taken(ledger, settings, work):
     put(settings, mail(CONTACT, "自动回复：关于报送节能宣传周材料的通知",
