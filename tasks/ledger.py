@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -243,6 +244,18 @@ def database_url(home: Path, url: str | None = None) -> str:
 
 
 _engines: dict[str, Engine] = {}
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child (the reading workers), drop the parent's pooled connections without
+    closing them: they belong to the parent, and a child using or closing one would break it.
+    The child opens its own if it needs the ledger."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def engine_for(url: str) -> Engine:

@@ -10,6 +10,7 @@ from email import policy
 import pytest
 
 from flows.demo import build_returns, drop
+from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CAMPAIGN = "energy-week-2023"
@@ -19,7 +20,10 @@ def _parsed(server):
     return [email.message_from_bytes(m.data, policy=policy.default) for m in server.messages]
 
 
-def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env, monkeypatch):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_whole_campaign_over_smtp(database, tmp_path, config, config_dir, smtp_env, monkeypatch, request):
+    """The same campaign on the default SQLite ledger and on PostgreSQL (``BULLETIN_DB_URL``),
+    forked reading workers included."""
     import flows.collect_returns as collect_module
     from flows.collect_returns import collect_returns
     from flows.compile_bulletin import compile_bulletin
@@ -30,6 +34,10 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env, monkey
     from tasks.notices import bulletin_recipients
 
     server = smtp_env
+    url = None
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("BULLETIN_DB_URL", url)
     cal = config.campaign.calendar
     args = dict(home=str(tmp_path), config_dir=str(config_dir))
 
@@ -87,7 +95,8 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env, monkey
     assert publish_bulletin(CAMPAIGN, now=cal.compile_moment, **args)["approval"] == "pending"
     assert len(server.messages) == before
 
-    decide(Ledger(tmp_path), CAMPAIGN, by="测试协调人", approve=True, note="同意", now=cal.compile_moment)
+    ledger = Ledger(tmp_path, url)
+    decide(ledger, CAMPAIGN, by="测试协调人", approve=True, note="同意", now=cal.compile_moment)
     sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
     people = bulletin_recipients(config)
     assert sent["sent"] == len(people)
@@ -111,6 +120,11 @@ def test_whole_campaign_over_smtp(tmp_path, config, config_dir, smtp_env, monkey
     # a re-run sends nothing twice
     again_sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
     assert again_sent.get("sent", 0) == 0 and len(server.messages) == before + len(people)
+    # everything above was kept in the ledger the run was pointed at
+    assert ledger.url.startswith(database)
+    assert [(s.unit_code, s.state) for s in ledger.submissions(CAMPAIGN)] == [
+        (code, "accepted") for code in good] + [(broken_code, "rejected")]
+    assert not (tmp_path / "ledger.db").exists() if url else (tmp_path / "ledger.db").exists()
 
 
 def test_completeness_artifact_is_bounded(tmp_path, config, config_dir, monkeypatch):
