@@ -157,17 +157,25 @@ class Event(Base):
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
-def bulk_insert(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """Insert many plain rows (numbers and text only: no type conversions) with one DB-API
-    ``executemany``; SQLAlchemy's per-row parameter processing costs more than SQLite itself."""
-    if not rows:
-        return
+def _mark(conn) -> str:
+    """The DB-API driver's positional placeholder (``?`` or ``%s``)."""
     mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
     if mark is None:
-        conn.execute(table.insert(), [dict(zip(columns, r)) for r in rows])
-        return
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-    conn.exec_driver_sql(sql, rows)
+        raise NotImplementedError(f"DB-API paramstyle {conn.dialect.paramstyle}")
+    return mark
+
+
+def _insert_sql(conn, table, columns: tuple[str, ...]) -> str:
+    marks = ", ".join([_mark(conn)] * len(columns))
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def bulk_insert(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Insert many plain rows (numbers and text only, or values converted by :func:`db_value`
+    / :func:`db_rows`) with one DB-API ``executemany``; SQLAlchemy's per-row parameter
+    processing costs more than SQLite itself."""
+    if rows:
+        conn.exec_driver_sql(_insert_sql(conn, table, columns), rows)
 
 
 def db_value(conn, column, value):
@@ -199,9 +207,7 @@ def bulk_update(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> Non
     one DB-API ``executemany``."""
     if not rows:
         return
-    mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
-    if mark is None:
-        raise NotImplementedError(f"DB-API paramstyle {conn.dialect.paramstyle}")
+    mark = _mark(conn)
     sets = ", ".join(f"{c} = {mark}" for c in columns)
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE id = {mark}", rows)
 
@@ -212,10 +218,7 @@ def insert_with_ids(conn, table, columns: tuple[str, ...], rows: list[tuple]) ->
     the ids after it; elsewhere one ``INSERT … RETURNING id`` per row."""
     if not rows:
         return []
-    mark = _PLACEHOLDER.get(conn.dialect.paramstyle)
-    if mark is None:
-        raise NotImplementedError(f"DB-API paramstyle {conn.dialect.paramstyle}")
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+    sql = _insert_sql(conn, table, columns)
     if conn.dialect.name != "sqlite":
         return [conn.exec_driver_sql(sql + " RETURNING id", r).scalar_one() for r in rows]
     first = conn.exec_driver_sql(sql, rows[0]).lastrowid

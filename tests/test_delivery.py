@@ -499,9 +499,9 @@ def test_claim_race_falls_back_to_one_key_at_a_time(ledger, tmp_path, race):
     assert states(ledger)[stolen] == (SENDING, 1 if race == "insert" else 2)
 
 
-def test_two_batched_runs_at_once_send_each_key_once(ledger, tmp_path):
-    items = receipts(300)
-    mailers = [Outbox(tmp_path / "outbox", batch_size=25, delay=0.001) for _ in range(2)]
+def two_runs_at_once(ledger, items: list, mailers: list) -> list[list[str]]:
+    """Two ``deliver_many`` runs over the same items, in opposite orders, started together in
+    two threads; their outcomes (any exception is raised here)."""
     barrier = threading.Barrier(2)
     results: list[list[str]] = [[], []]
     errors: list[BaseException] = []
@@ -520,6 +520,13 @@ def test_two_batched_runs_at_once_send_each_key_once(ledger, tmp_path):
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
+    return results
+
+
+def test_two_batched_runs_at_once_send_each_key_once(ledger, tmp_path):
+    items = receipts(300)
+    mailers = [Outbox(tmp_path / "outbox", batch_size=25, delay=0.001) for _ in range(2)]
+    results = two_runs_at_once(ledger, items, mailers)
     assert Counter(results[0] + results[1]) == {"sent": 300, "skipped": 300}
     sends = mailers[0].sends + mailers[1].sends
     assert sorted(sends) == sorted(m.key for m, _ in items)  # each key handed over once

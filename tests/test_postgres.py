@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import threading
 import zipfile
 from collections import Counter
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from tasks.ledger import (ACCEPTED, DUPLICATE, FAILED, NEEDS_EXPLANATION, QUARAN
                           insert_with_ids)
 from tasks.processing import process_received
 from test_compile import ACCEPTED_VALUES, COMPILE, md_totals
-from test_delivery import Outbox, eml_files, receipts
+from test_delivery import Outbox, eml_files, receipts, two_runs_at_once
 from test_intake import BIG, put
 from test_processing import AFTER, BEFORE, LATER, submit, write_anonymous, write_return
 
@@ -343,24 +342,7 @@ def test_two_batched_runs_at_once_on_postgres(pg, tmp_path):
     really overlap (row locks, not one database lock); each key still goes out once."""
     items = receipts(120)
     mailers = [Outbox(tmp_path / "outbox", batch_size=10, delay=0.001) for _ in range(2)]
-    barrier = threading.Barrier(2)
-    results: list[list[str]] = [[], []]
-    errors: list[BaseException] = []
-
-    def run(n: int) -> None:
-        try:
-            barrier.wait(timeout=5)
-            results[n] = deliver_many(pg, mailers[n], items if n == 0 else items[::-1],
-                                      campaign=CAMPAIGN, step="receipt")
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
+    results = two_runs_at_once(pg, items, mailers)
     assert Counter(results[0] + results[1]) == {"sent": 120, "skipped": 120}
     assert sorted(mailers[0].sends + mailers[1].sends) == sorted(m.key for m, _ in items)
     assert all(st == (SENT, 1) for st in states(pg).values()) and len(states(pg)) == 120
