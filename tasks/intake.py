@@ -184,12 +184,15 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
         earlier: dict[str, tuple[int, str, str]] = {}
         fps = list({a.fingerprint for a in batch})
         for i in range(0, len(fps), 500):
-            for sid, fp, name, src in s.execute(
+            # by fingerprint alone, the campaign checked here: with both in the WHERE, SQLite
+            # (no statistics) walks the campaign's index, every submission of it per chunk
+            for sid, fp, name, src, camp in s.execute(
                     select(Submission.id, Submission.fingerprint, Submission.original_name,
-                           Submission.source)
-                    .where(Submission.campaign == campaign, Submission.fingerprint.in_(fps[i:i + 500]))
+                           Submission.source, Submission.campaign)
+                    .where(Submission.fingerprint.in_(fps[i:i + 500]))
                     .order_by(Submission.id.desc())):
-                earlier[fp] = (sid, name, src)  # the lowest id wins
+                if camp == campaign:
+                    earlier[fp] = (sid, name, src)  # the lowest id wins
         results: list[TakeInResult | None] = [None] * len(batch)
         pending = list(enumerate(batch))
         while pending:  # a second copy within the batch waits for the first one's id

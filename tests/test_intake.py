@@ -371,3 +371,33 @@ def test_a_large_file_is_archived_by_the_hash_of_the_bytes_copied(home, tmp_path
     assert kept.read_bytes() == data and not kept.stat().st_mode & 0o222
     assert archive_file(home, src) == (sha, rel, size)  # write-once: the same bytes again
     assert [p.name for p in (home / "archive").rglob(".incoming-*")] == []
+
+
+def test_the_duplicate_lookup_uses_the_fingerprint_index(ledger, inbox):
+    """Each chunk looks its fingerprints up through their index, never by walking the
+    campaign's submissions (that made the intake of 100,000 entries quadratic)."""
+    from sqlalchemy import event
+
+    from tasks.intake import take_in_entries
+
+    put(inbox, "a.csv", b"x,1\n")
+    take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,
+                    max_file_bytes=BIG)
+    seen = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "FROM submissions" in statement and "fingerprint IN" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(ledger.engine, "before_cursor_execute", capture)
+    try:
+        put(inbox, "b.csv", b"x,2\n")
+        take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,
+                        max_file_bytes=BIG)
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = seen
+    with ledger.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
+                                                                     parameters))
+    assert "ix_submissions_fingerprint" in plan, plan
