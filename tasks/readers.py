@@ -125,7 +125,8 @@ def _check_zip(path: Path, name: str, max_bytes: int, max_ratio: int, max_cells:
     but not about the packed one (a reader takes exactly that many bytes), and deflate
     unpacks at most ~1032:1: a package whose packed members could not exceed ``max_bytes``
     even so needs no further proof; any other is unpacked member by member with a running
-    count. The sheet and workbook XML read are put in ``xml``."""
+    count. The sheet XML read (and the workbook's sheet list, when a sheet has error cells) are
+    put in ``xml``."""
     bomb = ReturnFileError(name, "解压后体积过大或压缩比异常，疑似恶意文件，已拒收")
     try:
         # a small package is read at once: zipfile's many small reads then cost no system calls
