@@ -18,19 +18,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, select, update
 
 from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 from tasks.compile import compile_bulletin, merge_accepted
 from tasks.delivery import deliver_many, mark_stale_uncertain
 from tasks.intake import drop_folder_entries, entry_files, take_in, take_in_entries
-from tasks.ledger import (ACCEPTED, DUPLICATE, FAILED, NEEDS_EXPLANATION, QUARANTINED, RECEIVED,
+from tasks.ledger import (ACCEPTED, DUPLICATE, NEEDS_EXPLANATION, QUARANTINED, RECEIVED,
                           REFUSED, REJECTED, SENDING, SENT, SUPERSEDED, UNCERTAIN, Delivery, Event,
                           Ledger, Submission, SubmissionFile, Value, bulk_update, db_rows, db_value,
                           insert_with_ids)
 from tasks.processing import process_received
 from test_compile import ACCEPTED_VALUES, COMPILE, md_totals
-from test_delivery import Outbox, eml_files, receipts, two_runs_at_once
+from test_delivery import Outbox, claim_race, eml_files, receipts, two_runs_at_once
 from test_intake import BIG, put
 from test_processing import AFTER, BEFORE, LATER, submit, write_anonymous, write_return
 
@@ -304,36 +304,7 @@ def test_claim_race_falls_back_on_postgres(pg, tmp_path, race):
     """Another run claims a key between this run's look-up and its write. PostgreSQL aborts
     the whole transaction on the unique-key violation: the chunk is claimed again one key at a
     time, in new transactions; the stolen key is skipped, the others sent."""
-    items = receipts(5)
-    stolen = items[2][0].key
-    now = dt.datetime.now(UTC)
-    if race == "retry":
-        with pg.session() as s:
-            s.add(Delivery(key=stolen, campaign=CAMPAIGN, step="receipt", recipients=[], subject="x",
-                           state=FAILED, attempts=1, claimed_at=now))
-    fired: list[str] = []
-
-    def other_run(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
-        if fired or not statement.startswith(("INSERT INTO deliveries", "UPDATE deliveries")):
-            return
-        fired.append(statement)
-        with Ledger(pg.home, url=pg.url).session() as s:  # its own connection and transaction
-            if race == "insert":
-                s.add(Delivery(key=stolen, campaign=CAMPAIGN, step="receipt", recipients=[], subject="x",
-                               state=SENDING, attempts=1, claimed_at=now))
-            else:
-                s.execute(update(Delivery).where(Delivery.key == stolen).values(state=SENDING, attempts=2))
-
-    event.listen(pg.engine, "before_cursor_execute", other_run)
-    try:
-        mailer = Outbox(tmp_path / "outbox")
-        outcomes = deliver_many(pg, mailer, items, campaign=CAMPAIGN, step="receipt")
-    finally:
-        event.remove(pg.engine, "before_cursor_execute", other_run)
-    assert fired
-    assert outcomes == ["sent", "sent", "skipped", "sent", "sent"]
-    assert stolen not in mailer.sends and len(mailer.sends) == 4
-    assert states(pg)[stolen] == (SENDING, 1 if race == "insert" else 2)
+    stolen = claim_race(pg, tmp_path, race)
     assert all(st == (SENT, 1) for k, st in states(pg).items() if k != stolen)
 
 
