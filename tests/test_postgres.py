@@ -35,7 +35,6 @@ from test_intake import BIG, put
 from test_processing import AFTER, BEFORE, LATER, submit, write_anonymous, write_return
 
 CAMPAIGN = "energy-week-2023"
-UTC = dt.timezone.utc
 NOW = dt.datetime(2023, 9, 25, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 
 
