@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from .durable import write_all
+from .durable import ensure_folder, forget_folder, open_new, unlink_quietly, write_all
 
 _CHUNK = 1 << 20
 
@@ -22,25 +22,17 @@ def archive_relpath(sha256: str) -> str:
     return f"archive/{sha256[:2]}/{sha256}"
 
 
-_made_dirs: set[str] = set()  # archive folders known to exist (saves a mkdir per file)
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
 def _new_temp(folder: str, tag: str) -> tuple[int, str]:
     """A new read-only temp file in *folder* (made if needed) under a name of our own, unique
     per process and thread (never a name from outside): (fd, path)."""
-    if folder not in _made_dirs:
-        os.makedirs(folder, exist_ok=True)
-        _made_dirs.add(folder)
+    ensure_folder(folder)
     tmp = os.path.join(folder, f".incoming-{tag}-{os.getpid()}-{threading.get_ident()}")
     try:
-        return os.open(tmp, _OPEN_NEW, 0o444), tmp  # read-only from birth: the archive is write-once
-    except FileExistsError:  # left by a crash of a process with this very id
-        os.unlink(tmp)
+        return open_new(tmp, 0o444), tmp  # read-only from birth: the archive is write-once
     except FileNotFoundError:  # the folder went away under us (a test removed the home)
-        _made_dirs.discard(folder)
-        os.makedirs(folder, exist_ok=True)
-    return os.open(tmp, _OPEN_NEW, 0o444), tmp
+        forget_folder(folder)
+        ensure_folder(folder)
+    return open_new(tmp, 0o444), tmp
 
 
 def _store(home: Path, sha: str, write, durable: bool = True) -> str:
@@ -60,7 +52,7 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
             os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     return rel
 
@@ -85,24 +77,14 @@ def _store_stream(home: Path, path: Path, durable: bool) -> tuple[str, str, int]
         rel = archive_relpath(sha)
         target = os.path.join(home, rel)
         if os.path.exists(target):  # same bytes already kept: write-once
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
         else:
-            folder = os.path.dirname(target)
-            if folder not in _made_dirs:
-                os.makedirs(folder, exist_ok=True)
-                _made_dirs.add(folder)
+            ensure_folder(os.path.dirname(target))
             os.replace(tmp, target)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     return sha, rel, size
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _read_small(path: Path | str, limit: int) -> bytes | None:

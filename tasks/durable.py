@@ -56,6 +56,39 @@ def sync_folder(folder: Path, written: Sequence[Path] = ()) -> None:
         os.close(fd)
 
 
+_folders_made: set[str] = set()  # folders known to exist in this process
+
+
+def ensure_folder(folder: str) -> None:
+    """Make *folder* (and its parents) once per process: later calls cost no system call."""
+    if folder not in _folders_made:
+        os.makedirs(folder, exist_ok=True)
+        _folders_made.add(folder)
+
+
+def forget_folder(folder: str) -> None:
+    """*folder* went away under us (e.g. a test removed the home): make it again next time."""
+    _folders_made.discard(folder)
+
+
+def open_new(path: str, mode: int) -> int:
+    """Create *path* for writing, exclusively, and give its descriptor. *path* is a temp name
+    of ours: one left by a crashed process with the same id is replaced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte to a raw file descriptor (``os.write`` may write fewer)."""
     view = memoryview(data)
@@ -69,12 +102,7 @@ def replace_file(target: str | Path, data: bytes, mode: int = 0o600) -> None:
     target = os.fspath(target)
     tmp = os.path.join(os.path.dirname(target),
                        f".{os.path.basename(target)}.{os.getpid()}-{threading.get_ident()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, mode)
-    except FileExistsError:  # left by a crash of a process with this very id
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, mode)
+    fd = open_new(tmp, mode)
     try:
         try:
             write_all(fd, data)
@@ -82,8 +110,5 @@ def replace_file(target: str | Path, data: bytes, mode: int = 0o600) -> None:
             os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(tmp)
         raise

@@ -21,10 +21,10 @@ from typing import Callable
 from sqlalchemy import select
 
 from .archive import archive_file
-from .durable import sync_folder
+from .durable import ensure_folder, forget_folder, sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
 from .ledger import (DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile,
-                     bulk_insert, db_value, insert_with_ids)
+                     EVENT_COLUMNS, bulk_insert, db_value, insert_with_ids)
 
 RETURN_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".ods", ".csv"}
 _SAFE = re.compile(r"[^A-Za-z0-9._\-\u4e00-\u9fff]+")
@@ -225,7 +225,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                     ensure_ascii=False)))
                 results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)
             bulk_insert(conn, SubmissionFile.__table__, _FILE_COLUMNS, file_rows)
-            bulk_insert(conn, Event.__table__, _EVENT_COLUMNS, events)
+            bulk_insert(conn, Event.__table__, EVENT_COLUMNS, events)
             pending = later
     return results  # type: ignore[return-value]
 
@@ -233,7 +233,6 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
 _SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "received_at", "fingerprint",
                        "state", "errors", "warnings", "late")
 _FILE_COLUMNS = ("submission_id", "role", "name", "sha256", "size", "archive_path", "caption", "note")
-_EVENT_COLUMNS = ("at", "campaign", "actor", "action", "subject", "detail")
 
 
 def _state_of(a: _Archived, first: tuple[int, str, str] | None, max_file_bytes: int) -> tuple[str, str]:
@@ -258,16 +257,11 @@ def _file_rows(home: Path, sub_id: int, a: _Archived, state: str, max_file_bytes
     return rows
 
 
-_processed_dirs: set[str] = set()  # made already (saves a mkdir per entry)
-
-
 def move_processed(home: Path, campaign: str, entry: Path, now: dt.datetime) -> Path:
     """Move a taken-in entry out of the inbox under a name of our own making; never over
     another one."""
     folder = os.path.join(home, "processed", campaign)
-    if folder not in _processed_dirs:
-        os.makedirs(folder, exist_ok=True)
-        _processed_dirs.add(folder)
+    ensure_folder(folder)
     stamp = now.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = safe_name(entry.name)
     target, n = os.path.join(folder, f"{stamp}-{name}"), 1
@@ -278,8 +272,8 @@ def move_processed(home: Path, campaign: str, entry: Path, now: dt.datetime) -> 
         os.rename(entry, target)  # same filesystem (the usual case): one rename
     except FileNotFoundError:
         if os.path.lexists(entry):  # the folder went away under us (a test removed the home)
-            _processed_dirs.discard(folder)
-            os.makedirs(folder, exist_ok=True)
+            forget_folder(folder)
+            ensure_folder(folder)
             os.rename(entry, target)
         else:
             raise

@@ -154,6 +154,9 @@ class Event(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+#: The columns of an audit-trail row written as a plain tuple (:func:`bulk_insert`).
+EVENT_COLUMNS = ("at", "campaign", "actor", "action", "subject", "detail")
+
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import bindparam, select, update
 
 from .config import Config
-from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
+from .ledger import (ACCEPTED, EVENT_COLUMNS, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value, bulk_insert, bulk_update, db_rows,
                      db_value)
 from .parsing import Parsed, Progress, parse_all, received_jobs
@@ -80,7 +80,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         _write_decisions(s, batch, config, parsed, numbers, texts)
         conn = s.connection()
         at = db_value(conn, Event.__table__.c.at, now)
-        bulk_insert(conn, Event.__table__, ("at", "campaign", "actor", "action", "subject", "detail"), [
+        bulk_insert(conn, Event.__table__, EVENT_COLUMNS, [
             (at, camp.id, "system", f"submission.{o.state}", str(o.submission_id), json.dumps(
                 {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
                 ensure_ascii=False)) for o in outcomes])
