@@ -12,7 +12,8 @@ import os
 import threading
 from pathlib import Path
 
-from .durable import ensure_folder, forget_folder, open_new, unlink_quietly, write_all
+from .durable import (ensure_folder, forget_folder, open_new, unlink_quietly, write_all,
+                      write_and_rename)
 
 _CHUNK = 1 << 20
 
@@ -43,17 +44,7 @@ def _store(home: Path, sha: str, write, durable: bool = True) -> str:
     if os.path.exists(target):
         return rel  # same bytes already kept: write-once
     fd, tmp = _new_temp(os.path.dirname(target), sha[:16])
-    try:
-        try:
-            write(fd)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+    write_and_rename(fd, tmp, target, write, fsync=durable)
     return rel
 
 

@@ -102,10 +102,18 @@ def replace_file(target: str | Path, data: bytes, mode: int = 0o600) -> None:
     target = os.fspath(target)
     tmp = os.path.join(os.path.dirname(target),
                        f".{os.path.basename(target)}.{os.getpid()}-{threading.get_ident()}.tmp")
-    fd = open_new(tmp, mode)
+    write_and_rename(open_new(tmp, mode), tmp, target, lambda fd: write_all(fd, data))
+
+
+def write_and_rename(fd: int, tmp: str, target: str, write: Callable[[int], None],
+                     fsync: bool = False) -> None:
+    """``write(fd)`` into the temp file *tmp* (open as *fd*), close it, rename it to *target*;
+    on any failure the temp file is removed and *target* is left as it was."""
     try:
         try:
-            write_all(fd, data)
+            write(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
