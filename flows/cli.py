@@ -181,25 +181,40 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
             reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
             note: Annotated[Optional[str], typer.Option("--note", help="Why (recorded).")] = None,
             home: Home = None, config: Conf = None, now: Now = None) -> None:
-    """Approve (or reject) a bulletin version; resumes a publish run waiting for approval.
+    """Approve (or reject) one bulletin version; an approved version is then sent, once.
+
+    A publish run waiting on that version is resumed and sends it (through `serve` or a
+    worker); with none waiting, this command sends it itself. Runs waiting on an older
+    version end without sending.
 
     Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.approval import ApprovalError, decide
+    from tasks.approval import APPROVED, PENDING, ApprovalError, decide, find_version
     from tasks.ledger import Ledger
     from tasks.settings import AppSettings
     cfg = load_config(Path(c), campaign)
+    ledger = Ledger(Path(h), AppSettings().db_url)
     try:
-        row = decide(Ledger(Path(h), AppSettings().db_url), cfg.campaign.id, by=by, approve=not reject,
-                     note=note, now=moment, version=version)
+        row = decide(ledger, cfg.campaign.id, by=by, approve=not reject, note=note, now=moment, version=version)
     except ApprovalError as exc:
         raise _err(str(exc), 1) from None
+    typer.echo(f"第{row.version}版简讯：{'已批准' if row.approval == APPROVED else '已驳回'}（{row.approved_by}）", err=True)
     configure_prefect_home(Path(h))
-    from .approval import resume_waiting_runs
-    resumed = resume_waiting_runs(cfg.campaign.id, row.version, approve=not reject, by=by, note=note or "")
-    _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
-             "by": row.approved_by, "resumed_runs": resumed}, False)
+    from .approval import resume_waiting_runs, retire_superseded_runs
+    latest = find_version(ledger, cfg.campaign.id)
+    waits = retire_superseded_runs(cfg.campaign.id, latest.version, offer_latest=latest.approval == PENDING)
+    resumed = resume_waiting_runs(cfg.campaign.id, row.version, approve=row.approval == APPROVED,
+                                  by=row.approved_by or by, note=row.approval_note or "")
+    result = {"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
+              "by": row.approved_by, "resumed_runs": resumed, "ended_runs": waits["ended"]}
+    if resumed:
+        typer.echo(f"已交给等待审批的发布运行 {', '.join(resumed)}：由 bulletin serve（或 worker）发送", err=True)
+    elif row.approval == APPROVED:
+        from .publish_bulletin import publish_bulletin
+        sent = publish_bulletin(cfg.campaign.id, version=row.version, now=moment, home=h, config_dir=c)
+        result["send"] = {k: v for k, v in sent.items() if k not in ("campaign", "version", "approval")}
+    _report(result, bool(result.get("send", {}).get("failed")))
 
 
 @app.command()

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.compile import compile_bulletin as compile_version
 
+from .approval import retire_superseded_runs
 from .common import publish_completeness, run_name
 from .context import Context, open_context
 
@@ -33,5 +34,23 @@ def compile_bulletin(campaign: str, lead: str | None = None, now: dt.datetime | 
     markdown = (ctx.home / result["folder"] / "bulletin.md").read_text(encoding="utf-8")
     create_markdown_artifact(key=f"{ctx.campaign_id}-bulletin", markdown=markdown,
                              description=f"第{result['version']}版（{result['approval']}）")
+    if result["created"]:
+        result["waiting_runs"] = retire_superseded(ctx, result["version"])
     publish_completeness(ctx)
     return {"campaign": ctx.campaign_id, **result}
+
+
+@task(name="retire-superseded-waits", cache_policy=NO_CACHE)
+def retire_superseded(ctx: Context, version: int) -> dict:
+    """Publish runs waiting on an older version end (they would send nothing anyway); one
+    waiting on this version takes their place, so the UI offers its form."""
+    log = get_run_logger()
+    try:
+        changed = retire_superseded_runs(ctx.campaign_id, version)
+    except Exception as exc:  # noqa: BLE001 - the version is made; a waiting run checks for itself
+        log.warning("未能结束等待旧版本审批的发布运行（%s）；它们恢复后会自行结束，不会发送", exc)
+        return {}
+    if changed["ended"]:
+        log.info("第%d版取代了旧版本：结束 %d 个等待审批的发布运行，新开 %d 个等待第%d版",
+                 version, len(changed["ended"]), len(changed["offered"]), version)
+    return changed

@@ -1,45 +1,108 @@
-"""Flow ``publish-bulletin``: approval (from the ledger, or asked for in the UI), then sending."""
+"""Flow ``publish-bulletin``: a decision on one bulletin version (from the ledger, or asked for
+in the UI while the run is suspended), then sending that version, once per recipient.
+
+Waiting holds nothing: the run *suspends* (``suspend_flow_run``), which ends its process. An
+answer (the UI's form, or ``bulletin approve``) resumes it; Prefect reschedules it and the
+runner of ``serve`` or a worker runs it again from the top, so everything before the wait is
+safe to repeat and the version waited on is pinned in the run's own inputs.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
+from pydantic import Field
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
+from prefect.states import Completed
 from prefect.utilities.annotations import quote
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 
-from tasks.approval import APPROVED, PENDING, ApprovalError, decide, find_version
+from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, Superseded, decide, find_version
 from tasks.ledger import Bulletin
 from tasks.notices import addressed, bulletin_message, bulletin_recipients
 
+from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
 from .context import Context, open_context
+
+#: Answers a run takes that name another version or no approver before it stops waiting.
+MAX_ANSWERS = 20
+_PINNED = "bulletin-version"
 
 
 class Approval(RunInput):
     """The form a coordinator fills in the Prefect UI."""
 
-    approve: bool
-    name: str
-    comment: str = ""
+    approve: bool = Field(title="批准 approve", description="勾选为批准发送，不勾选为驳回")
+    name: str = Field(title="审批人 name", description="姓名，记入审批记录")
+    comment: str = Field("", title="意见 comment")
+    version: int = Field(title="版本 version", description="所审批的简讯版本（已填好，勿改）")
 
 
-def _ask_in_ui(ctx: Context, bulletin: Bulletin) -> Bulletin:
-    """Pause for a coordinator's decision; the ledger keeps it whatever happens to this run."""
+class Ended(Exception):
+    """The run stops without sending; the message says why (state message and log)."""
+
+
+def _pinned_version(ctx: Context, version: int | None) -> int:
+    """The version this run waits on: its parameter, else the latest when the run first
+    started (kept in the run's inputs, so a newer compile does not change it on resume)."""
+    if version:
+        return version
+    stored = read_flow_run_input(_PINNED)
+    if stored:
+        return int(stored)
+    latest = find_version(ctx.ledger, ctx.campaign_id).version
+    create_flow_run_input(_PINNED, latest)
+    return latest
+
+
+def _await_decision(ctx: Context, version: int | None) -> Bulletin:
+    """The version's decision: the ledger's when there is one, else a coordinator's answer,
+    suspending the run until it comes. Raises :class:`Ended` when the run must not send."""
     log = get_run_logger()
-    hours = ctx.config.campaign.bulletin.approval_timeout_hours
-    log.info("第%d版简讯等待审批（Prefect 界面或 bulletin approve），最长 %.0f 小时", bulletin.version, hours)
-    answer = pause_flow_run(wait_for_input=Approval, timeout=int(hours * 3600))
+    run = FlowRunContext.get().flow_run
+    if run.deployment_id is None:
+        bulletin = find_version(ctx.ledger, ctx.campaign_id, version)
+        if bulletin.approval == PENDING:
+            log.warning("此运行不属于部署，无法挂起等待审批：请运行 bulletin approve %s --by 姓名", ctx.campaign_id)
+        return bulletin
     try:
-        return decide(ctx.ledger, ctx.campaign_id, by=answer.name, approve=answer.approve,
-                      note=answer.comment or None, now=dt.datetime.now(ctx.now.tzinfo),
-                      version=bulletin.version)
+        number = _pinned_version(ctx, version)
     except ApprovalError as exc:
-        log.error("%s", exc)
-        return find_version(ctx.ledger, ctx.campaign_id, bulletin.version)
+        raise Ended(f"{exc}：本次发布结束，未发送") from None
+    hours = ctx.config.campaign.bulletin.approval_timeout_hours
+    for attempt in range(1, MAX_ANSWERS + 1):
+        try:
+            bulletin = find_version(ctx.ledger, ctx.campaign_id, number)
+        except ApprovalError as exc:
+            raise Ended(f"{exc}：本次发布结束，未发送") from None
+        latest = find_version(ctx.ledger, ctx.campaign_id).version
+        if latest > number:
+            raise Ended(f"第{number}版已被第{latest}版取代：本次发布结束，未发送任何邮件。请审批第{latest}版")
+        if bulletin.approval != PENDING:
+            return bulletin  # decided in the ledger (bulletin approve, or an earlier answer)
+        if attempt == 1:
+            log.info("第%d版简讯等待审批（Prefect 界面或 bulletin approve），最长 %.0f 小时；等待期间不占用进程",
+                     number, hours)
+        form = Approval.with_initial_data(
+            description=f"审批第{number}版简讯：勾选“批准”并填写姓名后提交即发送；不勾选为驳回。", version=number)
+        answer = suspend_flow_run(wait_for_input=form, key=pause_key(number, attempt), timeout=int(hours * 3600))
+        if answer.version != number:
+            log.error("收到的答复针对第%d版，此运行等待第%d版：不予记录，继续等待", answer.version, number)
+            continue
+        try:
+            return decide(ctx.ledger, ctx.campaign_id, by=answer.name, approve=answer.approve,
+                          note=answer.comment or None, now=dt.datetime.now(ctx.now.tzinfo),
+                          version=number, pending_only=True)
+        except Superseded as exc:
+            raise Ended(f"{exc}：本次发布结束，未发送任何邮件") from None
+        except ApprovalError as exc:
+            log.error("答复未记录：%s；继续等待", exc)
+    raise Ended(f"第{number}版已收到 {MAX_ANSWERS} 次无效答复，本次发布结束，未发送；请用 bulletin approve 审批")
 
 
 @task(name="build-bulletin-mail", cache_policy=NO_CACHE)
@@ -59,18 +122,27 @@ def _deliveries_artifact(ctx: Context, bulletin: Bulletin, messages: list, count
 def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = False,
                      wait_for_approval: bool = False, resend_uncertain: bool = False,
                      now: dt.datetime | None = None, home: str | None = None,
-                     config_dir: str | None = None) -> dict:
-    """Send an approved bulletin version to the distribution lists, once per recipient."""
+                     config_dir: str | None = None):
+    """Send an approved bulletin version to the distribution lists, once per recipient; with
+    ``wait_for_approval``, wait (suspended) for the decision on it first."""
     ctx = open_context(campaign, home, config_dir, now)
     log = get_run_logger()
     check_uncertain(ctx)
-    bulletin = find_version(ctx.ledger, ctx.campaign_id, version)
-    if bulletin.approval == PENDING and wait_for_approval and not dry_run:
-        bulletin = _ask_in_ui(ctx, bulletin)
+    if wait_for_approval and not dry_run:
+        try:
+            bulletin = _await_decision(ctx, version)
+        except Ended as exc:
+            log.warning("%s", exc)
+            return Completed(message=str(exc), data={"campaign": ctx.campaign_id, "version": version,
+                                                      "approval": "ended", "sent": 0, "reason": str(exc)})
+    else:
+        bulletin = find_version(ctx.ledger, ctx.campaign_id, version)
     if bulletin.approval != APPROVED and not dry_run:
-        log.warning("第%d版简讯状态为 %s，未发送", bulletin.version, bulletin.approval)
-        return {"campaign": ctx.campaign_id, "version": bulletin.version,
-                "approval": bulletin.approval, "sent": 0}
+        reason = (f"第{bulletin.version}版已被驳回（{bulletin.approved_by}），未发送" if bulletin.approval == REJECTED
+                  else f"第{bulletin.version}版尚未批准，未发送")
+        log.warning("%s", reason)
+        return Completed(message=reason, data={"campaign": ctx.campaign_id, "version": bulletin.version,
+                                               "approval": bulletin.approval, "sent": 0})
     messages = build_bulletin_mail(ctx, bulletin)
     counts = send_messages(ctx, quote(messages), "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
     if not dry_run:

@@ -7,6 +7,7 @@ With no ``PREFECT_API_URL`` it starts a local Prefect server (UI on) on 127.0.0.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,13 @@ def _free_port(preferred: int) -> int:
         return s.getsockname()[1]
 
 
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 @contextmanager
 def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 120) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1; yield its API URL; stop it afterwards."""
@@ -41,8 +49,11 @@ def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 
            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_SCHEDULED_TIME": os.environ.get(
                "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_SCHEDULED_TIME", "P400D")}
     log = open(home / "prefect-server.log", "ab")
+    # its own session: Ctrl+C in the terminal reaches serve alone, whose runner still needs the
+    # server to wind down; the server is stopped below, or when this process dies (Linux)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=_stop_with_parent)
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + timeout

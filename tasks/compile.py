@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
 from .config import Config
 from .formatting import chinese_date, defang_links, round_down_prose
-from .ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, plain_rows
+from .ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_rows
 from .render import render, template_files
 from .render_docx import write_docx
 from .safe_sheet import export_frame
@@ -290,19 +290,19 @@ def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: 
         row = Bulletin(campaign=camp.id, version=version, fingerprint=fp,
                        submission_ids=[x.id for x in merged.submissions],
                        folder=str(final.relative_to(ledger.home)), created_at=now)
-        with ledger.session() as s:
+        with ledger.session() as s:  # the version, its event and its folder, or none of them
             s.add(row)
-            s.flush()
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
+            s.add(audit_event(camp.id, "bulletin.compiled", subject=f"v{version}",
+                        detail={"submissions": row.submission_ids}, at=now))
+            s.flush()  # another run that made this version first fails here, before the rename
+            if final.exists():  # left by a run that crashed before its commit
+                shutil.rmtree(final)
+            work.rename(final)
     except IntegrityError:
         shutil.rmtree(work, ignore_errors=True)
         return ledger.latest_bulletin(camp.id), False  # another run made this version first
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    ledger.record(camp.id, "bulletin.compiled", subject=f"v{version}",
-                  detail={"submissions": row.submission_ids}, at=now)
     return row, True
 

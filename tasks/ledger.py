@@ -154,6 +154,14 @@ class Event(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+def audit_event(campaign: str, action: str, *, actor: str = "system", subject: str | None = None,
+          detail: object = None, at: dt.datetime) -> Event:
+    """An audit-trail row, to be added in the same session as the change it records, so that
+    both commit together or neither does."""
+    text = detail if isinstance(detail, str) or detail is None else json.dumps(detail, ensure_ascii=False)
+    return Event(at=at, campaign=campaign, actor=actor, action=action, subject=subject, detail=text)
+
+
 #: The columns of an audit-trail row written as a plain tuple (:func:`bulk_insert`).
 EVENT_COLUMNS = ("at", "campaign", "actor", "action", "subject", "detail")
 
@@ -302,9 +310,10 @@ class Ledger:
 
     def record(self, campaign: str, action: str, *, actor: str = "system", subject: str | None = None,
                detail: object = None, at: dt.datetime) -> None:
-        text = detail if isinstance(detail, str) or detail is None else json.dumps(detail, ensure_ascii=False)
+        """An event that is a fact of its own (a mail seen, a failure). An event that records a
+        change is added with :func:`audit_event` in the change's own transaction instead."""
         with self.session() as s:
-            s.add(Event(at=at, campaign=campaign, actor=actor, action=action, subject=subject, detail=text))
+            s.add(audit_event(campaign, action, actor=actor, subject=subject, detail=detail, at=at))
 
     def submissions(self, campaign: str, states: tuple[str, ...] | None = None) -> list[Submission]:
         with self.session() as s:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from .config import Config
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED, Ledger,
-                     Submission, Value)
+                     Submission, Value, audit_event)
 
 ACTIONS = ("accept", "reject", "reopen")
 _VERBS = {"accept": "采用", "reject": "退回", "reopen": "重新打开"}
@@ -65,10 +65,9 @@ def review(ledger: Ledger, config: Config, unit_code: str, *, action: str, by: s
         else:
             sub.state = REJECTED
         sub.decided_at, sub.decided_by, sub.note = now, by, note
-        result = sub
-    ledger.record(config.campaign.id, f"review.{action}", actor=by, subject=str(result.id),
-                  detail={"unit": unit_code, "note": note}, at=now)
-    return result
+        s.add(audit_event(config.campaign.id, f"review.{action}", actor=by, subject=str(sub.id),
+                    detail={"unit": unit_code, "note": note}, at=now))
+    return sub
 
 
 def explain_by_reply(ledger: Ledger, config: Config, sender: str, text: str,
@@ -91,7 +90,6 @@ def explain_by_reply(ledger: Ledger, config: Config, sender: str, text: str,
             other.state = SUPERSEDED
         sub.state, sub.explanation = ACCEPTED, text
         sub.decided_at, sub.decided_by = now, f"{sender}（回复说明）"
-        result = sub
-    ledger.record(config.campaign.id, "submission.explained", actor=sender, subject=str(result.id),
-                  detail={"unit": unit.code, "explanation": text}, at=now)
-    return result
+        s.add(audit_event(config.campaign.id, "submission.explained", actor=sender, subject=str(sub.id),
+                    detail={"unit": unit.code, "explanation": text}, at=now))
+    return sub

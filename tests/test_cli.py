@@ -98,3 +98,41 @@ def test_a_cli_run_keeps_big_config_files_parsed_in_the_home_cache(tmp_path, mon
                                       "--home", str(home), "--now", "2023-09-20T10:00:00+08:00"])
     assert result.exit_code == 0, result.output
     assert [p.name.split("-")[0] for p in (home / "cache" / "config").glob("units.yaml-*.json")] == ["units.yaml"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_approve_sends_the_version_it_names_once(tmp_path, config, config_dir, smtp_env, capsys):
+    """With no run waiting, `bulletin approve` sends the approved version itself; an older
+    version cannot be approved any more; a later `bulletin send` sends nothing new. (The
+    commands' functions are called in this process, under the test's Prefect server.)"""
+    import datetime as dt
+
+    import typer
+
+    from flows import cli
+    from tasks.compile import compile_bulletin
+    from tasks.ledger import Ledger
+    from tasks.notices import bulletin_recipients
+    now = dt.datetime(2023, 10, 9, 9, tzinfo=config.campaign.calendar.tz)
+    for lead in ("初稿导语", "更正后的导语"):
+        compile_bulletin(Ledger(tmp_path), config, now, lead=lead)
+    common = dict(home=tmp_path, config=config_dir, now=now.isoformat())
+
+    def run(command, *args, **options) -> tuple[int, dict | None, str]:
+        capsys.readouterr()
+        with pytest.raises(typer.Exit) as exit_:
+            command("energy-week-2023", *args, **options, **common)
+        out = capsys.readouterr()
+        lines = [line for line in out.out.splitlines() if line.startswith("{")]
+        return exit_.value.exit_code, json.loads(lines[-1]) if lines else None, out.err
+
+    code, approved, err = run(cli.approve, by="王处长", note="同意印发第二版")
+    assert code == 0, err
+    recipients = len(bulletin_recipients(config))
+    assert (approved["version"], approved["approval"], approved["send"]["sent"]) == (2, "approved", recipients)
+    assert len(smtp_env.messages) == recipients
+    code, _, err = run(cli.approve, by="王处长", version=1)
+    assert code == 1 and "第1版已被第2版取代" in err
+    code, sent, err = run(cli.send)
+    assert code == 0, err
+    assert sent.get("sent", 0) == 0 and len(smtp_env.messages) == recipients
