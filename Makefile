@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps install bench lock clean serve prefect-yaml
+.PHONY: demo test test-deps install bench lock clean serve prefect-yaml migration
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,13 @@ clean:
 
 prefect-yaml: $(STAMP)
 	$(BIN)/python -m flows.deployments
+
+# After changing the ledger's models (tasks/ledger.py): write the migration, then read and edit it.
+#   make migration MSG="what changes"     (tests/test_schema.py fails until models and migrations agree)
+MIGRATION_DB := $(CURDIR)/.migration.db
+migration: $(STAMP)
+	@rm -f $(MIGRATION_DB)
+	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/migrations/alembic.ini upgrade head
+	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/migrations/alembic.ini revision --autogenerate \
+	  --rev-id $$(printf '%04d' $$(( $$(ls tasks/migrations/versions/[0-9]*.py | wc -l) + 1 ))) -m "$(MSG)"
+	@rm -f $(MIGRATION_DB)

@@ -46,10 +46,22 @@ def _prepare(campaign: str, home: Path | None, config: Path | None, now: str | N
         moment = resolve_now(now, cfg)
     except ValueError:
         raise _err(f"--now: '{now}' is not an ISO-8601 moment, e.g. 2023-09-28T17:00:00+08:00") from None
+    _check_ledger(home_dir)
     if prefect:
         configure_prefect_home(home_dir)
         typer.echo(f"主目录 home: {home_dir}", err=True)
     return str(home_dir), str(config_dir), moment
+
+
+def _check_ledger(home_dir: Path) -> None:
+    """A ledger older or newer than this code stops every command before it does anything."""
+    from tasks.ledger import Ledger
+    from tasks.schema import SchemaError
+    from tasks.settings import AppSettings
+    try:
+        Ledger(home_dir, AppSettings().db_url)
+    except SchemaError as exc:
+        raise _err(str(exc)) from None
 
 
 def _report(result: dict, problems: bool) -> None:
@@ -241,12 +253,40 @@ def send(campaign: Campaign, dry_run: DryRun = False,
 
 
 @app.command()
+def upgrade(home: Home = None) -> None:
+    """Migrate the ledger to this version's schema; a SQLite ledger is backed up beside it first.
+
+    The only command that changes the ledger's structure; every other one stops (exit 2) while
+    the ledger is older than the code. Prints the revisions applied.
+
+    Example: bulletin upgrade --home /srv/bulletin
+    """
+    from tasks.ledger import database_url, engine_for
+    from tasks.schema import SchemaError, upgrade as upgrade_ledger
+    from tasks.settings import AppSettings
+    home_dir = resolve_home(home)
+    engine = engine_for(database_url(home_dir, AppSettings().db_url), check=False)
+    try:
+        report = upgrade_ledger(engine, dt.datetime.now().astimezone())
+    except SchemaError as exc:
+        raise _err(str(exc)) from None
+    if report.backup:
+        typer.echo(f"已备份账本 backup: {report.backup}", err=True)
+    for step in report.applied:
+        typer.echo(f"已应用 applied {step['revision']}: {step['what']}", err=True)
+    if not report.applied:
+        typer.echo(f"账本已是最新结构（{report.after}），无需升级 up to date", err=True)
+    _report(report.as_dict(), False)
+
+
+@app.command()
 def serve(home: Home = None, config: Conf = None) -> None:
     """Start the scheduler: one deployment per step per campaign, schedules from each calendar.
 
     Example: bulletin serve   (then open the Prefect UI it prints)
     """
     home_dir = resolve_home(home)
+    _check_ledger(home_dir)
     configure_prefect_home(home_dir)
     from .serve import serve_all
     try:

@@ -1,7 +1,9 @@
 """The ledger: every request, submission, value, bulletin, approval and delivery, with who/when/why.
 
 SQLite at ``<home>/ledger.db`` by default; ``BULLETIN_DB_URL`` points it at another database
-(PostgreSQL). Tables are created on first use. Times are stored as aware UTC datetimes.
+(PostgreSQL). A new ledger gets the latest schema on first use; an existing one must be at the
+latest migration (``tasks.schema``; ``bulletin upgrade`` migrates). Times are stored as aware
+UTC datetimes.
 """
 
 from __future__ import annotations
@@ -272,8 +274,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-def engine_for(url: str) -> Engine:
-    """One engine per URL per process; SQLite gets WAL and a busy timeout for concurrent runs."""
+_checked: set[str] = set()
+
+
+def engine_for(url: str, check: bool = True) -> Engine:
+    """One engine per URL per process; SQLite gets WAL and a busy timeout for concurrent runs.
+
+    With *check*, a new ledger gets the latest schema and an existing one must be at the
+    latest migration (``tasks.schema``: LedgerTooOld / LedgerTooNew otherwise)."""
     if url not in _engines:
         is_sqlite = url.startswith("sqlite")
         eng = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
@@ -287,20 +295,23 @@ def engine_for(url: str) -> Engine:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
-        Base.metadata.create_all(eng)
         _engines[url] = eng
+    if check and url not in _checked:
+        from .schema import ensure_current
+        ensure_current(_engines[url])
+        _checked.add(url)
     return _engines[url]
 
 
 class Ledger:
     """Thin access to the ledger's sessions; domain operations live in the task modules."""
 
-    def __init__(self, home: Path, url: str | None = None):
+    def __init__(self, home: Path, url: str | None = None, check_schema: bool = True):
         self.home = home
         self.url = database_url(home, url)
         if self.url.startswith("sqlite"):
             home.mkdir(parents=True, exist_ok=True)
-        self.engine = engine_for(self.url)
+        self.engine = engine_for(self.url, check=check_schema)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -211,6 +211,7 @@ def postgres_url(postgres_server) -> Iterator[str]:
     yield url
     from tasks import ledger
     engine = ledger._engines.pop(url, None)  # one engine per URL per process: let it go
+    ledger._checked.discard(url)
     if engine is not None:
         engine.dispose()
     with postgres_server.connect(autocommit=True) as conn:

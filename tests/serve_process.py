@@ -125,6 +125,13 @@ class ServeProcess:
         rows = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
         return [r["message"] for r in rows]
 
+    def wait_log(self, run_id: str, text: str, timeout: float = 30) -> None:
+        """Until the run's log has a line with *text* (a run ships its logs in batches)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.logs(run_id)):
+            assert time.monotonic() < deadline, f"no log line with {text!r}: {self.logs(run_id)[-10:]}"
+            time.sleep(0.5)
+
     def flow_processes(self) -> list[int]:
         """Processes below ``serve`` that run a flow (``python -m prefect.engine``, or a spawned
         child for a flow the runner holds in memory)."""

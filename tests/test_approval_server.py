@@ -139,7 +139,7 @@ def test_a_superseded_version_ends_its_run_and_the_latest_is_offered(setup, smtp
     ended = served.run(run)
     assert ended["state"]["type"] == "CANCELLED"
     assert f"第{old}版已被第{new}版取代" in ended["state"]["message"]
-    assert any(f"第{old}版已被第{new}版取代" in line for line in served.logs(run))
+    served.wait_log(run, f"第{old}版已被第{new}版取代")
     # its form is gone: the answer the UI would send is refused, and nothing is recorded
     status, answer = served.request("POST", f"/flow_runs/{run}/resume",
                                     {"run_input": {"approve": True, "name": "王处长", "comment": "", "version": old}})
@@ -173,7 +173,7 @@ def test_an_answer_for_another_version_is_not_recorded(setup, smtp):
     _answer(served, run, version + 40)  # a version that does not exist
     again = served.wait_for(run, lambda r: suspended(r) and r["state"]["state_details"]["pause_key"].endswith("-2"))
     assert again["state"]["state_details"]["pause_key"] == f"approval-v{version}-2"  # still waiting, on its version
-    assert any(f"此运行等待第{version}版" in line for line in served.logs(run))
+    served.wait_log(run, f"此运行等待第{version}版")
     assert _decisions(served, version) == [] and _ledger(served).latest_bulletin(CAMPAIGN).approval == "pending"
     # superseded without Prefect hearing of it: an answer that still reaches the run records nothing
     newer = _compile(served, "第五次导语")

@@ -16,7 +16,8 @@ from flows.cli import app
 from flows.context import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent / "bulletin"
-COMMANDS = ["demo", "request", "remind", "collect", "status", "review", "compile", "approve", "send", "serve"]
+COMMANDS = ["demo", "request", "remind", "collect", "status", "review", "compile", "approve", "send", "upgrade",
+            "serve"]
 
 
 def _env(**extra) -> dict:
