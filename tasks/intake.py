@@ -179,9 +179,11 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             max_photo_bytes: int) -> list[TakeInResult]:
     """Record archived submissions in one transaction, in order: ``received``, ``refused``
     (every file over the size limit), ``duplicate`` (the same bytes as an earlier one) or
-    nothing new (the same bytes, name and source: a re-run)."""
+    nothing new (the same bytes, name and source as any earlier submission: a re-run, e.g.
+    after a crash between this transaction and the move to ``processed/``)."""
     with ledger.session() as s:
-        earlier: dict[str, tuple[int, str, str]] = {}
+        earlier: dict[str, int] = {}  # fingerprint → the first submission of those bytes
+        recorded: dict[tuple[str, str, str], int] = {}  # (fingerprint, name, source) → submission
         fps = list({a.fingerprint for a in batch})
         for i in range(0, len(fps), 500):
             # by fingerprint alone, the campaign checked here: with both in the WHERE, SQLite
@@ -192,7 +194,8 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                     .where(Submission.fingerprint.in_(fps[i:i + 500]))
                     .order_by(Submission.id.desc())):
                 if camp == campaign:
-                    earlier[fp] = (sid, name, src)  # the lowest id wins
+                    earlier[fp] = sid  # the lowest id wins
+                    recorded[(fp, name, src)] = sid
         results: list[TakeInResult | None] = [None] * len(batch)
         pending = list(enumerate(batch))
         while pending:  # a second copy within the batch waits for the first one's id
@@ -200,8 +203,9 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             firsts: set[str] = set()
             for i, a in pending:
                 first = earlier.get(a.fingerprint)
-                if first is not None and first[1] == a.entry_name and first[2] == source:
-                    results[i] = TakeInResult(first[0], a.entry_name, "duplicate", "already recorded")
+                again = recorded.get((a.fingerprint, a.entry_name, source))
+                if again is not None:
+                    results[i] = TakeInResult(again, a.entry_name, "duplicate", "already recorded")
                 elif first is None and a.fingerprint in firsts:
                     later.append((i, a))
                 else:
@@ -217,7 +221,8 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                 for _, a, (state, detail) in rows])
             file_rows, events = [], []
             for sub_id, (i, a, (state, detail)) in zip(ids, rows):
-                earlier.setdefault(a.fingerprint, (sub_id, a.entry_name, source))
+                earlier.setdefault(a.fingerprint, sub_id)
+                recorded[(a.fingerprint, a.entry_name, source)] = sub_id
                 file_rows += _file_rows(ledger.home, sub_id, a, state, max_file_bytes, max_photo_bytes)
                 outcome = {RECEIVED: "received", DUPLICATE: "duplicate", REFUSED: "refused"}[state]
                 events.append((event_at, campaign, sender or source, f"submission.{outcome}", str(sub_id), json.dumps(
@@ -235,9 +240,9 @@ _SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "receive
 _FILE_COLUMNS = ("submission_id", "role", "name", "sha256", "size", "archive_path", "caption", "note")
 
 
-def _state_of(a: _Archived, first: tuple[int, str, str] | None, max_file_bytes: int) -> tuple[str, str]:
+def _state_of(a: _Archived, first: int | None, max_file_bytes: int) -> tuple[str, str]:
     if first is not None:
-        return DUPLICATE, f"与第{first[0]}号报送记录完全相同"
+        return DUPLICATE, f"与第{first}号报送记录完全相同"
     if a.refused and len(a.refused) == len(a.files):
         return REFUSED, f"文件超过大小上限 {max_file_bytes // (1024 * 1024)} MB：{'、'.join(a.refused)}"
     return RECEIVED, ""

@@ -143,6 +143,17 @@ def test_identical_bytes_under_another_name_is_duplicate(ledger, inbox):
     assert second.outcome == "duplicate"
 
 
+def test_a_second_copy_seen_again_after_a_crash_is_not_recorded_twice(ledger, inbox):
+    """A second copy under another name was recorded (as a duplicate), then the run died before
+    moving it to processed/: the next run finds it recorded, not new."""
+    data = b"PK\x03\x04 liaoyang"
+    take(ledger, put(inbox, "辽阳市.xlsx", data))
+    second = take(ledger, put(inbox, "辽阳市-副本.xlsx", data))
+    again = take(ledger, inbox / "辽阳市-副本.xlsx")
+    assert (again.outcome, again.detail, again.submission_id) == ("duplicate", "already recorded", second.submission_id)
+    assert len(submissions(ledger)) == 2
+
+
 # ---------------------------------------------------------------- size cap
 def test_oversized_file_is_refused_and_not_archived(ledger, home, inbox):
     entry = put(inbox, "丹东市.xlsx", b"x" * (BIG + 1))
