@@ -26,6 +26,8 @@ Now = Annotated[Optional[str], typer.Option("--now", help="Act as if at this ISO
 Campaign = Annotated[str, typer.Argument(help="Campaign id (file stem under <config>/campaigns/) or a YAML path.")]
 Units = Annotated[Optional[list[str]], typer.Option("--unit", help="Only this unit code (repeatable).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="List what would be sent; send nothing.")]
+Resend = Annotated[bool, typer.Option("--resend-uncertain",
+                                      help="Resend messages a crash left uncertain (same Message-ID).")]
 
 
 def _err(message: str, code: int = 2) -> typer.Exit:
@@ -89,7 +91,8 @@ def demo(home: Home = None) -> None:
 @app.command()
 def request(campaign: Campaign, unit: Units = None,
             force: Annotated[bool, typer.Option("--force", help="Resend to units already asked (marked 重发).")] = False,
-            dry_run: DryRun = False, home: Home = None, config: Conf = None, now: Now = None) -> None:
+            dry_run: DryRun = False, resend_uncertain: Resend = False,
+            home: Home = None, config: Conf = None, now: Now = None) -> None:
     """Send each unit its request with its own pre-filled workbook (once per unit).
 
     Example: bulletin request energy-week-2023 --unit 210100 --dry-run
@@ -97,14 +100,15 @@ def request(campaign: Campaign, unit: Units = None,
     h, c, moment = _prepare(campaign, home, config, now)
     from .request_returns import request_returns
     try:
-        result = request_returns(campaign, units=unit, force=force, dry_run=dry_run, now=moment, home=h, config_dir=c)
+        result = request_returns(campaign, units=unit, force=force, dry_run=dry_run, now=moment, home=h, config_dir=c,
+                                 resend_uncertain=resend_uncertain)
     except ValueError as exc:
         raise _err(str(exc)) from None
     _report(result, bool(result.get("failed")))
 
 
 @app.command()
-def remind(campaign: Campaign, unit: Units = None, dry_run: DryRun = False,
+def remind(campaign: Campaign, unit: Units = None, dry_run: DryRun = False, resend_uncertain: Resend = False,
            home: Home = None, config: Conf = None, now: Now = None) -> None:
     """Send the reminder tier due now to units without an accepted return (each tier once).
 
@@ -112,21 +116,23 @@ def remind(campaign: Campaign, unit: Units = None, dry_run: DryRun = False,
     """
     h, c, moment = _prepare(campaign, home, config, now)
     from .send_reminders import send_reminders
-    result = send_reminders(campaign, units=unit, dry_run=dry_run, now=moment, home=h, config_dir=c)
+    result = send_reminders(campaign, units=unit, dry_run=dry_run, now=moment, home=h, config_dir=c,
+                            resend_uncertain=resend_uncertain)
     _report(result, bool(result.get("failed")))
 
 
 @app.command()
 def collect(campaign: Campaign,
             inbox: Annotated[Optional[Path], typer.Option("--inbox", help="Drop folder (default <home>/inbox/<campaign>).")] = None,
-            home: Home = None, config: Conf = None, now: Now = None) -> None:
+            resend_uncertain: Resend = False, home: Home = None, config: Conf = None, now: Now = None) -> None:
     """Take in returns from the drop folder, validate them and send receipts.
 
     Example: bulletin collect energy-week-2023 --inbox ./returns
     """
     h, c, moment = _prepare(campaign, home, config, now)
     from .collect_returns import collect_returns
-    result = collect_returns(campaign, inbox=str(inbox.resolve()) if inbox else None, now=moment, home=h, config_dir=c)
+    result = collect_returns(campaign, inbox=str(inbox.resolve()) if inbox else None, now=moment, home=h, config_dir=c,
+                             resend_uncertain=resend_uncertain)
     _report(result, result["problems"] > 0)
 
 
@@ -232,7 +238,7 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
 @app.command()
 def send(campaign: Campaign, dry_run: DryRun = False,
          version: Annotated[Optional[int], typer.Option("--version", help="Version (default: the latest).")] = None,
-         resend_uncertain: Annotated[bool, typer.Option("--resend-uncertain", help="Resend messages left uncertain by a crash (same Message-ID).")] = False,
+         resend_uncertain: Resend = False,
          home: Home = None, config: Conf = None, now: Now = None) -> None:
     """Mail the approved bulletin to the campaign's lists, one message per recipient, once.
 

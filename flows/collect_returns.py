@@ -11,10 +11,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from tasks.intake import drop_folder_entries, take_in_entries
-from tasks.ledger import QUARANTINED, REFUSED
+from tasks.delivery import state_of
+from tasks.ledger import REFUSED, SENT
 from tasks.mailbox import MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_messages
+from tasks.owed import NOTICE, RECEIPT, forgive, outcome_from, owed, settle
 from tasks.parallel import PARALLEL_FROM
 from tasks.parsing import Preparser
 from tasks.processing import Outcome, process_received
@@ -86,18 +88,16 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
 
 
 @task(name="apply-explanations", cache_policy=NO_CACHE)
-def apply_explanations(ctx: Context, replies: list) -> list[Outcome]:
-    """Replies from a unit's contacts explain the warnings on its waiting return: accept it."""
-    outcomes = []
+def apply_explanations(ctx: Context, replies: list) -> int:
+    """Replies from a unit's contacts explain the warnings on its waiting return: accept it
+    (its receipt is then owed like any other)."""
+    accepted = 0
     for reply in replies:
-        sub = explain_by_reply(ctx.ledger, ctx.config, reply.sender, reply.text, ctx.now)
-        if sub is None:
+        if explain_by_reply(ctx.ledger, ctx.config, reply.sender, reply.text, ctx.now) is None:
             get_run_logger().info("来自 %s 的邮件没有附件，也没有待说明的报表：已记录", reply.sender)
-            continue
-        outcomes.append(Outcome(sub.id, sub.original_name, sub.state, sub.unit_code, reply.sender,
-                                warnings=list(sub.warnings), version=sub.version, late=sub.late,
-                                explanation=sub.explanation, received_at=sub.received_at))
-    return outcomes
+        else:
+            accepted += 1
+    return accepted
 
 
 @task(name="decide-returns", cache_policy=NO_CACHE)
@@ -118,24 +118,42 @@ def decide_returns(ctx: Context, preparsed: dict | None = None) -> list[Outcome]
     return outcomes
 
 
-@task(name="build-receipts", cache_policy=NO_CACHE)
-def build_receipts(ctx: Context, outcomes: list[Outcome]) -> list:
-    return receipt_messages(ctx.config, outcomes, ctx.override_dir)
+@task(name="build-owed-receipts", cache_policy=NO_CACHE)
+def build_owed_receipts(ctx: Context, decided_now: set[int]) -> list:
+    """Every receipt the ledger owes: this run's decisions and any an earlier run did not send
+    (killed after deciding, or failed); receipts nobody can be sent are forgiven."""
+    rows = owed(ctx.ledger, ctx.campaign_id, RECEIPT)
+    outcomes = [outcome_from(r.payload) for r in rows]
+    messages = receipt_messages(ctx.config, outcomes, ctx.override_dir)
+    built = {m.key for m, _ in messages}
+    forgive(ctx.ledger, [r.key for r in rows if r.key not in built])
+    earlier = sum(o.submission_id not in decided_now for o in outcomes)
+    if earlier:
+        get_run_logger().warning("补发此前运行未发出的回执 %d 份", earlier)
+    return messages
 
 
-def _notice_lines(outcomes: list[Outcome], refused: list) -> list[str]:
-    lines = [f"第{o.submission_id}号《{o.name}》：{o.reason}" for o in outcomes if o.state == QUARANTINED]
-    lines += [f"第{o.submission_id}号《{o.name}》处理时出错（{o.failure}），文件已归档，请人工查看"
-              for o in outcomes if o.failure]
-    lines += [f"第{o.submission_id}号《{o.name}》（{o.unit_code}）的叙述含疑似广告内容，暂未编入简讯；"
-              f"审核后可用 bulletin review CAMPAIGN {o.unit_code} --accept 采用" for o in outcomes if o.flagged]
-    lines += [f"第{r.submission_id}号《{r.name}》被拒收：{r.detail}" for r in refused]
-    return lines
+def _notify_coordinators(ctx: Context, problems: list[str], resend_uncertain: bool) -> None:
+    """One notice with every owed line (quarantined, unreadable, held back, refused) and this
+    run's mailbox problems; the lines are forgotten once it is sent. Its key names the owed
+    lines it carries, so a re-run after a crash sends it once, and new lines make a new one."""
+    rows = owed(ctx.ledger, ctx.campaign_id, NOTICE)
+    lines = problems + [r.payload["line"] for r in rows]
+    if not lines:
+        return
+    ids = [r.id for r in rows]
+    key = f"intake/{ids[0]}-{ids[-1]}-{len(ids)}" if ids else f"mailbox/{int(ctx.now.timestamp())}"
+    notice = coordinator_notice(ctx.config, key, "有报送材料需要人工处理",
+                                "以下报送材料无法自动处理（已归档，未丢失），请核实：", lines, ctx.override_dir)
+    send_messages(ctx, [(notice, None)], "notice", resend_uncertain=resend_uncertain)
+    if state_of(ctx.ledger, notice.key) == SENT:
+        forgive(ctx.ledger, [r.key for r in rows])
 
 
 @flow(name="collect-returns", flow_run_name=run_name("collect"), log_prints=True)
 def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | None = None,
-                    home: str | None = None, config_dir: str | None = None) -> dict:
+                    home: str | None = None, config_dir: str | None = None,
+                    resend_uncertain: bool = False) -> dict:
     """Take in every waiting return, tell each submitter the outcome, publish completeness."""
     ctx = open_context(campaign, home, config_dir, now)
     get_run_logger().info("收取报表：%s，主目录 %s", ctx.campaign_id, ctx.home)
@@ -144,17 +162,12 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     mailed, replies, mailbox_problems = take_in_mailbox(ctx)
     taken = taken + mailed
     outcomes = decide_returns(ctx, quote(preparsed))
-    explained = apply_explanations(ctx, replies) if replies else []
-    receipts = send_messages(ctx, quote(build_receipts(ctx, quote(outcomes + explained))), "receipt")
+    if replies:
+        apply_explanations(ctx, replies)
+    receipts = send_messages(ctx, quote(build_owed_receipts(ctx, {o.submission_id for o in outcomes})), "receipt", resend_uncertain=resend_uncertain)
+    settle(ctx.ledger, ctx.campaign_id)
+    _notify_coordinators(ctx, mailbox_problems, resend_uncertain)
     refused = [r for r in taken if r.outcome == REFUSED]
-    lines = mailbox_problems + _notice_lines(outcomes, refused)
-    if lines:
-        first = min([o.submission_id for o in outcomes] + [r.submission_id for r in refused]
-                    or [int(ctx.now.timestamp())])
-        notice = coordinator_notice(ctx.config, f"intake/{first}", "有报送材料需要人工处理",
-                                    "以下报送材料无法自动处理（已归档，未丢失），请核实：", lines,
-                                    ctx.override_dir)
-        send_messages(ctx, [(notice, None)], "notice")
     status = publish_completeness(ctx)
     states: dict[str, int] = {}
     for o in outcomes:

@@ -81,8 +81,9 @@ def check_uncertain(ctx: Context) -> list[str]:
         get_run_logger().warning("发现 %d 封发送状态不确定的邮件：%s", len(keys), ", ".join(keys))
         notice = coordinator_notice(
             ctx.config, f"uncertain/{len(keys)}/{keys[0]}", "邮件发送状态不确定",
-            "以下邮件在发送过程中中断，无法确定对方是否收到。系统不会自动重发；如需重发，"
-            "请运行 bulletin send --resend-uncertain（使用相同的 Message-ID）。", keys, ctx.override_dir)
+            "以下邮件在发送过程中中断，无法确定对方是否收到。系统不会自动重发；如需重发（使用相同的 "
+            "Message-ID），请对相应步骤加 --resend-uncertain：回执与通知 bulletin collect，报送通知 "
+            "bulletin request，催报 bulletin remind，简讯 bulletin send。", keys, ctx.override_dir)
         send_messages.fn(ctx, [(notice, None)], "notice")
     return keys
 

@@ -54,13 +54,14 @@ def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: 
 @flow(name="request-returns", flow_run_name=run_name("request"), log_prints=True)
 def request_returns(campaign: str, units: list[str] | None = None, force: bool = False,
                     dry_run: bool = False, now: dt.datetime | None = None,
-                    home: str | None = None, config_dir: str | None = None) -> dict:
+                    home: str | None = None, config_dir: str | None = None,
+                    resend_uncertain: bool = False) -> dict:
     """Send each unit (or the given ones) its request once; ``force`` resends and says so."""
     ctx = open_context(campaign, home, config_dir, now)
     log = get_run_logger()
     log.info("报送通知：%s，主目录 %s", ctx.campaign_id, ctx.home)
     check_uncertain(ctx)
     messages = build_requests(ctx, units, force, dry_run)
-    counts = send_messages(ctx, quote(messages), "request", dry_run=dry_run)
+    counts = send_messages(ctx, quote(messages), "request", dry_run=dry_run, resend_uncertain=resend_uncertain)
     log.info("报送通知结果：%s", counts)
     return {"campaign": ctx.campaign_id, "units": len(messages), **counts}

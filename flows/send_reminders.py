@@ -30,10 +30,10 @@ def build_reminders(ctx, codes: list[str] | None) -> list:
 @flow(name="send-reminders", flow_run_name=run_name("remind"), log_prints=True)
 def send_reminders(campaign: str, units: list[str] | None = None, dry_run: bool = False,
                    now: dt.datetime | None = None, home: str | None = None,
-                   config_dir: str | None = None) -> dict:
+                   config_dir: str | None = None, resend_uncertain: bool = False) -> dict:
     """Send the reminder tier due at ``now``; each tier reaches each unit at most once."""
     ctx = open_context(campaign, home, config_dir, now)
     check_uncertain(ctx)
     messages = build_reminders(ctx, units)
-    counts = send_messages(ctx, quote(messages), "reminder", dry_run=dry_run)
+    counts = send_messages(ctx, quote(messages), "reminder", dry_run=dry_run, resend_uncertain=resend_uncertain)
     return {"campaign": ctx.campaign_id, "reminders": len(messages), **counts}

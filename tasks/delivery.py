@@ -20,8 +20,10 @@ once, skip a key that is already claimed.
 4. one transaction records the outcomes (executemany).
 
 Crash window: a crash between steps 1 and 4 leaves at most one chunk in ``sending`` (one
-message with SMTP); ``mark_stale_uncertain`` turns such claims older than ``STALE_AFTER`` into
-``uncertain``. An exception that escapes the mailer mid-chunk (KeyboardInterrupt, ...) is
+message with SMTP). Each claim names its process (``claimed_by``: host, pid and the process's
+start time), so ``mark_stale_uncertain`` turns a claim whose process is gone into ``uncertain``
+at once when it was made on this host, and any claim older than ``STALE_AFTER`` (made on another
+host, whose processes cannot be seen from here). An exception that escapes the mailer mid-chunk (KeyboardInterrupt, ...) is
 recorded on the way out when possible: the messages sent before it are flushed and marked
 ``sent``, the one in flight ``uncertain``, the ones after it ``failed`` (never sent).
 """
@@ -29,6 +31,9 @@ recorded on the way out when possible: the messages sent before it are flushed a
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+from pathlib import Path
 from typing import Callable, Iterable
 
 from sqlalchemy import bindparam, insert, select, update
@@ -59,10 +64,41 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _start_of(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), or None when unknown/gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the name in () may hold spaces
+
+
+_HOST = socket.gethostname()
+_me: tuple[int, str] | None = None
+
+
+def process_identity() -> str:
+    """``host:pid:start`` of this process (a forked child gets its own)."""
+    global _me
+    pid = os.getpid()
+    if _me is None or _me[0] != pid:
+        _me = (pid, f"{_HOST}:{pid}:{_start_of(pid) or '?'}")
+    return _me[1]
+
+
+def claimant_gone(claimed_by: str | None) -> bool:
+    """The claim was made on this host by a process that no longer runs."""
+    host, _, rest = (claimed_by or "").partition(":")
+    pid, _, start = rest.partition(":")
+    if host != _HOST or not pid.isdigit() or start == "?":
+        return False
+    return _start_of(int(pid)) != start
+
+
 def _row(msg: OutgoingMessage, campaign: str, step: str, unit_code: str | None, now: dt.datetime) -> dict:
     return dict(key=msg.key, campaign=campaign, step=step, unit_code=unit_code,
                 recipients=recipients(msg), subject=msg.subject, state=SENDING, attempts=1,
-                claimed_at=now)
+                claimed_at=now, claimed_by=process_identity())
 
 
 def _claim_one(ledger: Ledger, msg: OutgoingMessage, campaign: str, step: str, unit_code: str | None,
@@ -75,7 +111,7 @@ def _claim_one(ledger: Ledger, msg: OutgoingMessage, campaign: str, step: str, u
     except IntegrityError:
         with ledger.session() as s:
             taken = s.execute(update(_T).where(_T.c.key == msg.key, _T.c.state.in_(retry_from))
-                              .values(state=SENDING, claimed_at=_utcnow(),
+                              .values(state=SENDING, claimed_at=_utcnow(), claimed_by=process_identity(),
                                       attempts=_T.c.attempts + 1, error=None))
             return taken.rowcount == 1
 
@@ -107,7 +143,7 @@ def _claim_chunk(ledger: Ledger, chunk: list[Item], campaign: str, step: str,
                 seen.add(msg.key)
             if retry:
                 taken = s.execute(update(_T).where(_T.c.key.in_(retry), _T.c.state.in_(retry_from))
-                                  .values(state=SENDING, claimed_at=now,
+                                  .values(state=SENDING, claimed_at=now, claimed_by=process_identity(),
                                           attempts=_T.c.attempts + 1, error=None))
                 if taken.rowcount != len(retry):
                     raise _Contended
@@ -230,11 +266,14 @@ def state_of(ledger: Ledger, key: str) -> str | None:
 
 
 def mark_stale_uncertain(ledger: Ledger, campaign: str, older_than: dt.timedelta = STALE_AFTER) -> list[str]:
-    """Claims left in ``sending`` (a crash mid-send) become ``uncertain``; return their keys."""
+    """Claims left in ``sending`` by a crash become ``uncertain``: at once when their process is
+    gone (this host), else once older than *older_than*; return their keys."""
     cutoff = _utcnow() - older_than
     with ledger.session() as s:
-        keys = list(s.scalars(select(Delivery.key).where(
-            Delivery.campaign == campaign, Delivery.state == SENDING, Delivery.claimed_at < cutoff)))
-        if keys:
-            s.execute(update(Delivery).where(Delivery.key.in_(keys)).values(state=UNCERTAIN))
+        rows = s.execute(select(Delivery.key, Delivery.claimed_at, Delivery.claimed_by).where(
+            Delivery.campaign == campaign, Delivery.state == SENDING)).all()
+        keys = [key for key, at, by in rows if at < cutoff or claimant_gone(by)]
+        for i in range(0, len(keys), 500):
+            s.execute(update(Delivery).where(Delivery.key.in_(keys[i:i + 500]), Delivery.state == SENDING)
+                      .values(state=UNCERTAIN))
     return keys

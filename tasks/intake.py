@@ -25,6 +25,7 @@ from .durable import ensure_folder, forget_folder, sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
 from .ledger import (DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile,
                      EVENT_COLUMNS, bulk_insert, db_value, insert_with_ids)
+from .owed import owe, owe_rows
 
 RETURN_SUFFIXES = {".xlsx", ".xlsm", ".xls", ".ods", ".csv"}
 _SAFE = re.compile(r"[^A-Za-z0-9._\-\u4e00-\u9fff]+")
@@ -231,6 +232,9 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                 results[i] = TakeInResult(sub_id, a.entry_name, outcome, detail)
             bulk_insert(conn, SubmissionFile.__table__, _FILE_COLUMNS, file_rows)
             bulk_insert(conn, Event.__table__, EVENT_COLUMNS, events)
+            owe(conn, owe_rows(campaign, [], {sub_id: [f"第{sub_id}号《{' '.join(a.entry_name.split())}》被拒收：{detail}"]
+                                             for sub_id, (_, a, (state, detail)) in zip(ids, rows)
+                                             if state == REFUSED}, now))
             pending = later
     return results  # type: ignore[return-value]
 

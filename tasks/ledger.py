@@ -141,6 +141,22 @@ class Delivery(Base):
     claimed_at: Mapped[dt.datetime]
     sent_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # host:pid:start of the claiming process
+
+
+class OwedMessage(Base):
+    """A message the ledger owes: written in the same transaction as the decision that makes it
+    due (a receipt, a line of the coordinators' notice), removed once it is sent. A run that dies
+    between the decision and the sending leaves it here for the next run."""
+
+    __tablename__ = "owed_messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # receipt | notice
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # the delivery key it is sent under
+    submission_id: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict] = mapped_column(default=dict)  # what the message is built from
+    created_at: Mapped[dt.datetime]
 
 
 class Event(Base):

@@ -21,6 +21,7 @@ from .config import Config
 from .ledger import (ACCEPTED, EVENT_COLUMNS, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value, bulk_insert, bulk_update, db_rows,
                      db_value)
+from .owed import owe, owe_rows
 from .parsing import Parsed, Progress, parse_all, received_jobs
 from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
 
@@ -48,6 +49,17 @@ class Outcome:
     flagged: list[str] = field(default_factory=list)  # narrative fields held back for review
     failure: str | None = None  # an unexpected error while reading it (the coordinators are told)
     received_at: dt.datetime | None = None
+
+    def attention(self) -> list[str]:
+        """What the coordinators are told about this submission (lines of their notice)."""
+        head = f"第{self.submission_id}号《{' '.join(self.name.split())}》"
+        lines = [f"{head}：{self.reason}"] if self.state == QUARANTINED else []
+        if self.failure:
+            lines.append(f"{head}处理时出错（{self.failure}），文件已归档，请人工查看")
+        if self.flagged:
+            lines.append(f"{head}（{self.unit_code}）的叙述含疑似广告内容，暂未编入简讯；"
+                         f"审核后可用 bulletin review CAMPAIGN {self.unit_code} --accept 采用")
+        return lines
 
 
 def process_received(ledger: Ledger, config: Config, now: dt.datetime,
@@ -84,6 +96,8 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
             (at, camp.id, "system", f"submission.{o.state}", str(o.submission_id), json.dumps(
                 {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
                 ensure_ascii=False)) for o in outcomes])
+        # the receipts and the coordinators' lines these decisions make due, owed until sent
+        owe(conn, owe_rows(camp.id, outcomes, {o.submission_id: o.attention() for o in outcomes}, now))
     return outcomes
 
 

@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 from .config import Config
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED, Ledger,
                      Submission, Value, audit_event)
+from .owed import owe, owe_rows
+from .processing import Outcome
 
 ACTIONS = ("accept", "reject", "reopen")
 _VERBS = {"accept": "采用", "reject": "退回", "reopen": "重新打开"}
@@ -66,7 +68,7 @@ def review(ledger: Ledger, config: Config, unit_code: str, *, action: str, by: s
             sub.state = REJECTED
         sub.decided_at, sub.decided_by, sub.note = now, by, note
         s.add(audit_event(config.campaign.id, f"review.{action}", actor=by, subject=str(sub.id),
-                    detail={"unit": unit_code, "note": note}, at=now))
+                          detail={"unit": unit_code, "note": note}, at=now))
     return sub
 
 
@@ -91,5 +93,9 @@ def explain_by_reply(ledger: Ledger, config: Config, sender: str, text: str,
         sub.state, sub.explanation = ACCEPTED, text
         sub.decided_at, sub.decided_by = now, f"{sender}（回复说明）"
         s.add(audit_event(config.campaign.id, "submission.explained", actor=sender, subject=str(sub.id),
-                    detail={"unit": unit.code, "explanation": text}, at=now))
+                          detail={"unit": unit.code, "explanation": text}, at=now))
+        outcome = Outcome(sub.id, sub.original_name, sub.state, sub.unit_code, sender, warnings=list(sub.warnings),
+                          version=sub.version, late=sub.late, explanation=text, received_at=sub.received_at)
+        s.flush()
+        owe(s.connection(), owe_rows(config.campaign.id, [outcome], {}, now))  # its receipt, until sent
     return sub

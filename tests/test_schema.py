@@ -163,7 +163,7 @@ def test_the_fixture_upgraded_on_postgresql(postgres_url, tmp_path, monkeypatch,
     source = create_engine(f"sqlite:///file:{FIXTURE}?mode=ro&uri=true")  # the fixture is only read
     columns = _fixture_tables()
     with source.connect() as src, target.begin() as dst:
-        for table in Base.metadata.sorted_tables:  # parents first; read through the models' types
+        for table in [t for t in Base.metadata.sorted_tables if t.name in columns]:  # parents first
             rows = [dict(r._mapping) for r in src.execute(select(*[table.c[c] for c in columns[table.name]]))]
             dst.execute(table.insert(), rows)
             dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
