@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps install bench lock clean serve prefect-yaml migration
+.PHONY: demo test test-deps install bench faults lock clean serve prefect-yaml migration
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/collect.py
+
+# SIGKILL in every phase of collect and send, each step run again, compared with an
+# uninterrupted run (bench/faults.py; about 25 minutes here)
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
 
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'

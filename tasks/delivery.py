@@ -39,6 +39,7 @@ from typing import Callable, Iterable
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import faults
 from .ledger import FAILED, SENDING, SENT, UNCERTAIN, Delivery, Ledger
 from .mailer import MailError, Mailer
 from .message import OutgoingMessage, recipients
@@ -190,6 +191,7 @@ def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list
                 error = f"sent but not made durable: {exc}"[:500]
                 not_sent.update((i, (UNCERTAIN, error)) for i, _ in sent)
                 sent = []
+        faults.reached("mark")
         _record(ledger, [(chunk[i][0].key, mid) for i, mid in sent],
                 [(chunk[i][0].key, st, err) for i, (st, err) in not_sent.items()])
         for i, _ in sent:
@@ -201,7 +203,9 @@ def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list
     try:
         for n, i in enumerate(todo):
             try:
+                faults.reached("smtp")
                 sent.append((i, mailer.send(chunk[i][0])))
+                faults.reached("sent")
             except MailError as exc:
                 # after the message data went out, the server may have it: never resend on our own
                 not_sent[i] = (UNCERTAIN if exc.uncertain else FAILED, str(exc)[:500])
@@ -246,6 +250,7 @@ def deliver_many(ledger: Ledger, mailer: Mailer, items: Iterable[Item], *, campa
             outcomes += _dry_run(ledger, chunk)
         else:
             claimed = _claim_chunk(ledger, chunk, campaign, step, retry_from)
+            faults.reached("claim")
             outcomes += _send_chunk(ledger, mailer, chunk, claimed) if any(claimed) else ["skipped"] * len(chunk)
         if progress is not None:
             progress(len(outcomes), len(items))

@@ -20,6 +20,7 @@ from typing import Callable
 
 from sqlalchemy import select
 
+from . import faults
 from .archive import archive_file
 from .durable import ensure_folder, forget_folder, sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
@@ -159,8 +160,10 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     for at in range(0, len(entries), chunk):
         part = [e for e in entries[at:at + chunk] if os.path.lexists(e)]
         processed += min(chunk, len(entries) - at)
-        archived = [_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False)
-                    for e in part]
+        archived = []
+        for e in part:
+            archived.append(_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False))
+            faults.reached("archive")
         if any(sha for a in archived for _, sha, _ in a.kept):
             sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
         done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
@@ -169,6 +172,7 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
         if recorded:
             recorded(done)
         for e in part:
+            faults.reached("move")
             move_processed(ledger.home, campaign, e, now)
         if progress:
             progress(processed, len(entries))
@@ -235,6 +239,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             owe(conn, owe_rows(campaign, [], {sub_id: [f"第{sub_id}号《{' '.join(a.entry_name.split())}》被拒收：{detail}"]
                                              for sub_id, (_, a, (state, detail)) in zip(ids, rows)
                                              if state == REFUSED}, now))
+            faults.reached("record")
             pending = later
     return results  # type: ignore[return-value]
 

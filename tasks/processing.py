@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import bindparam, select, update
 
+from . import faults
 from .config import Config
 from .ledger import (ACCEPTED, EVENT_COLUMNS, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value, bulk_insert, bulk_update, db_rows,
@@ -98,6 +99,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
                 ensure_ascii=False)) for o in outcomes])
         # the receipts and the coordinators' lines these decisions make due, owed until sent
         owe(conn, owe_rows(camp.id, outcomes, {o.submission_id: o.attention() for o in outcomes}, now))
+        faults.reached("decide")
     return outcomes
 
 

@@ -1,0 +1,246 @@
+"""Fault injection: kill a step with SIGKILL in every phase, run it again, compare.
+
+    python bench/faults.py                      # make faults: 50 trials per step
+    python bench/faults.py --trials 2 --returns 20 --phases decide,sent   # tests/test_faults.py
+
+For each step (``collect`` from the drop folder, ``send`` of an approved bulletin) it prepares a
+home once (N synthetic units and returns from ``bench/collect.py``'s generator, plus a second
+copy of some returns under another name), and runs the step once uninterrupted on a copy: the
+reference. Every trial then copies the prepared home, runs the step as ``bulletin <step>`` in its
+own process group with ``BULLETIN_FAULT=<phase>:<n>`` (``tasks/faults.py``: the *n*-th arrival
+at *phase* SIGKILLs the group; phases and *n* cycle over what the reference run reached), runs
+it again as an operator would (and once more with ``--resend-uncertain`` when the ledger reports
+uncertain messages, as the coordinators' notice asks), and compares with the reference:
+
+- every submission recorded exactly once (name, fingerprint, state), nothing left in the inbox,
+  every entry in ``processed/`` once, every archived file the reference archived;
+- the same delivery keys (receipts, bulletin copies), all ``sent``, nothing still owed;
+- on the SMTP server (aiosmtpd on 127.0.0.1, counting per recipient and Message-ID): every
+  message the reference delivered (lost: one missing), none twice unless the ledger had marked
+  it ``uncertain`` and it was resent with the same Message-ID (duplicated: any other).
+
+Trials share one Prefect server (``prefect server start`` on 127.0.0.1) and one SMTP server.
+Prints, per step and phase, the trials whose kill landed, the lost, the duplicated and the
+uncertain-then-resent messages, and exits 1 on any loss or duplicate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from email import policy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from collect import generate  # noqa: E402  (bench/collect.py)
+from smtp_server import running_smtp_server  # noqa: E402  (tests/smtp_server.py)
+
+CAMPAIGN = "energy-week-2023"
+BIN = Path(sys.executable).parent / "bulletin"
+NOW = {"collect": "2023-09-27T10:00:00+08:00", "send": "2023-10-09T12:00:00+08:00"}
+PHASES = {"collect": ("archive", "record", "move", "decide", "claim", "smtp", "sent", "mark"),
+          "send": ("claim", "smtp", "sent", "mark")}
+COPIES = 5  # returns also dropped a second time under another name
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, root: Path, returns: int, smtp, api: str):
+        self.root, self.n, self.smtp, self.api = root, returns, smtp, api
+        self.config = root / "gen" / "config"
+
+    def env(self, **extra: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BULLETIN_"))}
+        return {**env, "PREFECT_API_URL": self.api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "BULLETIN_CONFIG": str(self.config), "BULLETIN_SMTP_HOST": self.smtp.host,
+                "BULLETIN_SMTP_PORT": str(self.smtp.port), "BULLETIN_SMTP_SECURITY": "none",
+                "BULLETIN_WORKERS": "1", **extra}
+
+    def run(self, home: Path, step: str, *extra: str, **env: str) -> int:
+        command = [str(BIN), step, CAMPAIGN, "--home", str(home), "--now", NOW[step], *extra]
+        with open(home.parent / f"{home.name}-{step}.log", "ab") as log:
+            proc = subprocess.run(command, env=self.env(**env), stdout=log, stderr=log,
+                                  start_new_session=True, timeout=600)
+        return proc.returncode
+
+    # ------------------------------------------------------------------ prepared homes
+    def prepare(self) -> dict[str, Path]:
+        say(f"preparing {self.n} units and returns")
+        generate(self.root / "gen", self.n, xlsx_share=0.5)
+        returns = self.root / "gen" / "returns"
+        for path in sorted(returns.iterdir())[:COPIES]:
+            shutil.copy(path, returns / f"副本-{path.name}")
+        collect_home = self.root / "prepared-collect"
+        inbox = collect_home / "inbox" / CAMPAIGN
+        shutil.copytree(returns, inbox)
+        send_home = self.root / "prepared-send"
+        shutil.copytree(collect_home, send_home)
+        # the send step starts from a collected, compiled and approved campaign (no mail yet)
+        env_file = {"BULLETIN_SMTP_HOST": ""}
+        assert self.run(send_home, "collect", **env_file) in (0, 1)
+        subprocess.run([str(BIN), "compile", CAMPAIGN, "--home", str(send_home), "--now", NOW["send"]],
+                       env=self.env(**env_file), check=True, capture_output=True, timeout=600)
+        self._approve_in_ledger(send_home)
+        shutil.rmtree(send_home / "outbox", ignore_errors=True)
+        return {"collect": collect_home, "send": send_home}
+
+    def _approve_in_ledger(self, home: Path) -> None:
+        """The decision alone (``bulletin approve`` would also send)."""
+        code = ("import datetime as dt, sys; from pathlib import Path; from tasks.ledger import Ledger; "
+                "from tasks.approval import decide; decide(Ledger(Path(sys.argv[1])), sys.argv[2], by='基准测试', "
+                "approve=True, note=None, now=dt.datetime.now(dt.timezone.utc))")
+        subprocess.run([sys.executable, "-c", code, str(home), CAMPAIGN], env=self.env(), check=True, cwd=ROOT)
+
+    # ------------------------------------------------------------------ one run, observed
+    def observe(self, home: Path) -> dict:
+        with sqlite3.connect(home / "ledger.db") as db:
+            subs = Counter(db.execute("SELECT original_name, fingerprint, state FROM submissions"))
+            deliveries = dict(db.execute("SELECT key, state FROM deliveries WHERE key NOT LIKE '%/notice/%'"))
+            owed = db.execute("SELECT COUNT(*) FROM owed_messages").fetchone()[0]
+        inbox = home / "inbox" / CAMPAIGN
+        processed = Counter(p.name.split("-", 1)[1] for p in (home / "processed" / CAMPAIGN).glob("*")) \
+            if (home / "processed" / CAMPAIGN).exists() else Counter()
+        archived = {p.name for p in (home / "archive").rglob("*") if p.is_file()} if (home / "archive").exists() else set()
+        return {"subs": subs, "deliveries": deliveries, "owed": owed,
+                "inbox": sorted(p.name for p in inbox.iterdir()) if inbox.exists() else [],
+                "processed": processed, "archived": archived}
+
+    def mail_since(self, start: int) -> Counter:
+        seen: Counter = Counter()
+        for m in self.smtp.messages[start:]:
+            mid = email.message_from_bytes(m.data, policy=policy.default)["Message-ID"]
+            for rcpt in m.rcpt_tos:
+                seen[(rcpt, mid)] += 1
+        return seen
+
+    def uncertain_keys(self, home: Path) -> set[str]:
+        with sqlite3.connect(home / "ledger.db") as db:
+            return {k for (k,) in db.execute("SELECT key FROM deliveries WHERE state = 'uncertain'")}
+
+    def reference(self, step: str, prepared: Path) -> dict:
+        home = self.root / f"reference-{step}"
+        shutil.copytree(prepared, home)
+        start = len(self.smtp.messages)
+        tally = self.root / f"tally-{step}.json"
+        self.run(home, step, BULLETIN_FAULT_TALLY=str(tally))
+        observed = self.observe(home)
+        observed["mail"] = self.mail_since(start)
+        observed["tally"] = json.loads(tally.read_text())
+        shutil.rmtree(home)
+        return observed
+
+    def trial(self, step: str, prepared: Path, phase: str, nth: int, index: int, ref: dict) -> dict:
+        home = self.root / f"trial-{step}-{index}"
+        shutil.copytree(prepared, home)
+        start = len(self.smtp.messages)
+        code = self.run(home, step, BULLETIN_FAULT=f"{phase}:{nth}")
+        landed = code == -signal.SIGKILL
+        uncertain: set[str] = set()
+        self.run(home, step)  # the operator runs the step again
+        if self.uncertain_keys(home):
+            uncertain = self.uncertain_keys(home)
+            self.run(home, step, "--resend-uncertain")  # as the coordinators' notice asks
+        got, mail = self.observe(home), self.mail_since(start)
+        problems = compare(ref, got)
+        reference_mail = set(ref["mail"])
+        lost = [k for k in reference_mail if mail.get(k, 0) == 0]
+        resent_ids = {_message_id(home, key) for key in uncertain}
+        duplicated = [k for k, n in mail.items() if n > 1 and k[1] not in resent_ids]
+        shutil.rmtree(home)
+        return {"phase": phase, "landed": landed, "problems": problems, "lost": len(lost),
+                "duplicated": len(duplicated), "uncertain": len(uncertain)}
+
+
+def _message_id(home: Path, key: str) -> str | None:
+    with sqlite3.connect(home / "ledger.db") as db:
+        row = db.execute("SELECT message_id FROM deliveries WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def compare(ref: dict, got: dict) -> list[str]:
+    problems = []
+    if got["subs"] != ref["subs"]:
+        extra, missing = got["subs"] - ref["subs"], ref["subs"] - got["subs"]
+        problems.append(f"submissions differ: extra {dict(extra)} missing {dict(missing)}")
+    if set(got["deliveries"]) != set(ref["deliveries"]):
+        problems.append(f"delivery keys differ: {sorted(set(got['deliveries']) ^ set(ref['deliveries']))[:5]}")
+    not_sent = {k: v for k, v in got["deliveries"].items() if v != "sent"}
+    if not_sent:
+        problems.append(f"not sent: {dict(list(not_sent.items())[:5])}")
+    if got["owed"]:
+        problems.append(f"{got['owed']} messages still owed")
+    if got["inbox"]:
+        problems.append(f"left in the inbox: {got['inbox'][:5]}")
+    if got["processed"] != ref["processed"]:
+        problems.append("processed/ differs (an entry moved twice or not at all)")
+    if got["archived"] != ref["archived"]:
+        problems.append(f"archive differs: {len(got['archived'] ^ ref['archived'])} files")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=50, help="trials per step (default 50)")
+    parser.add_argument("--returns", type=int, default=300, help="units and returns (default 300)")
+    parser.add_argument("--steps", default="collect,send")
+    parser.add_argument("--phases", default="", help="only these phases (comma-separated; default all)")
+    args = parser.parse_args(argv)
+    from flows.serve import local_prefect_server
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bulletin-faults-") as tmp, running_smtp_server() as smtp:
+        root = Path(tmp)
+        (root / "prefect").mkdir()
+        os.environ["PREFECT_HOME"] = str(root / "prefect" / "prefect")
+        with local_prefect_server(root / "prefect", port=4300) as api:
+            bench = Bench(root, args.returns, smtp, api)
+            prepared = bench.prepare()
+            results: dict[str, list[dict]] = defaultdict(list)
+            for step in args.steps.split(","):
+                ref = bench.reference(step, prepared[step])
+                say(f"{step}: reference reached {ref['tally']}, {sum(ref['mail'].values())} messages")
+                chosen = set(args.phases.split(",")) if args.phases else set(PHASES[step])
+                phases = [p for p in PHASES[step] if ref["tally"].get(p) and p in chosen]
+                for i in range(args.trials):
+                    phase = phases[i % len(phases)]
+                    reached = ref["tally"][phase]
+                    nth = 1 + (i // len(phases) * 7919 + 13 * i) % reached  # spread over the run
+                    outcome = bench.trial(step, prepared[step], phase, nth, i, ref)
+                    results[step].append(outcome)
+                    say(f"  {step} #{i + 1} {phase}:{nth} landed={outcome['landed']} lost={outcome['lost']} "
+                        f"dup={outcome['duplicated']} uncertain={outcome['uncertain']} {outcome['problems'] or ''}")
+    print(report(results, time.monotonic() - started))
+    bad = any(r["lost"] or r["duplicated"] or r["problems"] for rs in results.values() for r in rs)
+    return 1 if bad else 0
+
+
+def report(results: dict[str, list[dict]], seconds: float) -> str:
+    lines = [f"fault injection: {sum(map(len, results.values()))} trials in {seconds:.0f} s",
+             "step     phase     trials landed lost duplicated uncertain-resent problems"]
+    for step, rows in results.items():
+        by_phase: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            by_phase[r["phase"]].append(r)
+        for phase, rs in by_phase.items():
+            lines.append(f"{step:8} {phase:9} {len(rs):6} {sum(r['landed'] for r in rs):6} "
+                         f"{sum(r['lost'] for r in rs):4} {sum(r['duplicated'] for r in rs):10} "
+                         f"{sum(r['uncertain'] for r in rs):16} {sum(bool(r['problems']) for r in rs):8}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Named points where the fault-injection suite (``bench/faults.py``) kills a step.
+
+``BULLETIN_FAULT=<phase>:<n>`` makes the *n*-th arrival of this process at *phase* end the
+whole process group with SIGKILL, as an operator's ``kill -9`` or a power cut of the host would.
+Without it (always, outside that suite) :func:`reached` returns at once.
+``BULLETIN_FAULT_TALLY=<file>`` writes how often each phase was reached (a run's map).
+
+Phases, in the order a return or a message meets them: ``archive`` (a drop-folder entry's files
+archived, not yet recorded), ``record`` (the intake's rows written, not committed), ``move``
+(recorded, entries being moved to ``processed/``), ``decide`` (decisions written, not committed),
+``claim`` (messages claimed, none sent), ``smtp`` (a message about to be handed to the mail
+server), ``sent`` (handed over, not yet marked), ``mark`` (the chunk's outcomes about to be
+written).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+from collections import Counter
+
+PHASES = ("archive", "record", "move", "decide", "claim", "smtp", "sent", "mark")
+
+
+def _plan() -> tuple[str, int] | None:
+    raw = os.environ.get("BULLETIN_FAULT", "")
+    phase, _, count = raw.partition(":")
+    return (phase, int(count or 1)) if phase in PHASES else None
+
+
+_PLAN = _plan()
+_TALLY = os.environ.get("BULLETIN_FAULT_TALLY")  # a file: how often each phase was reached
+_seen = 0
+_tally: Counter[str] = Counter()
+
+
+def _write_tally() -> None:
+    with open(_TALLY, "w", encoding="utf-8") as fh:  # type: ignore[arg-type]
+        json.dump(_tally, fh)
+
+
+if _TALLY:
+    atexit.register(_write_tally)
+
+
+def reached(phase: str) -> None:
+    """Count an arrival at *phase*; the planned one kills the process group."""
+    global _seen
+    if _TALLY:
+        _tally[phase] += 1
+    if _PLAN is None or _PLAN[0] != phase:
+        return
+    _seen += 1
+    if _seen == _PLAN[1]:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
