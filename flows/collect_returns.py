@@ -88,15 +88,16 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
 
 
 @task(name="apply-explanations", cache_policy=NO_CACHE)
-def apply_explanations(ctx: Context, replies: list) -> int:
+def apply_explanations(ctx: Context, replies: list) -> list[int]:
     """Replies from a unit's contacts explain the warnings on its waiting return: accept it
-    (its receipt is then owed like any other)."""
-    accepted = 0
+    (its receipt is then owed like any other). Returns the submissions accepted."""
+    accepted = []
     for reply in replies:
-        if explain_by_reply(ctx.ledger, ctx.config, reply.sender, reply.text, ctx.now) is None:
+        sub = explain_by_reply(ctx.ledger, ctx.config, reply.sender, reply.text, ctx.now)
+        if sub is None:
             get_run_logger().info("来自 %s 的邮件没有附件，也没有待说明的报表：已记录", reply.sender)
         else:
-            accepted += 1
+            accepted.append(sub.id)
     return accepted
 
 
@@ -162,9 +163,10 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     mailed, replies, mailbox_problems = take_in_mailbox(ctx)
     taken = taken + mailed
     outcomes = decide_returns(ctx, quote(preparsed))
-    if replies:
-        apply_explanations(ctx, replies)
-    receipts = send_messages(ctx, quote(build_owed_receipts(ctx, {o.submission_id for o in outcomes})), "receipt", resend_uncertain=resend_uncertain)
+    explained = apply_explanations(ctx, replies) if replies else []
+    decided_now = {o.submission_id for o in outcomes} | set(explained)
+    receipts = send_messages(ctx, quote(build_owed_receipts(ctx, decided_now)), "receipt",
+                             resend_uncertain=resend_uncertain)
     settle(ctx.ledger, ctx.campaign_id)
     _notify_coordinators(ctx, mailbox_problems, resend_uncertain)
     refused = [r for r in taken if r.outcome == REFUSED]
