@@ -19,6 +19,10 @@ uncertain messages, as the coordinators' notice asks), and compares with the ref
   message the reference delivered (lost: one missing), none twice unless the ledger had marked
   it ``uncertain`` and it was resent with the same Message-ID (duplicated: any other).
 
+Then ``--pairs`` times per step it starts the step twice at once, as two processes (a scheduled
+run beside a manual one), and compares the result with the reference directly: nothing lost,
+nothing twice, and neither run reports "database is locked" or a traceback.
+
 Trials share one Prefect server (``prefect server start`` on 127.0.0.1) and one SMTP server.
 Prints, per step and phase, the trials whose kill landed, the lost, the duplicated and the
 uncertain-then-resent messages, and exits 1 on any loss or duplicate.
@@ -144,6 +148,32 @@ class Bench:
         shutil.rmtree(home)
         return observed
 
+    def pair(self, step: str, prepared: Path, index: int, ref: dict) -> dict:
+        """The same step started twice at once, as two processes (a scheduled run beside a
+        manual one): compared with the reference directly, nothing run again."""
+        home = self.root / f"pair-{step}-{index}"
+        shutil.copytree(prepared, home)
+        start = len(self.smtp.messages)
+        logs = [home.parent / f"{home.name}-{step}-{k}.log" for k in (1, 2)]
+        command = [str(BIN), step, CAMPAIGN, "--home", str(home), "--now", NOW[step]]
+        procs = []
+        for log in logs:
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(command, env=self.env(), stdout=out, stderr=out, start_new_session=True))
+        codes = [p.wait(timeout=600) for p in procs]
+        text = "\n".join(log.read_text(encoding="utf-8", errors="replace") for log in logs)
+        problems = compare(ref, self.observe(home))
+        if "database is locked" in text or "Traceback" in text:
+            problems.append("a run reported 'database is locked' or a traceback")
+        if any(c not in (0, 1) for c in codes):
+            problems.append(f"exit codes {codes}")
+        mail = self.mail_since(start)
+        lost = [k for k in ref["mail"] if mail.get(k, 0) == 0]
+        duplicated = [k for k, n in mail.items() if n > 1]
+        shutil.rmtree(home)
+        return {"phase": "pair", "landed": all(c in (0, 1) for c in codes), "problems": problems,
+                "lost": len(lost), "duplicated": len(duplicated), "uncertain": 0}
+
     def trial(self, step: str, prepared: Path, phase: str, nth: int, index: int, ref: dict) -> dict:
         home = self.root / f"trial-{step}-{index}"
         shutil.copytree(prepared, home)
@@ -199,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--returns", type=int, default=300, help="units and returns (default 300)")
     parser.add_argument("--steps", default="collect,send")
     parser.add_argument("--phases", default="", help="only these phases (comma-separated; default all)")
+    parser.add_argument("--pairs", type=int, default=5, help="runs of two processes at once per step (default 5)")
     args = parser.parse_args(argv)
     from flows.serve import local_prefect_server
     started = time.monotonic()
@@ -223,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
                     results[step].append(outcome)
                     say(f"  {step} #{i + 1} {phase}:{nth} landed={outcome['landed']} lost={outcome['lost']} "
                         f"dup={outcome['duplicated']} uncertain={outcome['uncertain']} {outcome['problems'] or ''}")
+                for i in range(args.pairs):
+                    outcome = bench.pair(step, prepared[step], i, ref)
+                    results[step].append(outcome)
+                    say(f"  {step} pair #{i + 1} lost={outcome['lost']} dup={outcome['duplicated']} "
+                        f"{outcome['problems'] or ''}")
     print(report(results, time.monotonic() - started))
     bad = any(r["lost"] or r["duplicated"] or r["problems"] for rs in results.values() for r in rs)
     return 1 if bad else 0

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, select, update
 
 from . import faults
 from .config import Config
-from .ledger import (ACCEPTED, EVENT_COLUMNS, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED,
+from .ledger import (ACCEPTED, EVENT_COLUMNS, NEEDS_EXPLANATION, QUARANTINED, RECEIVED, REJECTED, SUPERSEDED,
                      Event, Ledger, Submission, SubmissionFile, Value, bulk_insert, bulk_update, db_rows,
                      db_value)
 from .owed import owe, owe_rows
@@ -86,6 +86,12 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
     with ledger.session() as s:  # one transaction for the whole batch
+        mine = _claim_received(s, [p.sub.id for p in parsed])  # first: locks, then reads current state
+        if len(mine) < len(parsed):
+            log.warning("%d submission(s) were decided by another run meanwhile", len(parsed) - len(mine))
+            parsed = [p for p in parsed if p.sub.id in mine]
+            if numbers is not None:
+                numbers, texts = numbers[numbers.index.isin(mine)], texts[texts.index.isin(mine)]
         batch = _Batch(ledger.home, _unit_history(s, camp.id))
         validated = set(numbers.index) if numbers is not None else set()
         outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), p.sub.id in validated, now)
@@ -136,6 +142,20 @@ def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
     frame = pd.DataFrame(rows, columns=["unit", "sid", "field", "number"])
     latest = frame.sort_values("sid").groupby(["unit", "field"])["number"].last().unstack()
     return Previous(camp.previous, latest.astype("float64"), camp.change_factor)
+
+
+def _claim_received(s, ids: list[int]) -> set[int]:
+    """The submissions among *ids* still ``received``, locked for this transaction: a no-op
+    UPDATE takes SQLite's write lock (PostgreSQL: the rows' locks) before anything is read, so
+    two runs deciding at once cannot both decide one submission; the second one finds them
+    decided and leaves them."""
+    S = Submission.__table__.c
+    still: set[int] = set()
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        s.execute(update(Submission.__table__).where(S.id.in_(part), S.state == RECEIVED).values(state=S.state))
+        still.update(s.scalars(select(S.id).where(S.id.in_(part), S.state == RECEIVED)))
+    return still
 
 
 def _unit_history(s, campaign: str) -> dict[str, list[dict]]:

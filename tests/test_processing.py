@@ -411,3 +411,42 @@ def test_a_broken_preparser_never_stops_the_intake(ledger, config, inbox):
         with pytest.raises(RuntimeError):
             pre.parsed()
     assert [o.state for o in process_received(ledger, config, BEFORE)] == [ACCEPTED] * 3
+
+
+def test_two_runs_deciding_at_once_decide_each_submission_once(tmp_path, ledger, config):
+    """Run A has written its decisions but not committed when run B starts: B waits for A's
+    write lock instead of deciding from what it read, then finds nothing left to decide."""
+    import threading
+
+    from sqlalchemy import event as sa_event
+
+    from tasks.ledger import Event
+    for code in ("210100", "210300", "SZ001"):
+        submit(ledger, config, write_return(tmp_path / code, config, config.unit_by_code[code]), BEFORE)
+    a_wrote, release = threading.Event(), threading.Event()
+
+    def hold_a(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        if threading.current_thread().name == "A" and statement.lstrip().upper().startswith("INSERT INTO EVENTS"):
+            a_wrote.set()
+            release.wait(20)
+
+    sa_event.listen(ledger.engine, "after_cursor_execute", hold_a)
+    results: dict[str, list] = {}
+    runs = {name: threading.Thread(name=name, target=lambda n=name: results.__setitem__(
+        n, process_received(ledger, config, BEFORE))) for name in ("A", "B")}
+    try:
+        runs["A"].start()
+        assert a_wrote.wait(30)
+        runs["B"].start()
+        runs["B"].join(1.5)  # B is waiting for A's transaction
+        release.set()
+        for t in runs.values():
+            t.join(60)
+    finally:
+        sa_event.remove(ledger.engine, "after_cursor_execute", hold_a)
+    assert len(results["A"]) == 3 and results["B"] == []
+    with ledger.session() as s:
+        states = sorted(s.scalars(select(Submission.state)))
+        decided = s.scalars(select(Event.subject).where(Event.action.like("submission.%"),
+                                                       Event.action != "submission.received")).all()
+    assert states == ["accepted"] * 3 and sorted(decided) == ["1", "2", "3"]
