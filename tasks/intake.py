@@ -14,11 +14,12 @@ import os
 import re
 import shutil
 import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from . import faults
 from .archive import archive_file
@@ -160,10 +161,15 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
     for at in range(0, len(entries), chunk):
         part = [e for e in entries[at:at + chunk] if os.path.lexists(e)]
         processed += min(chunk, len(entries) - at)
-        archived = []
+        archived, kept = [], []
         for e in part:
-            archived.append(_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False))
+            try:
+                archived.append(_archive_entry(ledger.home, e.name, entry_files(e), max_file_bytes, durable=False))
+            except FileNotFoundError:  # taken in and moved by another run while we read it
+                continue
+            kept.append(e)
             faults.reached("archive")
+        part = kept
         if any(sha for a in archived for _, sha, _ in a.kept):
             sync_folder(ledger.home / "archive")  # this chunk's files durable, before its rows
         done = _record(ledger, campaign, archived, source=source, sender=None, now=now,
@@ -173,7 +179,8 @@ def take_in_entries(ledger: Ledger, campaign: str, entries: list[Path], *, sourc
             recorded(done)
         for e in part:
             faults.reached("move")
-            move_processed(ledger.home, campaign, e, now)
+            if os.path.lexists(e):  # else another run took it in and moved it meanwhile
+                move_processed(ledger.home, campaign, e, now)
         if progress:
             progress(processed, len(entries))
     return results
@@ -187,6 +194,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
     nothing new (the same bytes, name and source as any earlier submission: a re-run, e.g.
     after a crash between this transaction and the move to ``processed/``)."""
     with ledger.session() as s:
+        lock_intake(s, campaign)  # before the lookup: two intakes at once record nothing twice
         earlier: dict[str, int] = {}  # fingerprint → the first submission of those bytes
         recorded: dict[tuple[str, str, str], int] = {}  # (fingerprint, name, source) → submission
         fps = list({a.fingerprint for a in batch})
@@ -242,6 +250,16 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             faults.reached("record")
             pending = later
     return results  # type: ignore[return-value]
+
+
+def lock_intake(s, campaign: str) -> None:
+    """Hold the campaign's intake for this transaction: PostgreSQL, an advisory lock; SQLite, the
+    database's write lock (a no-op UPDATE takes it before anything is read)."""
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"intake/{campaign}".encode()),))
+    else:
+        conn.execute(update(Submission.__table__).where(Submission.__table__.c.id == -1).values(id=-1))
 
 
 _SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "received_at", "fingerprint",
