@@ -1,7 +1,7 @@
 """Fault injection: kill a step with SIGKILL in every phase, run it again, compare.
 
     python bench/faults.py                      # make faults: 50 trials per step
-    python bench/faults.py --trials 2 --returns 20 --phases decide,sent   # tests/test_faults.py
+    python bench/faults.py --trials 2 --returns 20 --phases decide,sent --pairs 0   # tests/test_faults.py
 
 For each step (``collect`` from the drop folder, ``send`` of an approved bulletin) it prepares a
 home once (N synthetic units and returns from ``bench/collect.py``'s generator, plus a second
