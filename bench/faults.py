@@ -75,8 +75,11 @@ class Bench:
                 "BULLETIN_SMTP_PORT": str(self.smtp.port), "BULLETIN_SMTP_SECURITY": "none",
                 "BULLETIN_WORKERS": "1", **extra}
 
+    def command(self, home: Path, step: str, *extra: str) -> list[str]:
+        return [str(BIN), step, CAMPAIGN, "--home", str(home), "--now", NOW[step], *extra]
+
     def run(self, home: Path, step: str, *extra: str, **env: str) -> int:
-        command = [str(BIN), step, CAMPAIGN, "--home", str(home), "--now", NOW[step], *extra]
+        command = self.command(home, step, *extra)
         with open(home.parent / f"{home.name}-{step}.log", "ab") as log:
             proc = subprocess.run(command, env=self.env(**env), stdout=log, stderr=log,
                                   start_new_session=True, timeout=600)
@@ -155,7 +158,7 @@ class Bench:
         shutil.copytree(prepared, home)
         start = len(self.smtp.messages)
         logs = [home.parent / f"{home.name}-{step}-{k}.log" for k in (1, 2)]
-        command = [str(BIN), step, CAMPAIGN, "--home", str(home), "--now", NOW[step]]
+        command = self.command(home, step)
         procs = []
         for log in logs:
             with open(log, "wb") as out:

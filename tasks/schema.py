@@ -124,8 +124,8 @@ def upgrade(engine: Engine, now: dt.datetime) -> UpgradeReport:
     report = UpgradeReport(where(engine), before, head())
     if before == head():
         return report
-    if before is not None and isinstance(_mismatch(engine, before), LedgerTooNew):
-        raise _mismatch(engine, before)
+    if before is not None and isinstance(problem := _mismatch(engine, before), LedgerTooNew):
+        raise problem
     if fresh:
         ensure_current(engine)
         return report
