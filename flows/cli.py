@@ -71,6 +71,29 @@ def _report(result: dict, problems: bool) -> None:
     raise typer.Exit(1 if problems else 0)
 
 
+def _unsent(counts: dict) -> bool:
+    """Some message of this run was not (surely) delivered."""
+    return any(counts.get(k) for k in ("failed", "uncertain", "undeliverable"))
+
+
+def _step(campaign: str, run, *args, expected: tuple[type[Exception], ...] = (), **kwargs) -> dict:
+    """Run a step's flow. An error that stops it (the ledger's server restarted, a full disk)
+    ends the command with exit 1, one line on stderr and a JSON summary naming the error, never
+    a traceback: what was done is in the ledger, and running the same command again goes on."""
+    from .console import error_line, quiet_tracebacks
+    quiet_tracebacks()
+    try:
+        return run(*args, **kwargs)
+    except expected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported as the step's outcome
+        line = error_line(exc)
+        typer.echo(f"运行中断：{line}。已完成的部分已记入账本，排除问题后重新运行同一命令即可继续。"
+                   f"The run stopped; run the same command again once the problem is fixed.", err=True)
+        typer.echo(json.dumps({"campaign": campaign, "error": line}, ensure_ascii=False))
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def demo(home: Home = None) -> None:
     """Run a whole campaign with simulated units (energy-week-2023) in a fresh home.
@@ -100,11 +123,11 @@ def request(campaign: Campaign, unit: Units = None,
     h, c, moment = _prepare(campaign, home, config, now)
     from .request_returns import request_returns
     try:
-        result = request_returns(campaign, units=unit, force=force, dry_run=dry_run, now=moment, home=h, config_dir=c,
-                                 resend_uncertain=resend_uncertain)
+        result = _step(campaign, request_returns, campaign, units=unit, force=force, dry_run=dry_run, now=moment,
+                       home=h, config_dir=c, resend_uncertain=resend_uncertain, expected=(ValueError,))
     except ValueError as exc:
         raise _err(str(exc)) from None
-    _report(result, bool(result.get("failed")))
+    _report(result, _unsent(result))
 
 
 @app.command()
@@ -116,9 +139,9 @@ def remind(campaign: Campaign, unit: Units = None, dry_run: DryRun = False, rese
     """
     h, c, moment = _prepare(campaign, home, config, now)
     from .send_reminders import send_reminders
-    result = send_reminders(campaign, units=unit, dry_run=dry_run, now=moment, home=h, config_dir=c,
-                            resend_uncertain=resend_uncertain)
-    _report(result, bool(result.get("failed")))
+    result = _step(campaign, send_reminders, campaign, units=unit, dry_run=dry_run, now=moment, home=h,
+                   config_dir=c, resend_uncertain=resend_uncertain)
+    _report(result, _unsent(result))
 
 
 @app.command()
@@ -131,9 +154,9 @@ def collect(campaign: Campaign,
     """
     h, c, moment = _prepare(campaign, home, config, now)
     from .collect_returns import collect_returns
-    result = collect_returns(campaign, inbox=str(inbox.resolve()) if inbox else None, now=moment, home=h, config_dir=c,
-                             resend_uncertain=resend_uncertain)
-    _report(result, result["problems"] > 0)
+    result = _step(campaign, collect_returns, campaign, inbox=str(inbox.resolve()) if inbox else None, now=moment,
+                   home=h, config_dir=c, resend_uncertain=resend_uncertain)
+    _report(result, result["problems"] > 0 or _unsent(result["receipts"]))
 
 
 @app.command()
@@ -173,8 +196,8 @@ def review(campaign: Campaign, unit: Annotated[str, typer.Argument(help="Unit co
         raise _err("review: give exactly one of --accept, --reject, --reopen")
     h, c, moment = _prepare(campaign, home, config, now)
     from .review_return import review_return
-    result = review_return(campaign, unit, actions[0], by, note, submission=submission, now=moment,
-                           home=h, config_dir=c)
+    result = _step(campaign, review_return, campaign, unit, actions[0], by, note, submission=submission,
+                   now=moment, home=h, config_dir=c)
     if "error" in result:
         raise _err(result["error"], 1)
     _report(result, bool(result.get("failed")))
@@ -190,7 +213,7 @@ def compile_(campaign: Campaign,
     """
     h, c, moment = _prepare(campaign, home, config, now)
     from .compile_bulletin import compile_bulletin
-    _report(compile_bulletin(campaign, lead=lead, now=moment, home=h, config_dir=c), False)
+    _report(_step(campaign, compile_bulletin, campaign, lead=lead, now=moment, home=h, config_dir=c), False)
 
 
 @app.command()
@@ -230,9 +253,10 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
         typer.echo(f"已交给等待审批的发布运行 {', '.join(resumed)}：由 bulletin serve（或 worker）发送", err=True)
     elif row.approval == APPROVED:
         from .publish_bulletin import publish_bulletin
-        sent = publish_bulletin(cfg.campaign.id, version=row.version, now=moment, home=h, config_dir=c)
+        sent = _step(campaign, publish_bulletin, cfg.campaign.id, version=row.version, now=moment, home=h,
+                     config_dir=c)
         result["send"] = {k: v for k, v in sent.items() if k not in ("campaign", "version", "approval")}
-    _report(result, bool(result.get("send", {}).get("failed")))
+    _report(result, _unsent(result.get("send", {})))
 
 
 @app.command()
@@ -248,14 +272,15 @@ def send(campaign: Campaign, dry_run: DryRun = False,
     from tasks.approval import ApprovalError
     from .publish_bulletin import publish_bulletin
     try:
-        result = publish_bulletin(campaign, version=version, dry_run=dry_run, resend_uncertain=resend_uncertain,
-                                  now=moment, home=h, config_dir=c)
+        result = _step(campaign, publish_bulletin, campaign, version=version, dry_run=dry_run,
+                       resend_uncertain=resend_uncertain, now=moment, home=h, config_dir=c,
+                       expected=(ApprovalError,))
     except ApprovalError as exc:
         raise _err(str(exc), 1) from None
     if result["approval"] != "approved" and not dry_run:
         typer.echo(f"第{result['version']}版简讯尚未批准（{result['approval']}），未发送。"
                    f"请先运行 bulletin approve {campaign} --by 姓名", err=True)
-    _report(result, result["approval"] != "approved" and not dry_run or bool(result.get("failed")))
+    _report(result, result["approval"] != "approved" and not dry_run or _unsent(result))
 
 
 @app.command()

@@ -175,6 +175,7 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     for o in outcomes:
         states[o.state] = states.get(o.state, 0) + 1
     return {"campaign": ctx.campaign_id, "taken_in": len(taken), "decided": states,
-            "receipts": receipts, "accepted_units": status["accepted"], "expected": status["expected"],
+            "receipts": receipts, "mailbox": mailbox_problems,
+            "accepted_units": status["accepted"], "expected": status["expected"],
             "problems": sum(v for k, v in states.items() if k != "accepted") + len(refused)
             + len(mailbox_problems)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from typing import Callable
 
@@ -10,8 +11,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
-from tasks.delivery import deliver_many, mark_stale_uncertain
+from tasks.delivery import deliver_many, mark_stale_uncertain, outcomes_since, undeliverable
 from tasks.mailer import mailer_from_env
 from tasks.message import OutgoingMessage
 from tasks.notices import coordinator_notice
@@ -24,7 +26,18 @@ PROGRESS_EVERY = 500  # messages between progress lines in send_messages
 
 
 class SendFailed(RuntimeError):
-    """Some messages could not be sent; raised so Prefect retries the batch (sent ones skip)."""
+    """Some messages failed for a reason that may pass (the server unreachable, a 4xx reply):
+    raised so that Prefect retries the batch (sent ones are skipped). Carries the counts."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        super().__init__(f"{counts.get('failed', 0)} message(s) could not be sent yet; sent ones are skipped on retry")
+        self.counts = counts
+
+
+def transient_only(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
+    """Retry the batch only for :class:`SendFailed` (what may pass). A permanent refusal, an
+    uncertain message and any other error (a bug, the ledger gone) are never retried."""
+    return isinstance(state.data, SendFailed)
 
 
 def run_name(step: str) -> Callable[[], str]:
@@ -39,10 +52,39 @@ def run_name(step: str) -> Callable[[], str]:
 
 # Callers pass big message lists wrapped in prefect.utilities.annotations.quote: Prefect then
 # hands the list over as is instead of walking every message (and its attachments).
-@task(name="send-messages", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE,
-      task_run_name="send-{step}-{ctx.campaign_id}")
-def send_messages(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
-                  dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
+@task(name="send-messages", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_only,
+      cache_policy=NO_CACHE, task_run_name="send-{step}-{ctx.campaign_id}")
+def send_batch(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
+               dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
+    """Deliver each (message, unit) once; raises :class:`SendFailed` (retried) while some failed
+    for a reason that may pass."""
+    counts = deliver_counted(ctx, messages, step, dry_run, resend_uncertain)
+    if counts.get("failed"):
+        raise SendFailed(counts)
+    return counts
+
+
+def send_messages(ctx: Context, messages, step: str, dry_run: bool = False,
+                  resend_uncertain: bool = False) -> dict[str, int]:
+    """Run :func:`send_batch` (with its retries) and count the outcomes: sent, skipped, failed,
+    uncertain, undeliverable. Messages that could not be sent are in the counts, never raised;
+    the coordinators are told about recipients the server refused for good."""
+    started = dt.datetime.now(dt.timezone.utc)
+    state = send_batch(ctx, messages, step, dry_run, resend_uncertain, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException) and not isinstance(outcome, SendFailed):
+        raise outcome
+    counts = outcome.counts if isinstance(outcome, SendFailed) else outcome
+    listed = messages.unquote() if isinstance(messages, quote) else messages
+    if listed and not dry_run:  # over every attempt of the batch, not only the last one
+        counts = outcomes_since(ctx.ledger, [m.key for m, _ in listed], started)
+    if counts.get("undeliverable") and step != "notice":
+        _notify_undeliverable(ctx, step)
+    return counts
+
+
+def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
+                    dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
     """Deliver each (message, unit) once, through one connection, in ledger-guarded chunks
     (``tasks.delivery.deliver_many``); count the outcomes."""
     log = get_run_logger()
@@ -66,11 +108,27 @@ def send_messages(ctx: Context, messages: list[tuple[OutgoingMessage, str | None
         counts[outcome] += 1
         if dry_run:
             log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
-        elif outcome in ("failed", "uncertain"):
-            log.warning("%s：%s → %s", outcome, msg.subject, ", ".join(a.email for a in msg.to))
-    if counts["failed"]:
-        raise SendFailed(f"{counts['failed']} message(s) failed to send; already-sent ones are skipped on retry")
+        elif outcome in ("failed", "uncertain", "undeliverable"):
+            log.warning("%s：%s → %s", OUTCOME_LABELS[outcome], msg.subject, ", ".join(a.email for a in msg.to))
     return dict(counts)
+
+
+OUTCOME_LABELS = {"failed": "未发出（稍后重试）failed", "uncertain": "发送状态不确定 uncertain",
+                  "undeliverable": "被对方服务器拒收 undeliverable"}
+
+
+def _notify_undeliverable(ctx: Context, step: str) -> None:
+    """One notice per set of messages the server refused for good (the ledger sends it once)."""
+    refused = undeliverable(ctx.ledger, ctx.campaign_id, step)
+    if not refused:
+        return
+    digest = hashlib.sha256("\n".join(k for k, _, _ in refused).encode()).hexdigest()[:12]
+    lines = [f"{key}：{'、'.join(rcpts)}（{error}）" for key, rcpts, error in refused]
+    notice = coordinator_notice(
+        ctx.config, f"undeliverable/{step}/{len(refused)}/{digest}", "邮件被对方服务器拒收",
+        "以下邮件被收件方服务器永久拒收（地址可能有误或邮箱已停用），系统不会自动重发。请在配置中更正地址后"
+        "重新运行相应步骤：地址改变的邮件会发往新地址。", lines, ctx.override_dir)
+    deliver_counted(ctx, [(notice, None)], "notice")
 
 
 @task(name="check-uncertain-sends", cache_policy=NO_CACHE)
@@ -84,7 +142,7 @@ def check_uncertain(ctx: Context) -> list[str]:
             "以下邮件在发送过程中中断，无法确定对方是否收到。系统不会自动重发；如需重发（使用相同的 "
             "Message-ID），请对相应步骤加 --resend-uncertain：回执与通知 bulletin collect，报送通知 "
             "bulletin request，催报 bulletin remind，简讯 bulletin send。", keys, ctx.override_dir)
-        send_messages.fn(ctx, [(notice, None)], "notice")
+        deliver_counted(ctx, [(notice, None)], "notice")
     return keys
 
 

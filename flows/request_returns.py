@@ -10,7 +10,7 @@ from prefect.utilities.annotations import quote
 from sqlalchemy import func, select
 
 from tasks.archive import archive_bytes
-from tasks.ledger import RequestRecord
+from tasks.ledger import RequestRecord, hold
 from tasks.notices import request_message
 from tasks.workbook import build_request_workbook
 
@@ -30,10 +30,8 @@ def _select_units(ctx: Context, codes: list[str] | None):
 @task(name="build-requests", cache_policy=NO_CACHE)
 def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: bool) -> list:
     """Each selected unit's workbook and message; a forced resend gets the next sequence."""
-    with ctx.ledger.session() as s:  # how many requests each unit already has, in one query
-        asked = dict(s.execute(select(RequestRecord.unit_code, func.count())
-                               .where(RequestRecord.campaign == ctx.campaign_id)
-                               .group_by(RequestRecord.unit_code)).all())
+    with ctx.ledger.reading() as s:
+        asked = _asked(s, ctx.campaign_id)
     out, records = [], []
     for unit in _select_units(ctx, codes):
         before = asked.get(unit.code, 0)
@@ -47,8 +45,18 @@ def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: 
         out.append((request_message(ctx.config, unit, workbook, sequence=sequence,
                                     override=ctx.override_dir), unit.code))
     with ctx.ledger.session() as s:
-        s.add_all(records)
+        hold(s, f"requests/{ctx.campaign_id}")
+        # a unit another run recorded meanwhile is left to it (same sequence, same delivery key)
+        now_asked = _asked(s, ctx.campaign_id)
+        s.add_all(r for r in records if now_asked.get(r.unit_code, 0) == asked.get(r.unit_code, 0))
     return out
+
+
+def _asked(s, campaign: str) -> dict[str, int]:
+    """How many requests each unit already has, in one query."""
+    return dict(s.execute(select(RequestRecord.unit_code, func.count())
+                          .where(RequestRecord.campaign == campaign)
+                          .group_by(RequestRecord.unit_code)).all())
 
 
 @flow(name="request-returns", flow_run_name=run_name("request"), log_prints=True)

@@ -31,6 +31,9 @@ def print_status(status: dict, console: Console | None = None) -> None:
     if b:
         console.print(f"最新简讯：第{b['version']}版，{'已批准' if b['approved'] else '未批准'}"
                       f"{'，已有更新的报表（需重新编制）' if b['stale'] else ''}")
+    if status.get("undeliverable_deliveries"):
+        console.print(f"[red]被对方服务器拒收的邮件 {len(status['undeliverable_deliveries'])} 封[/red]（更正地址后重新运行相应步骤）："
+                      + "，".join(status["undeliverable_deliveries"]))
     if status.get("uncertain_deliveries"):
         console.print(f"[red]发送状态不确定的邮件 {len(status['uncertain_deliveries'])} 封[/red]："
                       + "，".join(status["uncertain_deliveries"]))

@@ -50,7 +50,7 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     campaign's accepted submissions are joined in SQL, never listed as bound parameters."""
     camp = config.campaign
     accepted = (Submission.campaign == camp.id, Submission.state == ACCEPTED)
-    with ledger.session() as s:
+    with ledger.reading() as s:
         conn = s.connection()
         subs = conn.execute(select(Submission.id, Submission.unit_code, Submission.fingerprint,
                                    Submission.late, Submission.decided_by)

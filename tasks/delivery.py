@@ -1,9 +1,11 @@
 """Sending with the ledger as guard: each message key goes out at most once.
 
 A message is claimed (``sending``) in the ledger before it is handed to the mailer and
-marked afterwards: ``sent`` (with its Message-ID), ``failed`` (nothing went out; the next run
-retries it) or ``uncertain`` (it may have gone out: reported, resent only on request, with the
-same Message-ID). The unique key on ``deliveries.key`` makes a second run, or two runs at
+marked afterwards: ``sent`` (with its Message-ID), ``failed`` (nothing went out, for a reason
+that may pass: the next run retries it), ``undeliverable`` (the server refused it for good: tried
+again only when its recipients have changed, i.e. an address was corrected) or ``uncertain``
+(it may have gone out: reported, resent only on request, with the same Message-ID). When the
+server cannot be reached or logged into, the run stops trying: the rest is ``failed``. The unique key on ``deliveries.key`` makes a second run, or two runs at
 once, skip a key that is already claimed.
 
 ``deliver_many`` works in chunks of ``mailer.batch_size`` messages (500 for the file outbox,
@@ -40,7 +42,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import faults
-from .ledger import FAILED, SENDING, SENT, UNCERTAIN, Delivery, Ledger
+from .ledger import FAILED, SENDING, SENT, UNCERTAIN, UNDELIVERABLE, Delivery, Ledger
 from .mailer import MailError, Mailer
 from .message import OutgoingMessage, recipients
 
@@ -59,6 +61,10 @@ Item = tuple[OutgoingMessage, str | None]  # (message, unit code)
 
 class _Contended(Exception):
     """Another run claimed one of the chunk's keys while this one was claiming."""
+
+
+class _Unreachable(Exception):
+    """The mailer cannot reach its server (or outbox): the run stops sending."""
 
 
 def _utcnow() -> dt.datetime:
@@ -118,35 +124,47 @@ def _claim_one(ledger: Ledger, msg: OutgoingMessage, campaign: str, step: str, u
 
 
 def _claim_chunk(ledger: Ledger, chunk: list[Item], campaign: str, step: str,
-                 retry_from: tuple[str, ...]) -> list[bool]:
-    """Claim the chunk's keys in one transaction; which items are ours to send."""
+                 retry_from: tuple[str, ...]) -> list[str]:
+    """Claim the chunk's keys in one transaction: per item ``claimed``, ``skipped`` (sent,
+    being sent, uncertain, or twice in the chunk) or ``undeliverable`` (refused for good, to the
+    same recipients)."""
     try:
         with ledger.session() as s:
             keys = list({msg.key: None for msg, _ in chunk})
-            states = dict(s.execute(select(_T.c.key, _T.c.state).where(_T.c.key.in_(keys))).all())
+            known = {k: (st, rc) for k, st, rc in s.execute(
+                select(_T.c.key, _T.c.state, _T.c.recipients).where(_T.c.key.in_(keys))).all()}
             now = _utcnow()
-            claimed: list[bool] = []
+            claimed: list[str] = []
             new_rows: list[dict] = []
             retry: list[str] = []
+            corrected: dict[str, list[str]] = {}  # undeliverable key → its new recipients
             seen: set[str] = set()
             for msg, unit in chunk:
-                state = states.get(msg.key)
+                state, before = known.get(msg.key, (None, None))
                 if msg.key in seen:  # the same key twice in one call: sent once
-                    claimed.append(False)
+                    claimed.append("skipped")
                 elif state is None:
                     new_rows.append(_row(msg, campaign, step, unit, now))
-                    claimed.append(True)
+                    claimed.append("claimed")
                 elif state in retry_from:
                     retry.append(msg.key)
-                    claimed.append(True)
+                    claimed.append("claimed")
+                elif state == UNDELIVERABLE and sorted(recipients(msg)) != sorted(before or []):
+                    corrected[msg.key] = recipients(msg)
+                    claimed.append("claimed")
                 else:
-                    claimed.append(False)
+                    claimed.append("undeliverable" if state == UNDELIVERABLE else "skipped")
                 seen.add(msg.key)
+            again = {"state": SENDING, "claimed_at": now, "claimed_by": process_identity(),
+                     "attempts": _T.c.attempts + 1, "error": None}
             if retry:
-                taken = s.execute(update(_T).where(_T.c.key.in_(retry), _T.c.state.in_(retry_from))
-                                  .values(state=SENDING, claimed_at=now, claimed_by=process_identity(),
-                                          attempts=_T.c.attempts + 1, error=None))
+                taken = s.execute(update(_T).where(_T.c.key.in_(retry), _T.c.state.in_(retry_from)).values(**again))
                 if taken.rowcount != len(retry):
+                    raise _Contended
+            for key, rcpts in corrected.items():
+                taken = s.execute(update(_T).where(_T.c.key == key, _T.c.state == UNDELIVERABLE)
+                                  .values(**again, recipients=rcpts))
+                if taken.rowcount != 1:
                     raise _Contended
             if new_rows:
                 # in key order, so two runs claiming the same keys cannot deadlock; an
@@ -157,7 +175,8 @@ def _claim_chunk(ledger: Ledger, chunk: list[Item], campaign: str, step: str,
         seen = set()
         out = []
         for msg, unit in chunk:
-            out.append(msg.key not in seen and _claim_one(ledger, msg, campaign, step, unit, retry_from))
+            out.append("claimed" if msg.key not in seen and _claim_one(ledger, msg, campaign, step, unit, retry_from)
+                       else "skipped")
             seen.add(msg.key)
         return out
 
@@ -175,11 +194,14 @@ def _record(ledger: Ledger, sent: list[tuple[str, str]], not_sent: list[tuple[st
                                        for k, st, err in not_sent])
 
 
-def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list[bool]) -> list[str]:
-    outcomes = ["skipped"] * len(chunk)
+def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claims: list[str]) -> list[str]:
+    """Send the claimed items; the others keep their claim outcome. Raises :class:`_Unreachable`
+    (after recording the chunk) when the mailer cannot reach its server."""
+    outcomes = ["skipped" if c == "claimed" else c for c in claims]
     sent: list[tuple[int, str]] = []  # (index, Message-ID)
     not_sent: dict[int, tuple[str, str]] = {}  # index → (state, error)
-    todo = [i for i, ok in enumerate(claimed) if ok]
+    todo = [i for i, c in enumerate(claims) if c == "claimed"]
+    unreachable: MailError | None = None
 
     def finish() -> None:
         nonlocal sent
@@ -197,7 +219,7 @@ def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list
         for i, _ in sent:
             outcomes[i] = "sent"
         for i, (st, _) in not_sent.items():
-            outcomes[i] = "uncertain" if st == UNCERTAIN else "failed"
+            outcomes[i] = {UNCERTAIN: "uncertain", UNDELIVERABLE: "undeliverable"}.get(st, "failed")
 
     n = 0
     try:
@@ -208,7 +230,12 @@ def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list
                 faults.reached("sent")
             except MailError as exc:
                 # after the message data went out, the server may have it: never resend on our own
-                not_sent[i] = (UNCERTAIN if exc.uncertain else FAILED, str(exc)[:500])
+                state = UNCERTAIN if exc.uncertain else UNDELIVERABLE if exc.permanent else FAILED
+                not_sent[i] = (state, str(exc)[:500])
+                if exc.unreachable:
+                    unreachable = exc
+                    not_sent.update((j, (FAILED, f"not tried: {exc}"[:500])) for j in todo[n + 1:])
+                    break
             except Exception as exc:  # noqa: BLE001 - e.g. a message that cannot be built: nothing went out
                 not_sent[i] = (FAILED, f"{type(exc).__name__}: {exc}"[:500])
     except BaseException as exc:  # interrupted: record what is known, then let it go on
@@ -220,11 +247,13 @@ def _send_chunk(ledger: Ledger, mailer: Mailer, chunk: list[Item], claimed: list
             pass
         raise
     finish()
+    if unreachable is not None:
+        raise _Unreachable(outcomes) from unreachable
     return outcomes
 
 
 def _dry_run(ledger: Ledger, chunk: list[Item]) -> list[str]:
-    with ledger.session() as s:
+    with ledger.reading() as s:
         sent = set(s.scalars(select(_T.c.key).where(_T.c.key.in_(list({m.key: None for m, _ in chunk})),
                                                     _T.c.state == SENT)))
     return ["skipped" if msg.key in sent else "dry-run" for msg, _ in chunk]
@@ -235,9 +264,10 @@ def deliver_many(ledger: Ledger, mailer: Mailer, items: Iterable[Item], *, campa
                  progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Send each (message, unit code) at most once, in chunks of ``mailer.batch_size``.
 
-    Returns one outcome per item, in order: sent | skipped | failed | uncertain | dry-run.
-    A dry run claims nothing: ``skipped`` if the key was sent, else ``dry-run``. ``progress``
-    is called with (items done, items in all) after each chunk."""
+    Returns one outcome per item, in order: sent | skipped | failed | uncertain | undeliverable
+    | dry-run. A dry run claims nothing: ``skipped`` if the key was sent, else ``dry-run``.
+    When the server cannot be reached, the items not yet tried are ``failed`` without being
+    claimed. ``progress`` is called with (items done, items in all) after each chunk."""
     items = list(items)
     retry_from = (FAILED, UNCERTAIN) if resend_uncertain else (FAILED,)
     size = max(1, int(getattr(mailer, "batch_size", 1) or 1))  # a mailer without it: one at a time
@@ -249,9 +279,14 @@ def deliver_many(ledger: Ledger, mailer: Mailer, items: Iterable[Item], *, campa
         if dry_run:
             outcomes += _dry_run(ledger, chunk)
         else:
-            claimed = _claim_chunk(ledger, chunk, campaign, step, retry_from)
+            claims = _claim_chunk(ledger, chunk, campaign, step, retry_from)
             faults.reached("claim")
-            outcomes += _send_chunk(ledger, mailer, chunk, claimed) if any(claimed) else ["skipped"] * len(chunk)
+            try:
+                outcomes += _send_chunk(ledger, mailer, chunk, claims) if "claimed" in claims else claims
+            except _Unreachable as stop:
+                outcomes += stop.args[0]
+                outcomes += ["failed"] * (len(items) - len(outcomes))
+                break
         if progress is not None:
             progress(len(outcomes), len(items))
     return outcomes
@@ -260,7 +295,8 @@ def deliver_many(ledger: Ledger, mailer: Mailer, items: Iterable[Item], *, campa
 def deliver(ledger: Ledger, mailer: Mailer, msg: OutgoingMessage, *, campaign: str, step: str,
             unit_code: str | None = None, dry_run: bool = False,
             resend_uncertain: bool = False) -> str:
-    """Send one message at most once. Returns sent | skipped | failed | uncertain | dry-run."""
+    """Send one message at most once. Returns sent | skipped | failed | uncertain |
+    undeliverable | dry-run."""
     return deliver_many(ledger, mailer, [(msg, unit_code)], campaign=campaign, step=step,
                         dry_run=dry_run, resend_uncertain=resend_uncertain)[0]
 
@@ -282,3 +318,32 @@ def mark_stale_uncertain(ledger: Ledger, campaign: str, older_than: dt.timedelta
             s.execute(update(Delivery).where(Delivery.key.in_(keys[i:i + 500]), Delivery.state == SENDING)
                       .values(state=UNCERTAIN))
     return keys
+
+
+def undeliverable(ledger: Ledger, campaign: str, step: str | None = None) -> list[tuple[str, list[str], str]]:
+    """(key, recipients, the server's reply) of every message refused for good, by key."""
+    with ledger.reading() as s:
+        q = select(Delivery.key, Delivery.recipients, Delivery.error).where(
+            Delivery.campaign == campaign, Delivery.state == UNDELIVERABLE)
+        if step:
+            q = q.where(Delivery.step == step)
+        return [(k, list(r or []), e or "") for k, r, e in s.execute(q.order_by(Delivery.key))]
+
+
+def outcomes_since(ledger: Ledger, keys: list[str], since: dt.datetime) -> dict[str, int]:
+    """What became of each key of a run that started at *since*, however many attempts it took:
+    sent (by this run), skipped (sent before it, or being sent by another run), failed (also a
+    key never claimed: the server was unreachable), uncertain, undeliverable."""
+    found: dict[str, tuple[str, dt.datetime | None]] = {}
+    with ledger.reading() as s:
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), 500):
+            found.update((k, (st, at)) for k, st, at in s.execute(
+                select(_T.c.key, _T.c.state, _T.c.sent_at).where(_T.c.key.in_(unique[i:i + 500]))))
+    counts: dict[str, int] = {}
+    for key in keys:
+        state, sent_at = found.get(key, (FAILED, None))
+        outcome = ("sent" if sent_at is not None and sent_at >= since else "skipped") if state == SENT \
+            else "skipped" if state == SENDING else state
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts

@@ -14,18 +14,17 @@ import os
 import re
 import shutil
 import stat
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from . import faults
 from .archive import archive_file
 from .durable import ensure_folder, forget_folder, sync_folder
 from .attachments import PHOTO_SUFFIXES, unpack_photos
-from .ledger import (DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile,
+from .ledger import (DUPLICATE, RECEIVED, REFUSED, Event, Ledger, Submission, SubmissionFile, hold,
                      EVENT_COLUMNS, bulk_insert, db_value, insert_with_ids)
 from .owed import owe, owe_rows
 
@@ -194,7 +193,7 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
     nothing new (the same bytes, name and source as any earlier submission: a re-run, e.g.
     after a crash between this transaction and the move to ``processed/``)."""
     with ledger.session() as s:
-        lock_intake(s, campaign)  # before the lookup: two intakes at once record nothing twice
+        hold(s, f"intake/{campaign}")  # before the lookup: two intakes at once record nothing twice
         earlier: dict[str, int] = {}  # fingerprint → the first submission of those bytes
         recorded: dict[tuple[str, str, str], int] = {}  # (fingerprint, name, source) → submission
         fps = list({a.fingerprint for a in batch})
@@ -250,16 +249,6 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
             faults.reached("record")
             pending = later
     return results  # type: ignore[return-value]
-
-
-def lock_intake(s, campaign: str) -> None:
-    """Hold the campaign's intake for this transaction: PostgreSQL, an advisory lock; SQLite, the
-    database's write lock (a no-op UPDATE takes it before anything is read)."""
-    conn = s.connection()
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(f"intake/{campaign}".encode()),))
-    else:
-        conn.execute(update(Submission.__table__).where(Submission.__table__.c.id == -1).values(id=-1))
 
 
 _SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "received_at", "fingerprint",

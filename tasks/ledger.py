@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,8 +27,10 @@ from sqlalchemy.types import TypeDecorator
 RECEIVED, ACCEPTED, REJECTED, NEEDS_EXPLANATION = "received", "accepted", "rejected", "needs_explanation"
 QUARANTINED, SUPERSEDED, REFUSED, DUPLICATE = "quarantined", "superseded", "refused", "duplicate"
 # Delivery states: sending (claimed, SMTP conversation under way), sent, failed (nothing went
-# out, may be retried), uncertain (a crash between sending and sent: resent only on request).
+# out, may be retried), uncertain (a crash between sending and sent: resent only on request),
+# undeliverable (the server refused it for good, 5xx: tried again only to corrected recipients).
 SENDING, SENT, FAILED, UNCERTAIN = "sending", "sent", "failed", "uncertain"
+UNDELIVERABLE = "undeliverable"
 
 
 class UTCDateTime(TypeDecorator):
@@ -293,30 +296,64 @@ if hasattr(os, "register_at_fork"):
 _checked: set[str] = set()
 
 
+#: Execution option of a read-only transaction (:meth:`Ledger.reading`): on SQLite a plain
+#: ``BEGIN``, which takes no lock until something is written, instead of ``BEGIN IMMEDIATE``.
+READ_ONLY = "bulletin_read_only"
+
+
+def _sqlite_transactions(eng: Engine) -> None:
+    """SQLite: WAL, a busy timeout, and transactions that SQLAlchemy begins itself, ``BEGIN
+    IMMEDIATE`` unless read-only. The driver's own (deferred, begun at the first write) let a
+    transaction read, then fail at once with "database is locked" when another process had
+    written meanwhile: SQLite cannot wait for a write lock on a stale snapshot. ``IMMEDIATE``
+    takes the write lock first, waiting up to the busy timeout, so two runs at once queue."""
+
+    @event.listens_for(eng, "connect")
+    def _connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # the driver begins nothing; the "begin" hook does
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives a crash of the process (what the guards need);
+        # only a power cut may lose the last commits, and the archive is fsynced apart
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(eng, "begin")
+    def _begin(conn):  # noqa: ANN001
+        options = conn.get_execution_options()
+        if options.get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
 def engine_for(url: str, check: bool = True) -> Engine:
-    """One engine per URL per process; SQLite gets WAL and a busy timeout for concurrent runs.
+    """One engine per URL per process (SQLite: :func:`_sqlite_transactions`).
 
     With *check*, a new ledger gets the latest schema and an existing one must be at the
     latest migration (``tasks.schema``: LedgerTooOld / LedgerTooNew otherwise)."""
     if url not in _engines:
         is_sqlite = url.startswith("sqlite")
-        eng = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+        # elsewhere a pooled connection is checked before use: after the database server
+        # restarted, a long-lived process (serve) gets a new one instead of an error
+        eng = create_engine(url, connect_args={"timeout": 30}) if is_sqlite else create_engine(url, pool_pre_ping=True)
         if is_sqlite:
-            @event.listens_for(eng, "connect")
-            def _pragmas(conn, _record):  # noqa: ANN001
-                cur = conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL: a commit survives a crash of the process (what the guards need);
-                # only a power cut may lose the last commits, and the archive is fsynced apart
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
+            _sqlite_transactions(eng)
         _engines[url] = eng
     if check and url not in _checked:
         from .schema import ensure_current
         ensure_current(_engines[url])
         _checked.add(url)
     return _engines[url]
+
+
+def hold(s: Session, name: str) -> None:
+    """Hold the lock *name* (e.g. ``intake/<campaign>``) until the session's transaction ends,
+    so that two runs of one step cannot both act on what they read: PostgreSQL, an advisory
+    lock; SQLite, the database's write lock, which the session has held since its ``BEGIN
+    IMMEDIATE``."""
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(name.encode()),))
 
 
 class Ledger:
@@ -329,10 +366,18 @@ class Ledger:
             home.mkdir(parents=True, exist_ok=True)
         self.engine = engine_for(self.url, check=check_schema)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """A transaction that may write (SQLite: it holds the write lock from its start)."""
         with self._sessions.begin() as s:
+            yield s
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads: one consistent view, no lock held against writers."""
+        with self._readers.begin() as s:
             yield s
 
     def record(self, campaign: str, action: str, *, actor: str = "system", subject: str | None = None,
@@ -343,13 +388,13 @@ class Ledger:
             s.add(audit_event(campaign, action, actor=actor, subject=subject, detail=detail, at=at))
 
     def submissions(self, campaign: str, states: tuple[str, ...] | None = None) -> list[Submission]:
-        with self.session() as s:
+        with self.reading() as s:
             q = select(Submission).where(Submission.campaign == campaign)
             if states:
                 q = q.where(Submission.state.in_(states))
             return list(s.scalars(q.order_by(Submission.id)))
 
     def latest_bulletin(self, campaign: str) -> Bulletin | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.scalars(select(Bulletin).where(Bulletin.campaign == campaign)
                              .order_by(Bulletin.version.desc()).limit(1)).first()

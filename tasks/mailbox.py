@@ -33,6 +33,7 @@ from imap_tools.errors import ImapToolsError
 from imap_tools.utils import decode_value
 from sqlalchemy import select
 
+from . import faults
 from .archive import archive_bytes
 from .config import Unit
 from .intake import PHOTO_SUFFIXES, RETURN_SUFFIXES, IncomingFile, TakeInResult, take_in
@@ -227,6 +228,7 @@ def _files(msg: _RawMessage, folder: Path, max_file_bytes: int) -> list[Incoming
 def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.datetime,
                   max_file_bytes: int, work_dir: Path) -> TakeInResult | str:
     sha, _ = archive_bytes(ledger.home, msg.raw)
+    faults.reached("archive")
     sender = _address(msg.from_) or None
     subject = " ".join(msg.subject.split())
     note = {"subject": subject, "sha256": sha, "message_id": _header_text(msg.obj.get("Message-ID"))}
@@ -278,6 +280,7 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
                               detail={"subject": msg.subject, "error": f"{type(exc).__name__}: {exc}"},
                               at=now)
                 continue  # left in the folder: tried again next run
+            faults.reached("move")
             box.move(msg.uid, settings.done_folder)
             if isinstance(out, str):
                 counts[out] += 1

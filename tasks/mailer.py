@@ -42,12 +42,24 @@ log = logging.getLogger(__name__)
 
 
 class MailError(Exception):
-    """Sending failed. ``uncertain`` is True when the server may have accepted the message
-    (the connection broke during DATA): record it as uncertain, do not resend blindly."""
+    """Sending failed; what to do next depends on why:
 
-    def __init__(self, message: str, *, uncertain: bool = False) -> None:
+    - ``uncertain``: the server may have accepted the message (the connection broke during
+      DATA): record it as uncertain, do not resend blindly;
+    - ``permanent``: the server refused it for good (a 5xx reply): never retried as it is;
+    - ``unreachable``: the server could not be reached or logged into (or the outbox cannot be
+      written): every other message would fail the same way, so the run stops trying;
+    - none of them: a transient refusal (a 4xx reply, a dropped connection): retried later."""
+
+    def __init__(self, message: str, *, uncertain: bool = False, permanent: bool = False,
+                 unreachable: bool = False) -> None:
         super().__init__(message)
-        self.uncertain = uncertain
+        self.uncertain, self.permanent, self.unreachable = uncertain, permanent, unreachable
+
+
+def _permanent(*codes: int) -> bool:
+    """Every reply a 5xx one (RFC 5321: permanent); any 4xx makes it worth another try."""
+    return bool(codes) and all(500 <= c < 600 for c in codes)
 
 
 class Mailer(Protocol):
@@ -112,7 +124,7 @@ class OutboxMailer(_ContextMixin):
             replace_file(target, data)  # readers never see a partial file under the name
         except OSError as exc:
             self._folder_ready = False
-            raise MailError(f"cannot write {target}: {exc}") from exc
+            raise MailError(f"cannot write {target}: {exc}", unreachable=True) from exc
         self._unflushed.append(target)
         return message_id
 
@@ -184,7 +196,8 @@ class SmtpMailer(_ContextMixin):
             yag.login()
         except (smtplib.SMTPException, OSError) as exc:
             self._quiet_close(yag)
-            raise MailError(f"cannot connect to {self.description}: {_describe(exc)}") from exc
+            raise MailError(f"无法连接或登录发信服务器 cannot connect to {self.description}: {_describe(exc)}",
+                            unreachable=True) from exc
         self._yag = yag
         self.connections += 1
         log.info("connected to %s", self.description)
@@ -231,7 +244,7 @@ class SmtpMailer(_ContextMixin):
             if code != 250:
                 self._reset(smtp)
                 raise MailError(f"{self.description} refused sender {self.sender.email} "
-                                f"for {key}: {code} {_text(resp)}")
+                                f"for {key}: {code} {_text(resp)}", permanent=_permanent(code))
             refused: dict[str, tuple[int, str]] = {}
             for rcpt in rcpts:
                 code, resp = smtp.rcpt(rcpt)
@@ -239,7 +252,8 @@ class SmtpMailer(_ContextMixin):
                     refused[rcpt] = (code, _text(resp))
             if len(refused) == len(rcpts):
                 self._reset(smtp)
-                raise MailError(f"{self.description} refused every recipient of {key}: {refused}")
+                raise MailError(f"{self.description} refused every recipient of {key}: {refused}",
+                                permanent=_permanent(*(c for c, _ in refused.values())))
         except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
             raise _Dropped(_describe(exc)) from exc
         except (smtplib.SMTPException, OSError) as exc:
@@ -249,14 +263,16 @@ class SmtpMailer(_ContextMixin):
             code, resp = smtp.data(data)
         except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing was sent
             self._reset(smtp)
-            raise MailError(f"{self.description} refused DATA for {key}: {_describe(exc)}") from exc
+            raise MailError(f"{self.description} refused DATA for {key}: {_describe(exc)}",
+                            permanent=_permanent(exc.smtp_code)) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             raise MailError(f"connection to {self.description} broke while sending {key}; "
                             f"delivery uncertain: {_describe(exc)}", uncertain=True) from exc
         if code != 250:
             self._reset(smtp)
-            raise MailError(f"{self.description} rejected {key}: {code} {_text(resp)}")
+            raise MailError(f"{self.description} rejected {key}: {code} {_text(resp)}",
+                            permanent=_permanent(code))
         self.last_refused = refused
         for rcpt, (code, text) in refused.items():
             log.warning("%s: %s refused recipient %s: %s %s", key, self.description, rcpt, code, text)
@@ -275,7 +291,7 @@ class SmtpMailer(_ContextMixin):
                 self._drop()
                 if attempt == 2:
                     raise MailError(f"connection to {self.description} dropped again while "
-                                    f"sending {msg.key} (nothing sent): {exc}") from exc
+                                    f"sending {msg.key} (nothing sent): {exc}", unreachable=True) from exc
                 log.warning("connection to %s dropped (%s); reconnecting", self.description, exc)
         return message_id
 

@@ -64,7 +64,7 @@ def owe(conn, rows: list[dict]) -> None:
 
 def owed(ledger: Ledger, campaign: str, kind: str) -> list[OwedMessage]:
     """What is still owed, oldest first."""
-    with ledger.session() as s:
+    with ledger.reading() as s:
         return list(s.scalars(select(OwedMessage).where(OwedMessage.campaign == campaign, OwedMessage.kind == kind)
                               .order_by(OwedMessage.id)))
 

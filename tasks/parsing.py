@@ -173,7 +173,7 @@ def received_jobs(ledger: Ledger, campaign: str, ids: list[int] | None = None) -
     """The campaign's ``received`` submissions (or those of ``ids``) as jobs, oldest first."""
     S, F = Submission.__table__.c, SubmissionFile.__table__.c
     where = [S.campaign == campaign, S.state == RECEIVED] + ([S.id.in_(ids)] if ids is not None else [])
-    with ledger.session() as s:
+    with ledger.reading() as s:
         subs = s.execute(select(S.id, S.original_name, S.sender, S.source, S.received_at)
                          .where(*where).order_by(S.id)).all()
         files: dict[int, list[JobFile]] = {x.id: [] for x in subs}

@@ -134,7 +134,7 @@ def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
     camp = config.campaign
     if not camp.previous:
         return None
-    with ledger.session() as s:
+    with ledger.reading() as s:
         rows = s.execute(select(Submission.unit_code, Submission.id, Value.field, Value.number)
                          .join(Value, Value.submission_id == Submission.id)
                          .where(Submission.campaign == camp.previous, Submission.state == ACCEPTED,
@@ -145,10 +145,10 @@ def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
 
 
 def _claim_received(s, ids: list[int]) -> set[int]:
-    """The submissions among *ids* still ``received``, locked for this transaction: a no-op
-    UPDATE takes SQLite's write lock (PostgreSQL: the rows' locks) before anything is read, so
-    two runs deciding at once cannot both decide one submission; the second one finds them
-    decided and leaves them."""
+    """The submissions among *ids* still ``received``, locked for this transaction (PostgreSQL:
+    a no-op UPDATE takes the rows' locks; SQLite's session holds the write lock already), so two
+    runs deciding at once cannot both decide one submission; the second one finds them decided
+    and leaves them."""
     S = Submission.__table__.c
     still: set[int] = set()
     for i in range(0, len(ids), 500):

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 
 from .config import Config
-from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, UNCERTAIN,
+from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, UNCERTAIN, UNDELIVERABLE,
                      Bulletin, Delivery, Ledger, Submission, SubmissionFile)
 
 _UNIT_STATES = (ACCEPTED, REJECTED, NEEDS_EXPLANATION)
@@ -26,7 +26,7 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
     """The ``status --json`` object of the brief."""
     camp = config.campaign
     deadline = camp.calendar.deadline_at
-    with ledger.session() as s:
+    with ledger.reading() as s:
         # the columns used here only: whole rows would decode every errors/warnings JSON
         subs = s.execute(select(Submission.id, Submission.unit_code, Submission.version, Submission.state,
                                 Submission.received_at).where(Submission.campaign == camp.id)
@@ -35,6 +35,8 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
                            .order_by(Bulletin.version.desc()).limit(1)).first()
         uncertain = list(s.scalars(select(Delivery.key).where(
             Delivery.campaign == camp.id, Delivery.state == UNCERTAIN)))
+        undeliverable = list(s.scalars(select(Delivery.key).where(
+            Delivery.campaign == camp.id, Delivery.state == UNDELIVERABLE)))
         signed = set(s.scalars(select(SubmissionFile.submission_id).join(
             Submission, Submission.id == SubmissionFile.submission_id).where(
             Submission.campaign == camp.id, SubmissionFile.role == "signed")))
@@ -78,6 +80,7 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
             "stale": used != current,
         },
         "uncertain_deliveries": uncertain,
+        "undeliverable_deliveries": undeliverable,
         "units": units,
     }
 

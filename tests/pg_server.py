@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import pytest
 
@@ -132,16 +132,27 @@ def running_postgres(bindir: Path | None = None, timeout: float = 30.0) -> Itera
                         "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
                        cwd=root, env=env, check=True, capture_output=True, timeout=120, **as_postgres)
         proc = None
+
+        def start(port: int) -> subprocess.Popen:
+            with open(log, "ab") as out:
+                return subprocess.Popen(
+                    [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
+                     "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                     "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                     "-c", "max_connections=100"],
+                    cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, **as_postgres)
+
+        def restart() -> None:
+            """Stop the server (fast: every connection is terminated) and start it again."""
+            nonlocal proc
+            _stop(bindir, data, proc, env, as_postgres)
+            proc = start(server.port)
+            _wait_ready(server, proc, log, timeout)
+
         try:
             for attempt in range(3):  # a free port may be taken between probing and binding
                 port = _free_port()
-                with open(log, "ab") as out:
-                    proc = subprocess.Popen(
-                        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
-                         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                         "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                         "-c", "max_connections=100"],
-                        cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, **as_postgres)
+                proc = start(port)
                 server = PostgresServer("127.0.0.1", port, USER)
                 try:
                     _wait_ready(server, proc, log, timeout)
@@ -151,12 +162,22 @@ def running_postgres(bindir: Path | None = None, timeout: float = 30.0) -> Itera
                     proc = None
                     if attempt == 2:
                         raise
+            _restarts[server.port] = restart
             yield server
         finally:
+            _restarts.pop(port, None)
             if proc is not None:
                 _stop(bindir, data, proc, env, as_postgres)
     finally:
         shutil.rmtree(root, ignore_errors=True)  # the folder mkdtemp made above, nothing else
+
+
+_restarts: dict[int, Callable[[], None]] = {}
+
+
+def restart(server: PostgresServer) -> None:
+    """Restart a server started by :func:`running_postgres` (same port, same data)."""
+    _restarts[server.port]()
 
 
 def _stop(bindir: Path, data: Path, proc: subprocess.Popen, env: dict, as_postgres: dict) -> None:

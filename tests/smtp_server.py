@@ -52,15 +52,17 @@ class ReceivedMessage:
 
 @dataclass
 class CollectingHandler:
-    """Collects every message; refuses RCPT for addresses in ``refuse`` (550)."""
+    """Collects every message; refuses RCPT for addresses in ``refuse`` (``refuse_reply``,
+    550 by default)."""
 
     messages: list[ReceivedMessage] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     refuse: set[str] = field(default_factory=set)
+    refuse_reply: str = "550 5.1.1 No such user here"  # a 4xx one makes the refusal temporary
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: N802
         if address.lower() in {a.lower() for a in self.refuse}:
-            return "550 5.1.1 No such user here"
+            return self.refuse_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

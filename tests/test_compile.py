@@ -49,7 +49,7 @@ def prepared_home(tmp_path_factory, config):
     submit(ledger, config, write_return(inbox / "n", config, u[4], posters=99999), T1)
     states = [o.state for o in process_received(ledger, config, T1)]
     assert states == ["accepted"] * 3 + ["rejected", "needs_explanation"]
-    with ledger.engine.connect() as conn:
+    with ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     ledger.engine.dispose()
     return home, ids

@@ -8,6 +8,7 @@ import email
 import os
 import shutil
 import subprocess
+import sqlite3
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from sqlalchemy import event, select, update
 
 from smtp_server import CollectingHandler, free_port, running_smtp_server
 from tasks.delivery import deliver, deliver_many, mark_stale_uncertain, state_of
-from tasks.ledger import FAILED, SENDING, SENT, UNCERTAIN, Delivery, Ledger
+from tasks.ledger import FAILED, SENDING, SENT, UNCERTAIN, UNDELIVERABLE, Delivery, Ledger
 from tasks.mailer import MailError, OutboxMailer, SmtpMailer
 from tasks.message import Address, OutgoingMessage, build_mime, message_id_for
 from tasks.settings import SmtpSettings
@@ -229,15 +230,35 @@ def test_smtp_mailer_via_deliver(ledger, smtp_server):
     assert row(ledger, msg.key).state == SENT
 
 
-def test_smtp_refused_recipient_is_failed_then_retried(ledger):
+def test_smtp_refused_recipient_is_undeliverable_until_its_address_changes(ledger):
+    """A 5xx refusal is permanent: the same message to the same address is never tried again,
+    even once the server would take it; corrected to another address, it goes out."""
     handler = CollectingHandler(refuse={"shenyang-jieneng@example.org"})
     msg = message()
     with running_smtp_server(handler=handler) as server:
         settings = smtp_settings(server.host, server.port)
         with SmtpMailer(settings, SENDER, timeout=10) as mailer:
-            assert deliver(ledger, mailer, msg, campaign=CAMPAIGN, step="receipt") == "failed"
+            assert deliver(ledger, mailer, msg, campaign=CAMPAIGN, step="receipt") == "undeliverable"
         assert server.messages == []
-        assert row(ledger, msg.key).state == FAILED
+        assert row(ledger, msg.key).state == UNDELIVERABLE and "550" in row(ledger, msg.key).error
+        handler.refuse.clear()
+        with SmtpMailer(settings, SENDER, timeout=10) as mailer:
+            assert deliver(ledger, mailer, msg, campaign=CAMPAIGN, step="receipt") == "undeliverable"
+            assert server.messages == []
+            corrected = message(to="shenyang-new@example.org")
+            assert deliver(ledger, mailer, corrected, campaign=CAMPAIGN, step="receipt") == "sent"
+        assert [m.rcpt_tos for m in server.messages] == [["shenyang-new@example.org"]]
+        assert row(ledger, msg.key).recipients == ["shenyang-new@example.org"]
+
+
+def test_smtp_temporary_refusal_is_failed_and_retried_by_the_next_run(ledger):
+    handler = CollectingHandler(refuse={"shenyang-jieneng@example.org"})
+    msg = message()
+    with running_smtp_server(handler=handler) as server:
+        handler.refuse_reply = "451 4.7.1 Try again later"
+        settings = smtp_settings(server.host, server.port)
+        with SmtpMailer(settings, SENDER, timeout=10) as mailer:
+            assert deliver(ledger, mailer, msg, campaign=CAMPAIGN, step="receipt") == "failed"
         handler.refuse.clear()
         with SmtpMailer(settings, SENDER, timeout=10) as mailer:
             assert deliver(ledger, mailer, msg, campaign=CAMPAIGN, step="receipt") == "sent"
@@ -500,11 +521,36 @@ def claim_race(ledger, tmp_path, race: str) -> str:
     return stolen
 
 
-@pytest.mark.parametrize("race", ["insert", "retry"])
-def test_claim_race_falls_back_to_one_key_at_a_time(ledger, tmp_path, race):
-    """Another run claims a key between this run's look-up and its write: that key is
-    skipped, the rest of the chunk is claimed and sent."""
-    claim_race(ledger, tmp_path, race)
+def test_on_sqlite_no_other_run_can_claim_between_the_lookup_and_the_write(ledger, tmp_path):
+    """SQLite: the claim's transaction holds the write lock from its start (BEGIN IMMEDIATE),
+    so another process cannot claim a key between this run's look-up and its write; it waits
+    (here it gives up after 0.2 s). The race itself is tested on PostgreSQL, where it can happen
+    (tests/test_postgres.py)."""
+    items = receipts(5)
+    blocked: list[str] = []
+
+    def other_run(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+        if blocked or not statement.startswith("INSERT INTO deliveries"):
+            return
+        other = sqlite3.connect(ledger.home / "ledger.db", timeout=0.2)
+        try:
+            other.execute("INSERT INTO deliveries (key, campaign, step, recipients, subject, state, attempts, "
+                          "claimed_at) VALUES (?, ?, 'receipt', '[]', 'x', 'sending', 1, '2023-01-01')",
+                          (items[2][0].key, CAMPAIGN))
+            other.commit()
+            blocked.append("no: the other run claimed")
+        except sqlite3.OperationalError as exc:
+            blocked.append(str(exc))
+        finally:
+            other.close()
+
+    event.listen(ledger.engine, "before_cursor_execute", other_run)
+    try:
+        outcomes = deliver_many(ledger, Outbox(tmp_path / "outbox"), items, campaign=CAMPAIGN, step="receipt")
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", other_run)
+    assert blocked == ["database is locked"]
+    assert outcomes == ["sent"] * 5
 
 
 def two_runs_at_once(ledger, items: list, mailers: list) -> list[list[str]]:

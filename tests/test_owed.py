@@ -93,7 +93,7 @@ def test_a_receipt_claimed_by_a_killed_run_is_uncertain_at_once_and_resent_on_re
                        claimed_at=_utcnow(), claimed_by=_dead_process_identity()))
     args = dict(home=str(home), config_dir=str(config_dir), now=BEFORE)
     result = collect_returns(CAMPAIGN, **args)
-    assert result["receipts"] == {"skipped": 1}  # never resent without asking
+    assert result["receipts"] == {"uncertain": 1}  # reported as such, never resent without asking
     assert completeness(ledger, config, BEFORE)["uncertain_deliveries"] == [key]
     [told] = [email.message_from_bytes(m.data, policy=policy.default) for m in smtp_env.messages]
     assert "不确定" in str(told["Subject"]) and key in told.get_body(("plain",)).get_content()

@@ -63,9 +63,10 @@ def test_completeness_has_the_keys_and_types_of_status_json(campaign_run, config
     st = campaign_run
     extra = set(st) - BRIEF_KEYS
     assert BRIEF_KEYS <= set(st)
-    # one addition to the brief's object: uncertain sends ("shown by status", Non-negotiables)
-    assert extra == {"uncertain_deliveries"}
-    assert isinstance(st["uncertain_deliveries"], list)
+    # additions to the brief's object: uncertain sends ("shown by status", Non-negotiables) and
+    # messages the recipients' servers refused for good
+    assert extra == {"uncertain_deliveries", "undeliverable_deliveries"}
+    assert isinstance(st["uncertain_deliveries"], list) and isinstance(st["undeliverable_deliveries"], list)
     assert st["campaign"] == "energy-week-2023"
     for key in ("now", "deadline"):
         moment = dt.datetime.fromisoformat(st[key])
