@@ -47,10 +47,11 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/collect.py
 
-# SIGKILL in every phase of collect and send, each step run again, compared with an
-# uninterrupted run (bench/faults.py; about 25 minutes here)
-faults: $(STAMP)
-	$(BIN)/python bench/faults.py $(FAULTS_ARGS)
+# SIGKILL in every phase of collect (drop folder and mailbox), send, request and remind, each
+# step run again and compared with an uninterrupted run; then each step twice at once, on SQLite
+# and on PostgreSQL (bench/faults.py; needs dovecot and postgres, hence test-deps)
+faults: $(STAMP) test-deps
+	$(BIN)/python bench/faults.py --postgres $(FAULTS_ARGS)
 
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -26,7 +26,9 @@ the reference:
 
 Then ``--pairs`` times per step it starts the step twice at once, as two processes (a scheduled
 run beside a manual one), and compares the result with the reference directly: nothing lost,
-nothing twice, and neither run reports "database is locked" or a traceback.
+nothing twice, and neither run reports "database is locked" or a traceback; with
+``--postgres`` each pair is run once more with the ledger on PostgreSQL (a server of its own on
+127.0.0.1, a database per home, copied from the prepared one as a template).
 
 Trials share one Prefect server (``prefect server start`` on 127.0.0.1) and one dovecot; they
 run ``--jobs`` at a time (default 2), each lane with an SMTP server of its own, so that what a
@@ -43,6 +45,7 @@ import email
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import sqlite3
@@ -60,6 +63,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from collect import generate, unit_code  # noqa: E402  (bench/collect.py)
 from imap_server import running_dovecot  # noqa: E402  (tests/imap_server.py)
+from pg_server import running_postgres  # noqa: E402  (tests/pg_server.py)
 from smtp_server import running_smtp_server  # noqa: E402  (tests/smtp_server.py)
 
 CAMPAIGN = "energy-week-2023"
@@ -81,8 +85,8 @@ def say(msg: str) -> None:
 
 
 class Bench:
-    def __init__(self, root: Path, returns: int, smtp, api: str, imap=None):
-        self.root, self.n, self.smtp, self.api, self.imap = root, returns, smtp, api, imap
+    def __init__(self, root: Path, returns: int, smtp, api: str, imap=None, pg=None):
+        self.root, self.n, self.smtp, self.api, self.imap, self.pg = root, returns, smtp, api, imap, pg
         self.config = root / "gen" / "config"
         self.keep_logs: Path | None = None  # where the logs of a pair with problems are kept
 
@@ -92,6 +96,8 @@ class Bench:
                 "BULLETIN_CONFIG": str(self.config), "BULLETIN_SMTP_HOST": self.smtp.host,
                 "BULLETIN_SMTP_PORT": str(self.smtp.port), "BULLETIN_SMTP_SECURITY": "none",
                 "BULLETIN_WORKERS": "1"}
+        if home is not None and self.url(home):
+            env["BULLETIN_DB_URL"] = self.url(home)
         if step == "imap" and home is not None:
             inbox, done = _folders(home)
             env |= {"BULLETIN_IMAP_HOST": self.imap.host, "BULLETIN_IMAP_PORT": str(self.imap.port),
@@ -110,10 +116,17 @@ class Bench:
                                   start_new_session=True, timeout=600)
         return proc.returncode
 
+    def url(self, home: Path) -> str | None:
+        """A home whose name starts with ``pg-`` keeps its ledger in a PostgreSQL database of
+        its own; the others in ``ledger.db``."""
+        return self.pg.url(_dbname(home)) if home.name.startswith("pg-") else None
+
     def copy_home(self, step: str, prepared: Path, name: str) -> Path:
-        """A copy of the prepared home (and of the prepared mailbox, for ``imap``)."""
+        """A copy of the prepared home (its database, and the prepared mailbox for ``imap``)."""
         home = self.root / name
         shutil.copytree(prepared, home)
+        if self.url(home):
+            self._create_db(home, template=prepared)
         if step == "imap":
             inbox, done = _folders(home)
             with self.mailbox() as box:
@@ -123,7 +136,23 @@ class Bench:
                 box.copy(box.uids(), inbox)
         return home
 
+    def _create_db(self, home: Path, template: Path | None = None) -> None:
+        with self.pg.connect(autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{_dbname(home)}"'
+                         + (f' TEMPLATE "{_dbname(template)}"' if template is not None else ""))
+
+    def rows(self, home: Path, sql: str) -> list[tuple]:
+        """The rows of a query on the home's ledger."""
+        if self.url(home):
+            with self.pg.connect(dbname=_dbname(home)) as conn:
+                return [tuple(r) for r in conn.execute(sql.replace("%", "%%")).fetchall()]
+        with sqlite3.connect(home / "ledger.db") as db:
+            return db.execute(sql).fetchall()
+
     def drop_home(self, step: str, home: Path) -> None:
+        if self.url(home):
+            with self.pg.connect(autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{_dbname(home)}" WITH (FORCE)')
         if step == "imap":
             with self.mailbox() as box:
                 for folder in _folders(home):
@@ -151,8 +180,21 @@ class Bench:
         if "imap" in steps:
             self._prepare_mailbox(originals)
         if "send" in steps:
-            prepared["send"] = self._prepare_send(collect_home)
+            prepared["send"] = self._prepare_send(collect_home, "prepared-send")
         return prepared
+
+    def prepare_pg(self, prepared: dict[str, Path]) -> dict[str, Path]:
+        """The prepared homes again, each with a PostgreSQL database (the template of its copies)."""
+        out: dict[str, Path] = {}
+        for step, home in prepared.items():
+            if step == "send":
+                out[step] = self._prepare_send(prepared["collect"], "pg-prepared-send")
+            else:
+                out[step] = self.root / f"pg-{home.name}"
+                if not out[step].exists():
+                    shutil.copytree(home, out[step])
+                    self._create_db(out[step])
+        return out
 
     def _prepare_mailbox(self, originals: list[Path]) -> None:
         """Each return mailed by its unit's contact (a few twice, under another subject)."""
@@ -162,32 +204,33 @@ class Bench:
                 for subject in [f"{path.stem}"] + ([f"副本-{path.stem}"] if i <= COPIES else []):
                     box.append(_return_mail(f"{unit_code(i).lower()}@example.org", subject, path, i), TEMPLATE)
 
-    def _prepare_send(self, collect_home: Path) -> Path:
+    def _prepare_send(self, collect_home: Path, name: str) -> Path:
         """A collected, compiled and approved campaign, no mail sent yet."""
-        send_home = self.root / "prepared-send"
+        send_home = self.root / name
         shutil.copytree(collect_home, send_home)
+        if self.url(send_home):
+            self._create_db(send_home)
         env_file = {"BULLETIN_SMTP_HOST": ""}
         assert self.run(send_home, "collect", **env_file) in (0, 1)
         subprocess.run([str(BIN), "compile", CAMPAIGN, "--home", str(send_home), "--now", NOW["send"]],
-                       env=self.env(**env_file), check=True, capture_output=True, timeout=600)
+                       env=self.env(send_home, **env_file), check=True, capture_output=True, timeout=600)
         self._approve_in_ledger(send_home)
         shutil.rmtree(send_home / "outbox", ignore_errors=True)
         return send_home
 
     def _approve_in_ledger(self, home: Path) -> None:
         """The decision alone (``bulletin approve`` would also send)."""
-        code = ("import datetime as dt, sys; from pathlib import Path; from tasks.ledger import Ledger; "
-                "from tasks.approval import decide; decide(Ledger(Path(sys.argv[1])), sys.argv[2], by='基准测试', "
-                "approve=True, note=None, now=dt.datetime.now(dt.timezone.utc))")
-        subprocess.run([sys.executable, "-c", code, str(home), CAMPAIGN], env=self.env(), check=True, cwd=ROOT)
+        code = ("import datetime as dt, os, sys; from pathlib import Path; from tasks.ledger import Ledger; "
+                "from tasks.approval import decide; decide(Ledger(Path(sys.argv[1]), os.environ.get('BULLETIN_DB_URL')), "
+                "sys.argv[2], by='基准测试', approve=True, note=None, now=dt.datetime.now(dt.timezone.utc))")
+        subprocess.run([sys.executable, "-c", code, str(home), CAMPAIGN], env=self.env(home), check=True, cwd=ROOT)
 
     # ------------------------------------------------------------------ one run, observed
     def observe(self, step: str, home: Path) -> dict:
-        with sqlite3.connect(home / "ledger.db") as db:
-            subs = Counter(db.execute("SELECT original_name, fingerprint, state FROM submissions"))
-            deliveries = dict(db.execute("SELECT key, state FROM deliveries WHERE key NOT LIKE '%/notice/%'"))
-            owed = db.execute("SELECT COUNT(*) FROM owed_messages").fetchone()[0]
-            requests = Counter(u for (u,) in db.execute("SELECT unit_code FROM requests"))
+        subs = Counter(self.rows(home, "SELECT original_name, fingerprint, state FROM submissions"))
+        deliveries = dict(self.rows(home, "SELECT key, state FROM deliveries WHERE key NOT LIKE '%/notice/%'"))
+        owed = self.rows(home, "SELECT COUNT(*) FROM owed_messages")[0][0]
+        requests = Counter(u for (u,) in self.rows(home, "SELECT unit_code FROM requests"))
         inbox = home / "inbox" / CAMPAIGN
         processed = Counter(p.name.split("-", 1)[1] for p in (home / "processed" / CAMPAIGN).glob("*")) \
             if (home / "processed" / CAMPAIGN).exists() else Counter()
@@ -211,8 +254,7 @@ class Bench:
         return seen
 
     def uncertain_keys(self, home: Path) -> set[str]:
-        with sqlite3.connect(home / "ledger.db") as db:
-            return {k for (k,) in db.execute("SELECT key FROM deliveries WHERE state = 'uncertain'")}
+        return {k for (k,) in self.rows(home, "SELECT key FROM deliveries WHERE state = 'uncertain'")}
 
     def reference(self, step: str, prepared: Path) -> dict:
         home = self.copy_home(step, prepared, f"reference-{step}")
@@ -228,7 +270,8 @@ class Bench:
     def pair(self, step: str, prepared: Path, index: int, ref: dict) -> dict:
         """The same step started twice at once, as two processes (a scheduled run beside a
         manual one): compared with the reference directly, nothing run again."""
-        home = self.copy_home(step, prepared, f"pair-{step}-{index}")
+        pg = prepared.name.startswith("pg-")
+        home = self.copy_home(step, prepared, f"{'pg-' if pg else ''}pair-{step}-{index}")
         start = len(self.smtp.messages)
         logs = [home.parent / f"{home.name}-{step}-{k}.log" for k in (1, 2)]
         command = self.command(home, step)
@@ -251,7 +294,7 @@ class Bench:
             for log in logs:
                 shutil.copy(log, self.keep_logs / log.name)
         self.drop_home(step, home)
-        return {"phase": "pair", "landed": all(c in (0, 1) for c in codes), "problems": problems,
+        return {"phase": "pair-pg" if pg else "pair", "landed": all(c in (0, 1) for c in codes), "problems": problems,
                 "lost": len(lost), "duplicated": len(duplicated), "uncertain": 0}
 
     def trial(self, step: str, prepared: Path, phase: str, nth: int, index: int, ref: dict) -> dict:
@@ -287,9 +330,14 @@ def _on_lane(lanes: queue.Queue, what: str, step: str, *args) -> dict:
         say(f"  {step} #{index + 1} {phase}:{nth} landed={outcome['landed']} lost={outcome['lost']} "
             f"dup={outcome['duplicated']} uncertain={outcome['uncertain']} {outcome['problems'] or ''}")
     else:
-        say(f"  {step} pair #{args[1] + 1} lost={outcome['lost']} dup={outcome['duplicated']} "
+        say(f"  {step} {outcome['phase']} #{args[1] + 1} lost={outcome['lost']} dup={outcome['duplicated']} "
             f"{outcome['problems'] or ''}")
     return outcome
+
+
+def _dbname(home: Path) -> str:
+    """The PostgreSQL database of a ``pg-`` home."""
+    return re.sub(r"\W", "_", home.name)
 
 
 def _folders(home: Path) -> tuple[str, str]:
@@ -355,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default="", help="only these phases (comma-separated; default all)")
     parser.add_argument("--pairs", type=int, default=5, help="runs of two processes at once per step (default 5)")
     parser.add_argument("--jobs", type=int, default=2, help="trials run at once, each with its own SMTP server (default 2)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run each pair with the ledger on PostgreSQL (a server of its own on 127.0.0.1)")
     parser.add_argument("--keep-logs", type=Path, help="keep the logs of pairs with problems in this folder")
     args = parser.parse_args(argv)
     from flows.serve import local_prefect_server
@@ -370,9 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         (root / "prefect").mkdir()
         os.environ["PREFECT_HOME"] = str(root / "prefect" / "prefect")
         api = stack.enter_context(local_prefect_server(root / "prefect", port=4300))
-        bench = Bench(root, args.returns, smtp, api, imap)
+        pg = stack.enter_context(running_postgres()) if args.postgres else None
+        bench = Bench(root, args.returns, smtp, api, imap, pg)
         bench.keep_logs = args.keep_logs
         prepared = bench.prepare(steps)
+        prepared_pg = bench.prepare_pg({step: prepared[step] for step in steps}) if pg else {}
         lanes: queue.Queue = queue.Queue()  # one SMTP server each: a lane's mail is its own
         for k in range(args.jobs):
             lane = copy.copy(bench)
@@ -393,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(pool.submit(_on_lane, lanes, "trial", step, prepared[step], phase, nth, i, ref))
             for i in range(args.pairs):
                 runs.append(pool.submit(_on_lane, lanes, "pair", step, prepared[step], i, ref))
+                if pg:
+                    runs.append(pool.submit(_on_lane, lanes, "pair", step, prepared_pg[step], i, ref))
             results[step] = [r.result() for r in runs]
     print(report(results, time.monotonic() - started))
     bad = any(r["lost"] or r["duplicated"] or r["problems"] for rs in results.values() for r in rs)

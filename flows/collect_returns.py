@@ -13,7 +13,7 @@ from prefect.utilities.annotations import quote
 from tasks.intake import drop_folder_entries, take_in_entries
 from tasks.delivery import state_of
 from tasks.ledger import REFUSED, SENT
-from tasks.mailbox import MailboxError, collect_mailbox
+from tasks.mailbox import CONNECTION_ERRORS, MailboxError, collect_mailbox
 from tasks.settings import ImapSettings
 from tasks.notices import coordinator_notice, receipt_messages
 from tasks.owed import NOTICE, RECEIPT, forgive, outcome_from, owed, settle
@@ -64,7 +64,14 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
     return results, parsed
 
 
-@task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def _mailbox_dropped(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
+    """Retry the mailbox only when its connection broke mid-run (what was taken in is known and
+    skipped); a bug or a ledger error is not retried."""
+    return isinstance(state.data, CONNECTION_ERRORS)
+
+
+@task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_mailbox_dropped,
+      cache_policy=NO_CACHE)
 def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
     """Archive and record every message of the campaign's IMAP folder (when a host is set):
     (taken-in submissions, replies carrying explanations, problems for the coordinators)."""
@@ -81,6 +88,9 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
     except MailboxError as exc:
         log.error("%s", exc)
         return [], [], [f"无法读取邮箱：{exc}"]
+    if r.busy:
+        log.info("邮箱 %s 正由另一运行读取，本次跳过", settings.folder)
+        return [], [], []
     log.info("邮箱 %s：%d 份报送，%d 封自动回复（已记录，不回复），%d 封无附件，%d 封处理失败",
              settings.folder, len(r.taken), r.auto_replies, r.skipped, r.failed)
     problems = [f"{r.failed} 封邮件处理失败，已留在邮箱中下次重试"] if r.failed else []

@@ -22,6 +22,7 @@ from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
 from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, Superseded, decide, find_version
+from tasks.delivery import delivery_states
 from tasks.ledger import Bulletin
 from tasks.notices import addressed, bulletin_message, bulletin_recipients
 
@@ -111,11 +112,20 @@ def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> list:
     return [(addressed(base, to), None) for to in bulletin_recipients(ctx.config)]
 
 
+_STATE_LABELS = {"sent": "已发送", "failed": "未发出（将重试）", "undeliverable": "被对方服务器拒收",
+                 "uncertain": "状态不确定", "sending": "发送中"}
+
+
 def _deliveries_artifact(ctx: Context, bulletin: Bulletin, messages: list, counts: dict) -> None:
-    create_table_artifact(
-        key=f"{ctx.campaign_id}-deliveries",
-        table=[{"收件人": m.to[0].name, "地址": m.to[0].email, "版本": bulletin.version} for m, _ in messages],
-        description=f"第{bulletin.version}版简讯分发：{counts}")
+    """Every recipient with what the ledger says of its copy (and why, when it did not go out)."""
+    states = delivery_states(ctx.ledger, [m.key for m, _ in messages])
+    rows = []
+    for m, _ in messages:
+        state, _at, error = states.get(m.key, (None, None, None))
+        rows.append({"收件人": m.to[0].name, "地址": m.to[0].email, "版本": bulletin.version,
+                     "状态": _STATE_LABELS.get(state, "未发出"), "原因": "" if state == "sent" else (error or "")[:200]})
+    create_table_artifact(key=f"{ctx.campaign_id}-deliveries", table=rows,
+                          description=f"第{bulletin.version}版简讯分发：{counts}")
 
 
 @flow(name="publish-bulletin", flow_run_name=run_name("publish"), log_prints=True)

@@ -334,16 +334,22 @@ def outcomes_since(ledger: Ledger, keys: list[str], since: dt.datetime) -> dict[
     """What became of each key of a run that started at *since*, however many attempts it took:
     sent (by this run), skipped (sent before it, or being sent by another run), failed (also a
     key never claimed: the server was unreachable), uncertain, undeliverable."""
-    found: dict[str, tuple[str, dt.datetime | None]] = {}
-    with ledger.reading() as s:
-        unique = list(dict.fromkeys(keys))
-        for i in range(0, len(unique), 500):
-            found.update((k, (st, at)) for k, st, at in s.execute(
-                select(_T.c.key, _T.c.state, _T.c.sent_at).where(_T.c.key.in_(unique[i:i + 500]))))
+    found = delivery_states(ledger, keys)
     counts: dict[str, int] = {}
     for key in keys:
-        state, sent_at = found.get(key, (FAILED, None))
+        state, sent_at, _ = found.get(key, (FAILED, None, None))
         outcome = ("sent" if sent_at is not None and sent_at >= since else "skipped") if state == SENT \
             else "skipped" if state == SENDING else state
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
+
+
+def delivery_states(ledger: Ledger, keys: list[str]) -> dict[str, tuple[str, dt.datetime | None, str | None]]:
+    """key → (state, sent_at, error) for the keys the ledger has."""
+    found: dict[str, tuple[str, dt.datetime | None, str | None]] = {}
+    unique = list(dict.fromkeys(keys))
+    with ledger.reading() as s:
+        for i in range(0, len(unique), 500):
+            found.update((k, (st, at, err)) for k, st, at, err in s.execute(
+                select(_T.c.key, _T.c.state, _T.c.sent_at, _T.c.error).where(_T.c.key.in_(unique[i:i + 500]))))
+    return found

@@ -9,6 +9,7 @@ UTC datetimes.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import zlib
@@ -373,6 +374,37 @@ class Ledger:
         """A transaction that may write (SQLite: it holds the write lock from its start)."""
         with self._sessions.begin() as s:
             yield s
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Try to hold *name* (e.g. ``mailbox/<campaign>``) for a long piece of work outside any
+        transaction: yields False at once when another run holds it. PostgreSQL: a session
+        advisory lock on a connection kept for the duration (any host); SQLite: an exclusive
+        ``flock`` on a file beside the ledger (the same host, as the ledger itself)."""
+        if self.engine.dialect.name == "postgresql":
+            key = zlib.crc32(name.encode())
+            with self.engine.connect() as conn:
+                got = conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (key,)).scalar()
+                conn.commit()
+                try:
+                    yield bool(got)
+                finally:
+                    if got:
+                        conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
+                        conn.commit()
+            return
+        path = Path(self.engine.url.database or self.home / "ledger.db")
+        lock = path.with_name(f"{path.name}.{zlib.crc32(name.encode()):08x}.lock")
+        with open(lock, "a+b") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

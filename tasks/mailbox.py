@@ -29,7 +29,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted, MailMessage
-from imap_tools.errors import ImapToolsError
+from imap_tools.errors import ImapToolsError, MailboxCopyError, MailboxMoveError
 from imap_tools.utils import decode_value
 from sqlalchemy import select
 
@@ -56,6 +56,11 @@ _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _UID = re.compile(rb"UID (\d+)")
 
 
+#: What a mailbox connection that broke mid-run raises (worth another try: what was taken in is
+#: recognised and skipped).
+CONNECTION_ERRORS = (OSError, imaplib.IMAP4.error, ImapToolsError)
+
+
 class MailboxError(Exception):
     """The mailbox could not be reached or logged into (host, port and user named; never the
     password)."""
@@ -68,6 +73,7 @@ class MailboxResult:
     skipped: int  # no attachment and no text: recorded ('mail.no_attachment'), moved, no receipt
     failed: int = 0  # could not be handled: recorded ('mail.failed'), left in place for next run
     replies: list["Reply"] = field(default_factory=list)  # text without attachments: explanations
+    busy: bool = False  # another run was reading this folder: nothing done here
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ def _connect(settings: ImapSettings):
             box = cls(settings.host, port=port, timeout=60, ssl_context=ssl.create_default_context())
         box.email_message_class = _RawMessage
         box.login(settings.user or "", password, initial_folder=None)
+        _refresh_capabilities(box)
         if not box.folder.exists(settings.done_folder):
             box.folder.create(settings.done_folder)
         box.folder.set(settings.folder)
@@ -180,6 +187,15 @@ def _connect(settings: ImapSettings):
             with contextlib.suppress(Exception):  # already failing: the first error is reported
                 box.client.shutdown()
         raise MailboxError(f"无法连接或登录收件邮箱 {where}：{reason}") from None
+
+
+def _refresh_capabilities(box) -> None:
+    """Read the capabilities again after login: imaplib keeps those announced before it, which
+    on dovecot lack MOVE, and imap_tools then moves a message by COPY + delete + EXPUNGE, which a
+    crash can leave half done (the message in both folders). With MOVE (RFC 6851) it is atomic."""
+    typ, data = box.client.capability()
+    if typ == "OK" and data and data[-1]:
+        box.client.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
 
 
 def _arrivals(box) -> dict[str, dt.datetime]:
@@ -257,8 +273,17 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
 
     A submission's ``received_at`` is when the server received the message (INTERNALDATE),
     but never later than ``now``. Messages without attachments get no receipt.
-    Raises :class:`MailboxError` when the server cannot be reached or logged into.
+    Raises :class:`MailboxError` when the server cannot be reached or logged into. Another run
+    reading the same folder meanwhile makes this one skip it (``busy``).
     """
+    with ledger.exclusive(f"mailbox/{settings.host}/{settings.user}/{settings.folder}") as mine:
+        if not mine:  # two runs on one folder would take in and move the same messages
+            return MailboxResult([], 0, 0, busy=True)
+        return _collect(ledger, campaign, settings, now=now, max_file_bytes=max_file_bytes, work_dir=work_dir)
+
+
+def _collect(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.datetime,
+             max_file_bytes: int, work_dir: Path) -> MailboxResult:
     work_dir.mkdir(parents=True, exist_ok=True)
     taken: list[TakeInResult] = []
     replies: list[Reply] = []
@@ -269,6 +294,9 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
         arrived = _arrivals(box) if uids else {}
         log.info("邮箱 %s：%d 封待处理", settings.folder, len(uids))
         for msg in box.fetch(uid_list=uids, mark_seen=False, bulk=20):
+            if not msg.raw:  # expunged meanwhile (moved by another client): nothing to take in
+                log.info("message %s is gone from %s", msg.uid, settings.folder)
+                continue
             at = min(now, arrived.get(msg.uid, now))
             try:
                 out = _take_message(ledger, campaign, msg, now=at, max_file_bytes=max_file_bytes,
@@ -281,7 +309,12 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
                               at=now)
                 continue  # left in the folder: tried again next run
             faults.reached("move")
-            box.move(msg.uid, settings.done_folder)
+            try:
+                box.move(msg.uid, settings.done_folder)
+            except (MailboxMoveError, MailboxCopyError) as exc:  # moved by another client meanwhile
+                if "EXPUNGEISSUED" not in str(exc) and "no longer exist" not in str(exc):
+                    raise
+                log.info("message %s was moved by another client meanwhile", msg.uid)
             if isinstance(out, str):
                 counts[out] += 1
             elif isinstance(out, Reply):

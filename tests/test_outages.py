@@ -143,6 +143,21 @@ def test_a_permanent_refusal_is_never_retried_and_the_others_are_sent(approved, 
         assert len(notices) == 1 and wrong in notices[0].get_body(("plain",)).get_content()
     states = delivery_states(approved["home"])
     assert Counter(states.values()) == {SENT: len(everyone) - 1, UNDELIVERABLE: 1}
+    rows = deliveries_artifact()  # the run's page in Prefect says the same, recipient by recipient
+    assert [r["状态"] for r in rows if r["地址"].lower() == wrong] == ["被对方服务器拒收"]
+    assert sum(r["状态"] == "已发送" for r in rows) == len(everyone) - 1
+
+
+def deliveries_artifact() -> list[dict]:
+    """The latest ``<campaign>-deliveries`` table artifact, from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{CAMPAIGN}-deliveries"])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def test_a_temporary_refusal_is_retried_then_sent_once(approved, config, monkeypatch, capsys):

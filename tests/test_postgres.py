@@ -368,3 +368,15 @@ def _bulk_update_round_trip(ledger: Ledger) -> None:
         x = got[u["id"]]
         assert {c: getattr(x, c) for c in columns} == {c: u[c] for c in columns}
         assert x.decided_at.utcoffset() == dt.timedelta(0) and x.received_at == NOW
+
+
+def test_exclusive_is_held_by_one_run_at_a_time_on_both_backends(ledgers):
+    """A long piece of work outside a transaction (reading a mailbox folder): a second holder,
+    here another Ledger as another process would have, is told at once that it is taken."""
+    for name, ledger in ledgers.items():
+        other = Ledger(ledger.home, url=ledger.url)
+        with ledger.exclusive("mailbox/x") as first:
+            with other.exclusive("mailbox/x") as second, other.exclusive("mailbox/y") as third:
+                assert (first, second, third) == (True, False, True), name
+        with other.exclusive("mailbox/x") as again:
+            assert again, name  # released on the way out
