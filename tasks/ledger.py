@@ -352,7 +352,11 @@ def hold(s: Session, name: str) -> None:
     so that two runs of one step cannot both act on what they read: PostgreSQL, an advisory
     lock; SQLite, the database's write lock, which the session has held since its ``BEGIN
     IMMEDIATE``."""
-    conn = s.connection()
+    hold_on(s.connection(), name)
+
+
+def hold_on(conn, name: str) -> None:
+    """:func:`hold` for a Core connection in a transaction."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(name.encode()),))
 

@@ -72,19 +72,22 @@ def where(engine: Engine) -> str:
 
 def ensure_current(engine: Engine) -> None:
     """A new ledger: the latest schema, stamped. An existing one: check its revision."""
+    from .ledger import Base, hold_on
     for attempt in range(3):
         try:
             with engine.begin() as conn:
+                # two first runs at once: the second waits here, then finds the schema made
+                # (without it, PostgreSQL may show it the tables but not yet their revision)
+                hold_on(conn, "schema")
                 revision = current_revision(conn)
                 if revision == head():
                     return
                 if revision is None and not _has_tables(conn):
-                    from .ledger import Base
                     Base.metadata.create_all(conn)
                     MigrationContext.configure(conn).stamp(scripts(), "head")
                     return
             break
-        except DBAPIError:  # another process made the new ledger at the same moment: look again
+        except DBAPIError:  # e.g. a SQLite ledger created by another process meanwhile: look again
             if attempt == 2:
                 raise
     raise _mismatch(engine, revision)
