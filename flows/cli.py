@@ -231,15 +231,23 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
     Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.approval import APPROVED, PENDING, ApprovalError, decide, find_version
+    from tasks.approval import APPROVED, PENDING, ApprovalError, chain_state, decide, find_version
     from tasks.ledger import Ledger
     from tasks.settings import AppSettings
     cfg = load_config(Path(c), campaign)
     ledger = Ledger(Path(h), AppSettings().db_url)
     try:
-        row = decide(ledger, cfg.campaign.id, by=by, approve=not reject, note=note, now=moment, version=version)
+        row = decide(ledger, cfg.campaign.id, by=by, approve=not reject, note=note, now=moment, version=version,
+                     approvers=cfg.campaign.bulletin.approvers)
     except ApprovalError as exc:
         raise _err(str(exc), 1) from None
+    chain = chain_state(ledger, cfg.campaign.id, row.version, cfg.campaign.bulletin.approvers)
+    if row.approval == PENDING:  # one level of the chain approved: the next one is due
+        last = chain["decisions"][-1]
+        typer.echo(f"第{row.version}版简讯：{last['level']}已通过（{last['by']}），待{chain['due']}"
+                   f"（{'、'.join(chain['due_approvers'])}）", err=True)
+        _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
+                 "chain": chain}, False)
     typer.echo(f"第{row.version}版简讯：{'已批准' if row.approval == APPROVED else '已驳回'}（{row.approved_by}）", err=True)
     configure_prefect_home(Path(h))
     from .approval import resume_waiting_runs, retire_superseded_runs
@@ -249,6 +257,8 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
                                   by=row.approved_by or by, note=row.approval_note or "")
     result = {"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
               "by": row.approved_by, "resumed_runs": resumed, "ended_runs": waits["ended"]}
+    if chain["levels"]:
+        result["chain"] = chain
     if resumed:
         typer.echo(f"已交给等待审批的发布运行 {', '.join(resumed)}：由 bulletin serve（或 worker）发送", err=True)
     elif row.approval == APPROVED:
@@ -311,17 +321,24 @@ def upgrade(home: Home = None) -> None:
 
 
 @app.command()
-def serve(home: Home = None, config: Conf = None) -> None:
+def serve(home: Home = None, config: Conf = None,
+          host: Annotated[str, typer.Option("--host", envvar="BULLETIN_UI_HOST",
+                                            help="Address of the local Prefect UI and API (default 127.0.0.1; "
+                                                 "any other needs PREFECT_SERVER_API_AUTH_STRING).")] = "127.0.0.1") -> None:
     """Start the scheduler: one deployment per step per campaign, schedules from each calendar.
 
     Example: bulletin serve   (then open the Prefect UI it prints)
     """
+    from .serve import ExposureError, check_exposure, serve_all
+    try:
+        check_exposure(host)
+    except ExposureError as exc:
+        raise _err(str(exc)) from None
     home_dir = resolve_home(home)
     _check_ledger(home_dir)
     configure_prefect_home(home_dir)
-    from .serve import serve_all
     try:
-        serve_all(home_dir, resolve_config_dir(config))
+        serve_all(home_dir, resolve_config_dir(config), host=host)
     except ConfigError as exc:
         raise _err(str(exc)) from None
 

@@ -21,7 +21,8 @@ from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
-from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, Superseded, decide, find_version
+from tasks.approval import (APPROVED, PENDING, REJECTED, ApprovalError, Superseded, chain_state, decide,
+                            find_version)
 from tasks.delivery import delivery_states
 from tasks.ledger import Bulletin
 from tasks.notices import addressed, bulletin_message, bulletin_recipients
@@ -89,20 +90,28 @@ def _await_decision(ctx: Context, version: int | None) -> Bulletin:
         if attempt == 1:
             log.info("第%d版简讯等待审批（Prefect 界面或 bulletin approve），最长 %.0f 小时；等待期间不占用进程",
                      number, hours)
+        approvers = ctx.config.campaign.bulletin.approvers
+        chain = chain_state(ctx.ledger, ctx.campaign_id, number, approvers)
+        who = f"（待{chain['due']}：{'、'.join(chain['due_approvers'])}）" if chain["due"] else ""
         form = Approval.with_initial_data(
-            description=f"审批第{number}版简讯：勾选“批准”并填写姓名后提交即发送；不勾选为驳回。", version=number)
+            description=f"审批第{number}版简讯{who}：勾选“批准”并填写姓名后提交"
+                        f"{'（最后一级批准后即发送）' if chain['levels'] else '即发送'}；不勾选为驳回。", version=number)
         answer = suspend_flow_run(wait_for_input=form, key=pause_key(number, attempt), timeout=int(hours * 3600))
         if answer.version != number:
             log.error("收到的答复针对第%d版，此运行等待第%d版：不予记录，继续等待", answer.version, number)
             continue
         try:
-            return decide(ctx.ledger, ctx.campaign_id, by=answer.name, approve=answer.approve,
-                          note=answer.comment or None, now=dt.datetime.now(ctx.now.tzinfo),
-                          version=number, pending_only=True)
+            decided = decide(ctx.ledger, ctx.campaign_id, by=answer.name, approve=answer.approve,
+                             note=answer.comment or None, now=dt.datetime.now(ctx.now.tzinfo),
+                             version=number, pending_only=True, approvers=approvers)
         except Superseded as exc:
             raise Ended(f"{exc}：本次发布结束，未发送任何邮件") from None
         except ApprovalError as exc:
             log.error("答复未记录：%s；继续等待", exc)
+            continue
+        if decided.approval != PENDING:
+            return decided
+        log.info("第%d版：%s 已记录，等待下一级审批", number, answer.name)  # the chain goes on
     raise Ended(f"第{number}版已收到 {MAX_ANSWERS} 次无效答复，本次发布结束，未发送；请用 bulletin approve 审批")
 
 

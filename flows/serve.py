@@ -1,7 +1,10 @@
 """``bulletin serve``: a deployment per step per campaign, scheduled from each calendar.
 
-With no ``PREFECT_API_URL`` it starts a local Prefect server (UI on) on 127.0.0.1 under
-``<home>/prefect`` and stops it on exit; with one set it registers against that server.
+With no ``PREFECT_API_URL`` it starts a local Prefect server (UI on) under ``<home>/prefect``
+and stops it on exit; with one set it registers against that server. The local server listens
+on 127.0.0.1 unless told otherwise (``--host``); any other address needs Prefect's API
+authentication (``PREFECT_SERVER_API_AUTH_STRING``), or serve refuses to start: the UI answers
+approvals.
 """
 
 from __future__ import annotations
@@ -21,6 +24,27 @@ from tasks.config import list_campaigns, load_config
 from tasks.schedule import campaign_schedules
 
 DEFAULT_PORT = 4200
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ExposureError(Exception):
+    """The UI would be reachable from other machines without authentication."""
+
+
+def check_exposure(host: str) -> None:
+    """Binding the UI and API to anything but loopback needs Prefect's API authentication."""
+    if host in LOOPBACK or os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        return
+    raise ExposureError(
+        f"拒绝在 {host} 上开放 Prefect 界面和接口：未设置认证，任何能访问该地址的人都能审批简讯。"
+        "请设置 PREFECT_SERVER_API_AUTH_STRING=用户名:密码（其他客户端设置 PREFECT_API_AUTH_STRING 为同一值），"
+        "或只绑定 127.0.0.1 并经单位的反向代理访问。"
+        f"Refusing to serve the UI on {host} without PREFECT_SERVER_API_AUTH_STRING.")
+
+
+def _client_host(host: str) -> str:
+    """Where this machine reaches a server bound to *host*."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host
 
 
 def _free_port(preferred: int) -> int:
@@ -40,8 +64,11 @@ def _stop_with_parent() -> None:
 
 
 @contextmanager
-def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 120) -> Iterator[str]:
-    """Start ``prefect server start`` on 127.0.0.1; yield its API URL; stop it afterwards."""
+def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 120,
+                         host: str = "127.0.0.1") -> Iterator[str]:
+    """Start ``prefect server start`` on *host* (see :func:`check_exposure`); yield its API URL;
+    stop it afterwards."""
+    check_exposure(host)
     port = _free_port(port)
     env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(home / "prefect")),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
@@ -51,10 +78,10 @@ def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 
     log = open(home / "prefect-server.log", "ab")
     # its own session: Ctrl+C in the terminal reaches serve alone, whose runner still needs the
     # server to wind down; the server is stopped below, or when this process dies (Linux)
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=_stop_with_parent)
-    api = f"http://127.0.0.1:{port}/api"
+    api = f"http://{_client_host(host)}:{port}/api"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -101,14 +128,16 @@ def build_deployments(home: Path, config_dir: Path) -> list:
     return deployments
 
 
-def serve_all(home: Path, config_dir: Path) -> None:
+def serve_all(home: Path, config_dir: Path, host: str = "127.0.0.1") -> None:
     """Register every deployment and run them until interrupted (Ctrl+C)."""
     home.mkdir(parents=True, exist_ok=True)
     if os.environ.get("PREFECT_API_URL"):
         _serve(home, config_dir)
         return
-    with local_prefect_server(home) as api:
+    with local_prefect_server(home, host=host) as api:
         os.environ["PREFECT_API_URL"] = api
+        if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):  # this process's clients log in too
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
         print(f"Prefect 界面 UI: {api.removesuffix('/api')}", flush=True)
         _serve(home, config_dir)
 

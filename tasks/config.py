@@ -71,6 +71,12 @@ class Contact(_Model):
         return v.lower()
 
 
+class Approver(Contact):
+    """Someone who may decide on a bulletin at one level of the chain (e.g. 审核, then 签发)."""
+
+    level: str = Field(min_length=1)
+
+
 class Unit(_Model):
     code: str
     name: str
@@ -232,6 +238,12 @@ class BulletinSettings(_Model):
     max_table_rows: int = Field(default=100, ge=0)  # more units: the per-unit table goes as an .xlsx
     max_stories: int = Field(default=200, ge=0)  # narratives quoted in the bulletin, in unit order
     approval_timeout_hours: float = 48
+    # who decides, level by level in the order of their first approver; none: anyone named
+    approvers: list[Approver] = Field(default_factory=list)
+
+    @property
+    def approval_levels(self) -> list[str]:
+        return list(dict.fromkeys(a.level for a in self.approvers))
 
 
 class Campaign(_Model):

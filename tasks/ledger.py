@@ -128,6 +128,21 @@ class Bulletin(Base):
     approval_note: Mapped[str | None] = mapped_column(Text)
 
 
+class ApprovalRecord(Base):
+    """One approver's decision at one level of the chain on one bulletin version."""
+
+    __tablename__ = "approvals"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))  # approved | rejected
+    by: Mapped[str] = mapped_column(String(128))
+    email: Mapped[str | None] = mapped_column(String(320))
+    note: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime]
+
+
 class Delivery(Base):
     """One message, keyed campaign × step × unit or recipient × version: sent at most once."""
 

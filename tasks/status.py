@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from .approval import chain_state
 from .config import Config
 from .ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, UNCERTAIN, UNDELIVERABLE,
                      Bulletin, Delivery, Ledger, Submission, SubmissionFile)
@@ -78,6 +79,8 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
         "latest_bulletin": None if latest is None else {
             "version": latest.version, "approved": latest.approval == "approved",
             "stale": used != current,
+            **({"chain": chain_state(ledger, camp.id, latest.version, camp.bulletin.approvers)}
+               if camp.bulletin.approvers else {}),
         },
         "uncertain_deliveries": uncertain,
         "undeliverable_deliveries": undeliverable,

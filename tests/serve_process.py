@@ -32,8 +32,8 @@ def clean_env(**extra: str) -> dict:
 
 
 class ServeProcess:
-    def __init__(self, home: Path, config_dir: Path, env: dict):
-        self.home, self.config_dir, self.env = home, config_dir, env
+    def __init__(self, home: Path, config_dir: Path, env: dict, *args: str):
+        self.home, self.config_dir, self.env, self.args = home, config_dir, env, args
         self.proc: subprocess.Popen | None = None
         self.api = ""
         self.starts = 0
@@ -43,7 +43,7 @@ class ServeProcess:
         log = self.home.parent / f"serve-{self.starts}.log"
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [str(BIN / "bulletin"), "serve", "--home", str(self.home), "--config", str(self.config_dir)],
+                [str(BIN / "bulletin"), "serve", "--home", str(self.home), "--config", str(self.config_dir), *self.args],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -70,3 +70,44 @@ def _wait_for_deployments(env: dict, expected: int, timeout: float = 180) -> set
                 return names
         time.sleep(3)
     raise AssertionError(f"deployments not registered in time: {names}")
+
+
+def test_serve_refuses_to_open_the_ui_to_the_network_without_authentication(tmp_path, config_dir):
+    run = subprocess.run([str(BIN / "bulletin"), "serve", "--home", str(tmp_path / "home"), "--config",
+                          str(config_dir), "--host", "0.0.0.0"], env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "PREFECT_SERVER_API_AUTH_STRING" in run.stderr and "0.0.0.0" in run.stderr
+    assert not (tmp_path / "home" / "prefect-server.log").exists()  # no server was started
+
+
+def test_the_ui_on_the_network_asks_for_the_password(tmp_path, config_dir):
+    """Bound to every address with Prefect's API authentication: a request without the password
+    is refused, one with it is served, and serve's own clients (registering the deployments) log
+    in with it."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from serve_process import ServeProcess, clean_env
+    served = ServeProcess(tmp_path / "home", config_dir, clean_env(PREFECT_SERVER_API_AUTH_STRING="office:s3cret"),
+                          "--host", "0.0.0.0").start()
+    try:
+        body = json.dumps({"limit": 200}).encode()
+
+        def deployments(auth: str | None) -> tuple[int, list]:
+            headers = {"Content-Type": "application/json"}
+            if auth:
+                headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+            req = urllib.request.Request(served.api + "/deployments/filter", data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, []
+
+        assert deployments(None)[0] == 401
+        assert deployments("office:wrong")[0] == 401
+        status, found = deployments("office:s3cret")
+        assert status == 200 and any(d["name"] == "energy-week-2023" for d in found)
+    finally:
+        served.stop()
