@@ -107,7 +107,14 @@ def test_the_ui_on_the_network_asks_for_the_password(tmp_path, config_dir):
 
         assert deployments(None)[0] == 401
         assert deployments("office:wrong")[0] == 401
-        status, found = deployments("office:s3cret")
-        assert status == 200 and any(d["name"] == "energy-week-2023" for d in found)
+        deadline = time.monotonic() + 120  # serve registers its deployments through the same API
+        while time.monotonic() < deadline:
+            status, found = deployments("office:s3cret")
+            assert status == 200
+            if any(d["name"] == "energy-week-2023" for d in found):
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError("serve did not register its deployments with the password")
     finally:
         served.stop()
