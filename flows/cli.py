@@ -231,7 +231,7 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
     Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.approval import APPROVED, PENDING, ApprovalError, chain_state, decide, find_version
+    from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, chain_state, decide, find_version
     from tasks.ledger import Ledger
     from tasks.settings import AppSettings
     cfg = load_config(Path(c), campaign)
@@ -249,6 +249,8 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
         _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
                  "chain": chain}, False)
     typer.echo(f"第{row.version}版简讯：{'已批准' if row.approval == APPROVED else '已驳回'}（{row.approved_by}）", err=True)
+    if row.approval == REJECTED:
+        _tell_rejection(ledger, cfg, row, chain, Path(h))
     configure_prefect_home(Path(h))
     from .approval import resume_waiting_runs, retire_superseded_runs
     latest = find_version(ledger, cfg.campaign.id)
@@ -267,6 +269,22 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
                      config_dir=c)
         result["send"] = {k: v for k, v in sent.items() if k not in ("campaign", "version", "approval")}
     _report(result, _unsent(result.get("send", {})))
+
+
+def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
+    """The coordinators' notice of a rejection (sent once per version; a failure is reported)."""
+    from tasks.delivery import deliver
+    from tasks.mailer import MailError, mailer_from_env
+    from tasks.notices import rejection_notice
+    level = chain["decisions"][-1]["level"] if chain["decisions"] else None
+    notice = rejection_notice(cfg, row.version, row.approved_by, row.approval_note, level)
+    try:
+        with mailer_from_env(home) as mailer:
+            outcome = deliver(ledger, mailer, notice, campaign=cfg.campaign.id, step="notice")
+    except MailError as exc:
+        outcome = f"failed: {exc}"
+    if outcome not in ("sent", "skipped"):
+        typer.echo(f"驳回通知未能发给协调人（{outcome}）", err=True)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from tasks.approval import (APPROVED, PENDING, REJECTED, ApprovalError, Supersed
                             find_version)
 from tasks.delivery import delivery_states
 from tasks.ledger import Bulletin
-from tasks.notices import addressed, bulletin_message, bulletin_recipients
+from tasks.notices import addressed, bulletin_message, bulletin_recipients, rejection_notice
 
 from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
@@ -160,6 +160,11 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
         reason = (f"第{bulletin.version}版已被驳回（{bulletin.approved_by}），未发送" if bulletin.approval == REJECTED
                   else f"第{bulletin.version}版尚未批准，未发送")
         log.warning("%s", reason)
+        if bulletin.approval == REJECTED:  # the coordinators hear it once, whoever rejected it where
+            chain = chain_state(ctx.ledger, ctx.campaign_id, bulletin.version, ctx.config.campaign.bulletin.approvers)
+            level = chain["decisions"][-1]["level"] if chain["decisions"] else None
+            send_messages(ctx, [(rejection_notice(ctx.config, bulletin.version, bulletin.approved_by,
+                                                  bulletin.approval_note, level, ctx.override_dir), None)], "notice")
         return Completed(message=reason, data={"campaign": ctx.campaign_id, "version": bulletin.version,
                                                "approval": bulletin.approval, "sent": 0})
     messages = build_bulletin_mail(ctx, bulletin)

@@ -178,3 +178,14 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
 def addressed(base: OutgoingMessage, to: Address) -> OutgoingMessage:
     """One recipient's copy of the bulletin, keyed by version and address."""
     return dataclasses.replace(base, key=f"{base.key}/{to.email}", to=(to,))
+
+
+def rejection_notice(config: Config, version: int, by: str | None, note: str | None, level: str | None = None,
+                     override: str | None = None) -> OutgoingMessage:
+    """Tell the coordinators that a version was rejected, by whom, at which level and why (once
+    per version: the key names it)."""
+    who = f"{level}：{by}" if level else (by or "")
+    return coordinator_notice(
+        config, f"rejected/v{version}", f"第{version}版简讯未获批准",
+        f"第{version}版简讯被驳回（{who}），未发送。请按意见修改后重新编制（bulletin compile 生成新版本），"
+        "新版本从第一级重新审批。", [f"意见：{note or '（未填写）'}"], override)

@@ -130,3 +130,21 @@ def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, conf
     code, last, _ = run(by="王处长", note="同意印发")
     assert code == 0 and last["approval"] == APPROVED
     assert last["send"]["sent"] == len(bulletin_recipients(config)) == len(smtp_env.messages)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rejection_tells_the_coordinators_once_with_the_reason(tmp_path, config, chain_config_dir, smtp_env,
+                                                                  now, capsys):
+    from flows import cli
+    home = tmp_path / "home"
+    compile_bulletin(Ledger(home), config, now, lead="初稿")
+    common = dict(home=home, config=chain_config_dir, now=now.isoformat())
+    for by, reject in (("李科长", False), ("王处长", True), ("王处长", True)):
+        with pytest.raises(typer.Exit):
+            cli.approve(CAMPAIGN, by=by, reject=reject, note="第三段数据有误" if reject else None, **common)
+    capsys.readouterr()
+    notices = [m.message() for m in smtp_env.messages]
+    assert len(notices) == 1 and "第1版简讯未获批准" in str(notices[0]["Subject"])
+    body = notices[0].get_body(("plain",)).get_content()
+    assert "签发：王处长" in body and "第三段数据有误" in body
+    assert sorted(a.addr_spec for a in notices[0]["To"].addresses) == sorted(c.email for c in config.campaign.coordinators)
