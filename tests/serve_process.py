@@ -10,6 +10,7 @@ Prefect REST API spoken as the UI speaks it (plain HTTP).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -75,8 +76,11 @@ class ServeProcess:
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.api + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.env.get("PREFECT_SERVER_API_AUTH_STRING"):  # a server bound beyond loopback asks for it
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                self.env["PREFECT_SERVER_API_AUTH_STRING"].encode()).decode()
+        req = urllib.request.Request(self.api + path, data=data, method=method, headers=headers)
         for attempt in range(6):  # a busy server answers 503; Prefect's own clients retry those too
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:

@@ -195,7 +195,7 @@ def test_two_first_runs_at_once_make_one_schema(backend, tmp_path, postgres_serv
     import subprocess
     import sys
     code = "import sys; from pathlib import Path; from tasks.ledger import Ledger; Ledger(Path(sys.argv[1]), sys.argv[2] or None)"
-    for i in range(4):
+    for i in range(3):
         url = ""
         if backend == "postgresql":
             with postgres_server.connect(autocommit=True) as conn:
