@@ -5,8 +5,9 @@ marked afterwards: ``sent`` (with its Message-ID), ``failed`` (nothing went out,
 that may pass: the next run retries it), ``undeliverable`` (the server refused it for good: tried
 again only when its recipients have changed, i.e. an address was corrected) or ``uncertain``
 (it may have gone out: reported, resent only on request, with the same Message-ID). When the
-server cannot be reached or logged into, the run stops trying: the rest is ``failed``. The unique key on ``deliveries.key`` makes a second run, or two runs at
-once, skip a key that is already claimed.
+server cannot be reached or logged into, the run stops trying: the rest is ``failed``. The
+unique key on ``deliveries.key`` makes a second run, or two runs at once, skip a key that is
+already claimed.
 
 ``deliver_many`` works in chunks of ``mailer.batch_size`` messages (500 for the file outbox,
 1 for SMTP). For each chunk:
