@@ -48,22 +48,37 @@ def _prepare(campaign: str, home: Path | None, config: Path | None, now: str | N
         moment = resolve_now(now, cfg)
     except ValueError:
         raise _err(f"--now: '{now}' is not an ISO-8601 moment, e.g. 2023-09-28T17:00:00+08:00") from None
-    _check_ledger(home_dir)
+    _check_ledger(home_dir, campaign)
     if prefect:
         configure_prefect_home(home_dir)
         typer.echo(f"主目录 home: {home_dir}", err=True)
     return str(home_dir), str(config_dir), moment
 
 
-def _check_ledger(home_dir: Path) -> None:
-    """A ledger older or newer than this code stops every command before it does anything."""
-    from tasks.ledger import Ledger
+def _check_ledger(home_dir: Path, campaign: str | None = None) -> None:
+    """A ledger older or newer than this code stops every command before it does anything
+    (exit 2); one that cannot be opened (its database server down) too, as an outage (exit 1,
+    with the JSON error of a step)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from tasks.ledger import Ledger, database_url
     from tasks.schema import SchemaError
     from tasks.settings import AppSettings
+
+    from .console import error_line
+    url = AppSettings().db_url
     try:
-        Ledger(home_dir, AppSettings().db_url)
+        Ledger(home_dir, url)
     except SchemaError as exc:
         raise _err(str(exc)) from None
+    except (DBAPIError, OSError) as exc:
+        where = make_url(database_url(home_dir, url)).render_as_string(hide_password=True)
+        line = error_line(exc)
+        typer.echo(f"无法打开账本 {where}：{line}。Cannot open the ledger.", err=True)
+        if campaign:
+            typer.echo(json.dumps({"campaign": campaign, "error": line}, ensure_ascii=False))
+        raise typer.Exit(1) from None
 
 
 def _report(result: dict, problems: bool) -> None:

@@ -17,6 +17,7 @@ from tasks.delivery import deliver_many, mark_stale_uncertain, outcomes_since, u
 from tasks.mailer import mailer_from_env
 from tasks.message import OutgoingMessage
 from tasks.notices import coordinator_notice
+from tasks.settings import AppSettings
 from tasks.status import completeness
 
 from .context import Context
@@ -52,8 +53,11 @@ def run_name(step: str) -> Callable[[], str]:
 
 # Callers pass big message lists wrapped in prefect.utilities.annotations.quote: Prefect then
 # hands the list over as is instead of walking every message (and its attachments).
-@task(name="send-messages", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=transient_only,
-      cache_policy=NO_CACHE, task_run_name="send-{step}-{ctx.campaign_id}")
+RETRY_DELAYS = AppSettings().send_retry_delays
+
+
+@task(name="send-messages", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS or 0,
+      retry_condition_fn=transient_only, cache_policy=NO_CACHE, task_run_name="send-{step}-{ctx.campaign_id}")
 def send_batch(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
                dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
     """Deliver each (message, unit) once; raises :class:`SendFailed` (retried) while some failed

@@ -299,3 +299,37 @@ def test_a_full_disk_stops_intake_and_compile_cleanly_and_nothing_half_written_c
     filler.unlink()
     code, summary, _ = run(capsys, cli.compile_, **options)
     assert code == 0 and summary["version"] == 1
+
+
+def _clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BULLETIN_"))}
+    return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
+
+
+def test_the_ledgers_database_down_is_an_outage_on_the_console_not_a_traceback(tmp_path, config_dir):
+    import sys
+    bin_ = os.path.join(os.path.dirname(sys.executable), "bulletin")
+    run = subprocess.run([bin_, "collect", CAMPAIGN, "--home", str(tmp_path), "--config", str(config_dir)],
+                         env=_clean_env(BULLETIN_DB_URL=f"postgresql+psycopg://office:s3cret@127.0.0.1:{free_port()}/x"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    assert "无法打开账本" in run.stderr and "s3cret" not in run.stderr + run.stdout
+    assert "Connection refused" in json.loads(run.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_a_failing_send_shows_its_summary_and_no_traceback_on_the_console(approved, config, capsys):
+    """The real command in its own process (against the test's Prefect server): Prefect logs
+    the batch's failure with a traceback, which goes to the UI, not to the coordinator's terminal."""
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+    bin_ = os.path.join(os.path.dirname(sys.executable), "bulletin")
+    run = subprocess.run([bin_, "send", CAMPAIGN, "--home", str(approved["home"]), "--config", str(approved["config"]),
+                          "--now", approved["now"]],
+                         env=_clean_env(BULLETIN_SMTP_HOST="127.0.0.1", BULLETIN_SMTP_PORT=str(free_port()),
+                                        BULLETIN_SMTP_SECURITY="none", BULLETIN_SEND_RETRY_DELAYS="[0, 0]",
+                                        PREFECT_API_URL=PREFECT_API_URL.value()),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr + run.stdout and "SendFailed" in run.stderr  # the line, not the trace
+    assert json.loads(run.stdout.strip().splitlines()[-1])["failed"] == len(addresses(config))
