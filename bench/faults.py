@@ -304,8 +304,8 @@ class Bench:
         landed = code == -signal.SIGKILL
         uncertain: set[str] = set()
         self.run(home, step)  # the operator runs the step again
-        if self.uncertain_keys(home):
-            uncertain = self.uncertain_keys(home)
+        uncertain = self.uncertain_keys(home)
+        if uncertain:
             self.run(home, step, "--resend-uncertain")  # as the coordinators' notice asks
         got, mail = self.observe(step, home), self.mail_since(start)
         problems = compare(ref, got)

@@ -291,8 +291,7 @@ def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
     from tasks.delivery import deliver
     from tasks.mailer import MailError, mailer_from_env
     from tasks.notices import rejection_notice
-    level = chain["decisions"][-1]["level"] if chain["decisions"] else None
-    notice = rejection_notice(cfg, row.version, row.approved_by, row.approval_note, level)
+    notice = rejection_notice(cfg, row.version, row.approved_by, row.approval_note, chain)
     try:
         with mailer_from_env(home) as mailer:
             outcome = deliver(ledger, mailer, notice, campaign=cfg.campaign.id, step="notice")

@@ -162,9 +162,8 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
         log.warning("%s", reason)
         if bulletin.approval == REJECTED:  # the coordinators hear it once, whoever rejected it where
             chain = chain_state(ctx.ledger, ctx.campaign_id, bulletin.version, ctx.config.campaign.bulletin.approvers)
-            level = chain["decisions"][-1]["level"] if chain["decisions"] else None
             send_messages(ctx, [(rejection_notice(ctx.config, bulletin.version, bulletin.approved_by,
-                                                  bulletin.approval_note, level, ctx.override_dir), None)], "notice")
+                                                  bulletin.approval_note, chain, ctx.override_dir), None)], "notice")
         return Completed(message=reason, data={"campaign": ctx.campaign_id, "version": bulletin.version,
                                                "approval": bulletin.approval, "sent": 0})
     messages = build_bulletin_mail(ctx, bulletin)

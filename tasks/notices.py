@@ -180,10 +180,12 @@ def addressed(base: OutgoingMessage, to: Address) -> OutgoingMessage:
     return dataclasses.replace(base, key=f"{base.key}/{to.email}", to=(to,))
 
 
-def rejection_notice(config: Config, version: int, by: str | None, note: str | None, level: str | None = None,
+def rejection_notice(config: Config, version: int, by: str | None, note: str | None, chain: dict,
                      override: str | None = None) -> OutgoingMessage:
-    """Tell the coordinators that a version was rejected, by whom, at which level and why (once
-    per version: the key names it)."""
+    """Tell the coordinators that a version was rejected, by whom, at which level (the last
+    decision of *chain*, ``tasks.approval.chain_state``) and why; once per version: the key
+    names it."""
+    level = chain["decisions"][-1]["level"] if chain["decisions"] else None
     who = f"{level}：{by}" if level else (by or "")
     return coordinator_notice(
         config, f"rejected/v{version}", f"第{version}版简讯未获批准",

@@ -106,13 +106,12 @@ def chain_config_dir(tmp_path, config_dir):
     return target
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, config, chain_config_dir, smtp_env,
-                                                                  now, capsys):
+def approving(tmp_path, config, config_dir, now, capsys):
+    """A home with version 1 compiled, and `bulletin approve` on it: (exit code, JSON, stderr)."""
     from flows import cli
     home = tmp_path / "home"
     compile_bulletin(Ledger(home), config, now, lead="初稿")
-    common = dict(home=home, config=chain_config_dir, now=now.isoformat())
+    common = dict(home=home, config=config_dir, now=now.isoformat())
 
     def run(**options) -> tuple[int, dict | None, str]:
         capsys.readouterr()
@@ -121,7 +120,13 @@ def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, conf
         out = capsys.readouterr()
         lines = [line for line in out.out.splitlines() if line.startswith("{")]
         return exit_.value.exit_code, json.loads(lines[-1]) if lines else None, out.err
+    return run
 
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, config, chain_config_dir, smtp_env,
+                                                                  now, capsys):
+    run = approving(tmp_path, config, chain_config_dir, now, capsys)
     code, _, err = run(by="张三")
     assert code == 1 and "李科长" in err
     code, first, err = run(by="李科长", note="数据已核")
@@ -135,14 +140,9 @@ def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, conf
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_rejection_tells_the_coordinators_once_with_the_reason(tmp_path, config, chain_config_dir, smtp_env,
                                                                   now, capsys):
-    from flows import cli
-    home = tmp_path / "home"
-    compile_bulletin(Ledger(home), config, now, lead="初稿")
-    common = dict(home=home, config=chain_config_dir, now=now.isoformat())
+    run = approving(tmp_path, config, chain_config_dir, now, capsys)
     for by, reject in (("李科长", False), ("王处长", True), ("王处长", True)):
-        with pytest.raises(typer.Exit):
-            cli.approve(CAMPAIGN, by=by, reject=reject, note="第三段数据有误" if reject else None, **common)
-    capsys.readouterr()
+        run(by=by, reject=reject, note="第三段数据有误" if reject else None)
     notices = [m.message() for m in smtp_env.messages]
     assert len(notices) == 1 and "第1版简讯未获批准" in str(notices[0]["Subject"])
     body = notices[0].get_body(("plain",)).get_content()
