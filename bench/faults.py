@@ -298,12 +298,15 @@ class Bench:
                 "lost": len(lost), "duplicated": len(duplicated), "uncertain": 0}
 
     def trial(self, step: str, prepared: Path, phase: str, nth: int, index: int, ref: dict) -> dict:
+        began = time.monotonic()
         home = self.copy_home(step, prepared, f"trial-{step}-{index}")
         start = len(self.smtp.messages)
         code = self.run(home, step, BULLETIN_FAULT=f"{phase}:{nth}")
+        killed_at = time.monotonic()
         landed = code == -signal.SIGKILL
         uncertain: set[str] = set()
         self.run(home, step)  # the operator runs the step again
+        rerun_at = time.monotonic()
         uncertain = self.uncertain_keys(home)
         if uncertain:
             self.run(home, step, "--resend-uncertain")  # as the coordinators' notice asks
@@ -315,7 +318,8 @@ class Bench:
         duplicated = [k for k, n in mail.items() if n > 1 and k[1] not in resent_ids]
         self.drop_home(step, home)
         return {"phase": phase, "landed": landed, "problems": problems, "lost": len(lost),
-                "duplicated": len(duplicated), "uncertain": len(uncertain)}
+                "duplicated": len(duplicated), "uncertain": len(uncertain),
+                "seconds": (killed_at - began, rerun_at - killed_at, time.monotonic() - rerun_at)}
 
 
 def _on_lane(lanes: queue.Queue, what: str, step: str, *args) -> dict:
@@ -328,7 +332,8 @@ def _on_lane(lanes: queue.Queue, what: str, step: str, *args) -> dict:
     if what == "trial":
         phase, nth, index = args[1:4]
         say(f"  {step} #{index + 1} {phase}:{nth} landed={outcome['landed']} lost={outcome['lost']} "
-            f"dup={outcome['duplicated']} uncertain={outcome['uncertain']} {outcome['problems'] or ''}")
+            f"dup={outcome['duplicated']} uncertain={outcome['uncertain']} "
+            f"s={'/'.join(f'{x:.0f}' for x in outcome['seconds'])} {outcome['problems'] or ''}")
     else:
         say(f"  {step} {outcome['phase']} #{args[1] + 1} lost={outcome['lost']} dup={outcome['duplicated']} "
             f"{outcome['problems'] or ''}")
@@ -434,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict]] = defaultdict(list)
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.jobs))
         for step in steps:
+            began = time.monotonic()
             ref = bench.reference(step, prepared[step])
-            say(f"{step}: reference reached {ref['tally']}, {sum(ref['mail'].values())} messages")
+            say(f"{step}: reference reached {ref['tally']}, {sum(ref['mail'].values())} messages, "
+                f"{time.monotonic() - began:.0f} s")
             chosen = set(args.phases.split(",")) if args.phases else set(PHASES[step])
             phases = [p for p in PHASES[step] if ref["tally"].get(p) and p in chosen]
             runs = []

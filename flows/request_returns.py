@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from sqlalchemy import func, select
 
-from tasks.archive import archive_bytes
+from tasks.archive import archive_bytes, archived_bytes
 from tasks.ledger import RequestRecord, hold
 from tasks.notices import request_message
 from tasks.workbook import build_request_workbook
@@ -29,15 +29,20 @@ def _select_units(ctx: Context, codes: list[str] | None):
 
 @task(name="build-requests", cache_policy=NO_CACHE)
 def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: bool) -> list:
-    """Each selected unit's workbook and message; a forced resend gets the next sequence."""
+    """Each selected unit's workbook and message; a forced resend gets the next sequence. A
+    request already recorded (a rerun, a resend) goes with the workbook it recorded, read
+    back from the archive, not built again."""
     with ctx.ledger.reading() as s:
         asked = _asked(s, ctx.campaign_id)
+        recorded = _recorded_workbooks(s, ctx.campaign_id)
     out, records = [], []
     for unit in _select_units(ctx, codes):
         before = asked.get(unit.code, 0)
         # unchanged sequence = the same delivery key as before, which the ledger skips
         sequence = before + 1 if force or not before else before
-        workbook = build_request_workbook(ctx.config.campaign, unit)
+        workbook = archived_bytes(ctx.home, recorded[unit.code]) if sequence == before else None
+        if workbook is None:
+            workbook = build_request_workbook(ctx.config.campaign, unit)
         if not dry_run and sequence > before:
             sha, _ = archive_bytes(ctx.home, workbook)
             records.append(RequestRecord(campaign=ctx.campaign_id, unit_code=unit.code,
@@ -50,6 +55,13 @@ def build_requests(ctx: Context, codes: list[str] | None, force: bool, dry_run: 
         now_asked = _asked(s, ctx.campaign_id)
         s.add_all(r for r in records if now_asked.get(r.unit_code, 0) == asked.get(r.unit_code, 0))
     return out
+
+
+def _recorded_workbooks(s, campaign: str) -> dict[str, str]:
+    """Each unit's latest recorded request workbook (sha256)."""
+    rows = s.execute(select(RequestRecord.unit_code, RequestRecord.workbook_sha256)
+                     .where(RequestRecord.campaign == campaign).order_by(RequestRecord.id)).all()
+    return dict(rows)
 
 
 def _asked(s, campaign: str) -> dict[str, int]:

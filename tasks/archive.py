@@ -108,3 +108,12 @@ def archive_bytes(home: Path, data: bytes, *, durable: bool = True) -> tuple[str
     """Keep bytes (an attachment, a generated workbook); return (sha256, relative path)."""
     sha = hashlib.sha256(data).hexdigest()
     return sha, _store(home, sha, lambda fd: write_all(fd, data), durable)
+
+
+def archived_bytes(home: Path, sha256: str) -> bytes | None:
+    """The archived file with this sha256, checked against it; ``None`` when absent or altered."""
+    try:
+        data = Path(home, archive_relpath(sha256)).read_bytes()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None

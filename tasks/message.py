@@ -19,8 +19,11 @@ Two renderers, equivalent once parsed (tests/test_message.py compares them):
   handles everything, but costs about 5 ms per message, mostly header parsing and folding.
 * ``mime_bytes`` assembles the bytes directly for the common case (text, optional HTML, no
   attachments or inline images, plain dot-atom addresses): about 0.1 ms for a receipt.
-  Anything else (attachments, inline images, unusual addresses or header values) goes
-  through ``build_mime``. Both mailers send what ``mime_bytes`` returns.
+  A message with attachments or inline images gets its own headers the same way on content
+  (body and attachments) that ``build_mime`` rendered once and every copy of it reuses: the
+  bulletin's copies cost one rendering, not one each (``bench/faults.py``'s ``send``).
+  Anything else (unusual addresses or header values) goes through ``build_mime``. Both
+  mailers send what ``mime_bytes`` returns.
 
 Any CR or LF in a subject, name, address, file name or header value raises ``ValueError``
 (header injection).
@@ -313,9 +316,8 @@ def _text_part(text: str, boundary: bytes) -> tuple[str, bytes]:
     return "base64", b"\r\n".join([b64[i:i + 76] for i in range(0, len(b64), 76)]) + b"\r\n"
 
 
-def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[bytes, str]:
-    if msg.attachments or msg.inline_images:
-        raise _Fallback
+def _fast_head(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[list[str], str]:
+    """The top-level header lines up to ``MIME-Version`` (no content headers), and the Message-ID."""
     if not msg.to:
         raise ValueError(f"message {msg.key!r} has no To recipient")
     head = [_address_list("From", (sender,), "From"), _address_list("To", msg.to, "To")]
@@ -335,7 +337,13 @@ def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[
             raise _Fallback
         head.append(_unstructured(name, value))
     head.append("MIME-Version: 1.0")
+    return head, message_id
 
+
+def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[bytes, str]:
+    if msg.attachments or msg.inline_images:
+        raise _Fallback
+    head, message_id = _fast_head(msg, sender, when)
     # "=_" never occurs in base64 (nor in quoted-printable); 7bit bodies are checked
     boundary = "=_" + hashlib.sha256(b"boundary:" + msg.key.encode("utf-8")).hexdigest()[:24]
     delimiter = b"--" + boundary.encode("ascii")
@@ -355,6 +363,34 @@ def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[
     return b"".join(parts), message_id
 
 
+_SKELETON_SENDER = Address("", "body@localhost.invalid")
+
+
+@lru_cache(maxsize=4)
+def _rendered_content(text: str, html: str | None, inline_images: tuple[InlineImage, ...],
+                      attachments: tuple[Attachment, ...]) -> bytes:
+    """The content headers and body of a message with attachments or inline images, rendered
+    once by the standard library: every copy of a bulletin (same content, another recipient)
+    reuses them. Its boundaries are fixed at the first rendering, which is what a copy needs."""
+    skeleton = OutgoingMessage(key="content", to=(_SKELETON_SENDER,), subject="", text=text, html=html,
+                               inline_images=inline_images, attachments=attachments, auto_generated=False)
+    raw = build_mime(skeleton, _SKELETON_SENDER, datetime(2000, 1, 1, tzinfo=timezone.utc)).as_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    content = [line for line in re.split(rb"\r\n(?![ \t])", head)
+               if line.lower().startswith((b"content-type:", b"content-transfer-encoding:"))]
+    return b"\r\n".join(content) + b"\r\n\r\n" + body
+
+
+def _copy_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[bytes, str]:
+    """A message with attachments or inline images: its own headers (fast path) on content
+    rendered once (:func:`_rendered_content`)."""
+    if msg.inline_images and msg.html is None:
+        raise ValueError(f"message {msg.key!r} has inline images but no HTML")
+    head, message_id = _fast_head(msg, sender, when)
+    content = _rendered_content(msg.text, msg.html, msg.inline_images, msg.attachments)
+    return "\r\n".join(head).encode("ascii") + b"\r\n" + content, message_id
+
+
 def mime_bytes(msg: OutgoingMessage, sender: Address, date: datetime | None = None) -> tuple[bytes, str]:
     """The wire bytes of *msg* from *sender* and its Message-ID (``date`` defaults to now).
 
@@ -362,6 +398,8 @@ def mime_bytes(msg: OutgoingMessage, sender: Address, date: datetime | None = No
     Raises ``ValueError`` exactly where ``build_mime`` would."""
     when = date or datetime.now(timezone.utc)
     try:
+        if msg.attachments or msg.inline_images:
+            return _copy_bytes(msg, sender, when)
         return _fast_bytes(msg, sender, when)
     except _Fallback:
         mime = build_mime(msg, sender, when)

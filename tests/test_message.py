@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 from datetime import datetime, timezone
 from email import policy
@@ -316,3 +317,21 @@ def test_mime_bytes_refuses_what_build_mime_refuses(change):
 def test_mime_bytes_sender_without_domain_rejected():
     with pytest.raises(ValueError):
         mime_bytes(plain("k"), Address("x", "no-domain"))
+
+
+def test_copies_of_a_message_with_attachments_share_its_rendered_content():
+    """The bulletin's copies: each its own headers, the content rendered once for all."""
+    base = rich_message(key="energy-week-2023/bulletin/v1", cc=())
+    copies = [dataclasses.replace(base, key=f"{base.key}/{to.email}", to=(to,))
+              for to in (Address("张三", "a@example.org"), Address("Ann Lee", "ann@example.org"))]
+    rendered = [mime_bytes(m, SENDER, WHEN) for m in copies]
+    for msg, (raw, message_id) in zip(copies, rendered):
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert raw.isascii() and max(map(len, head.split(b"\r\n"))) <= 78
+        assert summary(raw) == summary(build_mime(msg, SENDER, WHEN).as_bytes())
+        assert message_id == message_id_for(msg.key, "stats.example.com")
+    bodies = [raw.split(b"MIME-Version: 1.0\r\n", 1)[1] for raw, _ in rendered]
+    assert bodies[0] == bodies[1]
+    assert rendered[0][1] != rendered[1][1]
+    odd = dataclasses.replace(base, to=(Address("x", '"a,b"@example.org'),))  # headers by the stdlib
+    assert summary(mime_bytes(odd, SENDER, WHEN)[0]) == summary(build_mime(odd, SENDER, WHEN).as_bytes())
