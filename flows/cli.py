@@ -261,11 +261,18 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
         last = chain["decisions"][-1]
         typer.echo(f"第{row.version}版简讯：{last['level']}已通过（{last['by']}），待{chain['due']}"
                    f"（{'、'.join(chain['due_approvers'])}）", err=True)
-        _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
-                 "chain": chain}, False)
-    typer.echo(f"第{row.version}版简讯：{'已批准' if row.approval == APPROVED else '已驳回'}（{row.approved_by}）", err=True)
-    if row.approval == REJECTED:
+    else:
+        typer.echo(f"第{row.version}版简讯：{'已批准' if row.approval == APPROVED else '已驳回'}（{row.approved_by}）",
+                   err=True)
+    mailed: dict[str, int] = {}
+    if cfg.campaign.bulletin.approvers:  # the next level's requests, or the rejection notice, by mail
+        from tasks.signoff import signoff_messages
+        mailed = _mail_now(ledger, cfg, Path(h), signoff_messages(ledger, cfg), "approval")
+    elif row.approval == REJECTED:
         _tell_rejection(ledger, cfg, row, chain, Path(h))
+    if row.approval == PENDING:
+        _report({"campaign": cfg.campaign.id, "version": row.version, "approval": row.approval,
+                 "chain": chain, "mailed": mailed}, _unsent(mailed))
     configure_prefect_home(Path(h))
     from .approval import resume_waiting_runs, retire_superseded_runs
     latest = find_version(ledger, cfg.campaign.id)
@@ -286,6 +293,27 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
     _report(result, _unsent(result.get("send", {})))
 
 
+def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, int]:
+    """Deliver a few messages from this process, each once (the ledger); failures reported."""
+    from collections import Counter
+
+    from tasks.delivery import deliver_many
+    from tasks.mailer import MailError, mailer_from_env
+    counts: Counter[str] = Counter()
+    if not messages:
+        return {}
+    try:
+        with mailer_from_env(home) as mailer:
+            counts.update(deliver_many(ledger, mailer, [(m, None) for m in messages], campaign=cfg.campaign.id,
+                                       step=step))
+    except MailError as exc:
+        typer.echo(f"邮件未能发出：{exc}", err=True)
+        counts["failed"] += 1
+    if _unsent(counts):
+        typer.echo(f"部分邮件未能发出（{dict(counts)}）：重新运行同一命令即可补发", err=True)
+    return dict(counts)
+
+
 def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
     """The coordinators' notice of a rejection (sent once per version; a failure is reported)."""
     from tasks.delivery import deliver
@@ -299,6 +327,40 @@ def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
         outcome = f"failed: {exc}"
     if outcome not in ("sent", "skipped"):
         typer.echo(f"驳回通知未能发给协调人（{outcome}）", err=True)
+
+
+@app.command(name="request-approval")
+def request_approval(campaign: Campaign,
+                     again: Annotated[bool, typer.Option("--again", help="Send the request again (a new round).")] = False,
+                     home: Home = None, config: Conf = None, now: Now = None) -> None:
+    """Mail the latest version's approval request to the approvers of the level that is due.
+
+    Compiling a version and each approval send the requests of the level that comes next by
+    themselves (once); this sends those still owed, or with --again one more round. The
+    approvers answer by replying 同意 or 不同意 (with a reason); `bulletin collect` reads the
+    replies from the mailbox.
+
+    Example: bulletin request-approval energy-week-2023 --again
+    """
+    h, c, moment = _prepare(campaign, home, config, now, prefect=False)
+    from tasks.ledger import Ledger
+    from tasks.settings import AppSettings
+    from tasks.signoff import due_approvers, signoff_messages
+    cfg = load_config(Path(c), campaign)
+    if not cfg.campaign.bulletin.approvers:
+        raise _err(f"{cfg.campaign.id} 未配置审批人（bulletin.approvers）：用 bulletin approve 审批")
+    ledger = Ledger(Path(h), AppSettings().db_url)
+    bulletin, due = due_approvers(ledger, cfg)
+    if bulletin is None:
+        latest = ledger.latest_bulletin(cfg.campaign.id)
+        typer.echo("尚无简讯，请先运行 bulletin compile" if latest is None else
+                   f"第{latest.version}版简讯不在待审批状态（{latest.approval}）：无需发送审批请求", err=True)
+        _report({"campaign": cfg.campaign.id, "version": latest.version if latest else None, "due": None}, False)
+    counts = _mail_now(ledger, cfg, Path(h), signoff_messages(ledger, cfg, again=again), "approval")
+    typer.echo(f"第{bulletin.version}版简讯待{due[0].level}：审批请求已发给 "
+               f"{'、'.join(f'{a.name}（{a.email}）' for a in due)}", err=True)
+    _report({"campaign": cfg.campaign.id, "version": bulletin.version, "due": due[0].level,
+             "approvers": [a.email for a in due], "sent": counts}, _unsent(counts))
 
 
 @app.command()

@@ -13,8 +13,9 @@ from prefect.utilities.annotations import quote
 from tasks.intake import drop_folder_entries, take_in_entries
 from tasks.delivery import state_of
 from tasks.ledger import REFUSED, SENT
-from tasks.mailbox import CONNECTION_ERRORS, MailboxError, collect_mailbox
-from tasks.settings import ImapSettings
+from tasks.mailbox import CONNECTION_ERRORS, MailboxError, MailboxResult, collect_maildir, collect_mailbox
+from tasks.settings import AppSettings, ImapSettings
+from tasks.signoff import as_signoff_reply, record_reply, request_digests
 from tasks.notices import coordinator_notice, receipt_messages
 from tasks.owed import NOTICE, RECEIPT, forgive, outcome_from, owed, settle
 from tasks.parallel import PARALLEL_FROM
@@ -24,6 +25,7 @@ from tasks.review import explain_by_reply
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
 from .context import Context, open_context
+from .signoff import follow_up_signoff, publish_approved
 
 
 @task(name="take-in-drop-folder", cache_policy=NO_CACHE)
@@ -73,28 +75,59 @@ def _mailbox_dropped(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's
 @task(name="take-in-mailbox", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_mailbox_dropped,
       cache_policy=NO_CACHE)
 def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
-    """Archive and record every message of the campaign's IMAP folder (when a host is set):
-    (taken-in submissions, replies carrying explanations, problems for the coordinators)."""
-    settings = ImapSettings()
-    if not settings.host:
-        return [], [], []
+    """Archive and record every message of the campaign's IMAP folder (when a host is set) and
+    of ``BULLETIN_MAILDIR`` (when set): (taken-in submissions, replies carrying explanations,
+    problems for the coordinators). Replies to approval requests are decided on the way."""
+    settings, maildir = ImapSettings(), AppSettings().maildir
     if ctx.config.campaign.mailbox_folder:
         settings = settings.model_copy(update={"folder": ctx.config.campaign.mailbox_folder})
     log = get_run_logger()
-    try:
-        r = collect_mailbox(ctx.ledger, ctx.campaign_id, settings, now=ctx.now,
-                            max_file_bytes=ctx.config.campaign.max_file_bytes,
-                            work_dir=ctx.home / "work" / "imap" / ctx.campaign_id)
-    except MailboxError as exc:
-        log.error("%s", exc)
-        return [], [], [f"无法读取邮箱：{exc}"]
-    if r.busy:
-        log.info("邮箱 %s 正由另一运行读取，本次跳过", settings.folder)
-        return [], [], []
-    log.info("邮箱 %s：%d 份报送，%d 封自动回复（已记录，不回复），%d 封无附件，%d 封处理失败",
-             settings.folder, len(r.taken), r.auto_replies, r.skipped, r.failed)
-    problems = [f"{r.failed} 封邮件处理失败，已留在邮箱中下次重试"] if r.failed else []
-    return r.taken, r.replies, problems
+    common = dict(now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes, signoff=signoff_hook(ctx))
+    found: list[tuple[str, MailboxResult]] = []
+    problems: list[str] = []
+    if settings.host:
+        try:
+            found.append((settings.folder, collect_mailbox(ctx.ledger, ctx.campaign_id, settings,
+                                                           work_dir=ctx.home / "work" / "imap" / ctx.campaign_id,
+                                                           **common)))
+        except MailboxError as exc:
+            log.error("%s", exc)
+            problems.append(f"无法读取邮箱：{exc}")
+    if maildir:
+        found.append((maildir, collect_maildir(ctx.ledger, ctx.campaign_id, Path(maildir),
+                                               work_dir=ctx.home / "work" / "maildir" / ctx.campaign_id, **common)))
+    taken, replies = [], []
+    for where, r in found:
+        if r.busy:
+            log.info("邮箱 %s 正由另一运行读取，本次跳过", where)
+            continue
+        log.info("邮箱 %s：%d 份报送，%d 封审批答复，%d 封自动回复（已记录，不回复），%d 封无附件，%d 封处理失败",
+                 where, len(r.taken), r.signoffs, r.auto_replies, r.skipped, r.failed)
+        if r.failed:
+            problems.append(f"{r.failed} 封邮件处理失败，已留在邮箱中下次重试")
+        taken += r.taken
+        replies += r.replies
+    return taken, replies, problems
+
+
+def signoff_hook(ctx: Context):
+    """Replies to the campaign's approval requests, decided in the ledger as they are read
+    (``tasks.signoff``); None when the campaign names no approvers."""
+    if not ctx.config.campaign.bulletin.approvers:
+        return None
+    requests = request_digests(ctx.ledger, ctx.campaign_id)
+    log = get_run_logger()
+
+    def hook(message, sender: str, subject: str, text: str, sha: str) -> bool:
+        reply = as_signoff_reply(message, ctx.campaign_id, requests, sender=sender, subject=subject,
+                                 text=text, sha256=sha)
+        if reply is None:
+            return False
+        detail = record_reply(ctx.ledger, ctx.config, reply, ctx.now)
+        log.info("审批答复 %s → 第%s版：%s %s", reply.sender, detail.get("version"), detail["outcome"],
+                 detail.get("reason") or detail.get("note") or "")
+        return True
+    return hook
 
 
 @task(name="apply-explanations", cache_policy=NO_CACHE)
@@ -179,6 +212,9 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
                              resend_uncertain=resend_uncertain)
     settle(ctx.ledger, ctx.campaign_id)
     _notify_coordinators(ctx, mailbox_problems, resend_uncertain)
+    signoff = follow_up_signoff(ctx, resend_uncertain=resend_uncertain)
+    if signoff.get("publish"):
+        signoff["bulletin"] = publish_approved(ctx, signoff["publish"])
     refused = [r for r in taken if r.outcome == REFUSED]
     status = publish_completeness(ctx)
     states: dict[str, int] = {}
@@ -186,6 +222,7 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
         states[o.state] = states.get(o.state, 0) + 1
     return {"campaign": ctx.campaign_id, "taken_in": len(taken), "decided": states,
             "receipts": receipts, "mailbox": mailbox_problems,
+            **({"signoff": signoff} if signoff else {}),
             "accepted_units": status["accepted"], "expected": status["expected"],
             "problems": sum(v for k, v in states.items() if k != "accepted") + len(refused)
             + len(mailbox_problems)}

@@ -13,6 +13,7 @@ from tasks.compile import compile_bulletin as compile_version
 from .approval import retire_superseded_runs
 from .common import publish_completeness, run_name
 from .context import Context, open_context
+from .signoff import follow_up_signoff
 
 
 @task(name="render-bulletin", cache_policy=NO_CACHE)
@@ -36,6 +37,9 @@ def compile_bulletin(campaign: str, lead: str | None = None, now: dt.datetime | 
                              description=f"第{result['version']}版（{result['approval']}）")
     if result["created"]:
         result["waiting_runs"] = retire_superseded(ctx, result["version"])
+    signoff = follow_up_signoff(ctx)  # the first level's requests (once per version)
+    if signoff.get("messages"):
+        result["signoff"] = signoff["messages"]
     publish_completeness(ctx)
     return {"campaign": ctx.campaign_id, **result}
 

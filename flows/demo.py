@@ -9,10 +9,14 @@ campaign ran as designed.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import os
 import time
+from email import policy
+from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 
-from tasks.approval import decide
 from tasks.config import Config, load_config
 from tasks.ledger import Ledger
 
@@ -171,23 +175,87 @@ def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     _say(f"{cal.compile_moment:%Y-%m-%d %H:%M} 编制简讯 compile")
     first = compile_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
     again = compile_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
-    _say("审批并分发 approve and send")
-    ledger = Ledger(home)
-    decide(ledger, CAMPAIGN, by="公共机构节能处 王处长", approve=True, note="同意印发（演示）",
-           now=cal.compile_moment + dt.timedelta(hours=2), version=first["version"])
-    sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment + dt.timedelta(hours=3), **args)
+    signed = sign_off_by_mail(home, config, args)
+    sent = signed.get("signoff", {}).get("bulletin", {})
     resent = publish_bulletin(CAMPAIGN, now=cal.compile_moment + dt.timedelta(hours=4), **args)
     return _verify(home, config, returns, first, again, sent, resent, time.monotonic() - started)
 
 
+def sign_off_by_mail(home: Path, config: Config, args: dict) -> dict:
+    """The two-level chain answered by mail: each approver replies to the request the system
+    sent (read from the outbox) into the demo's Maildir, and ``collect`` reads the replies. An
+    out-of-office reply comes first and approves nothing."""
+    from .collect_returns import collect_returns
+    compiled = config.campaign.calendar.compile_moment
+    maildir = home / "maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    os.environ["BULLETIN_MAILDIR"] = str(maildir)
+    result: dict = {}
+    for hour, level, answer in ((1, "审核", "同意。数据已核对。"), (2, "签发", "同意印发")):
+        approver = next(a for a in config.campaign.bulletin.approvers if a.level == level)
+        request = _latest_request(home, approver.email)
+        _say(f"{level}：{approver.name}收到审批请求《{request['Subject']}》并回复“{answer}”（邮件）")
+        if hour == 1:  # the approver's out-of-office robot answers first: it approves nothing
+            _deliver_to_maildir(maildir, _reply(request, approver.email, "自动回复：我正在休假，同意请找办公室。",
+                                                auto=True), "auto")
+        _deliver_to_maildir(maildir, _reply(request, approver.email, answer), level)
+        result = collect_returns(CAMPAIGN, now=compiled + dt.timedelta(hours=hour), **args)
+    return result
+
+
+def _latest_request(home: Path, email_address: str) -> EmailMessage:
+    """The approval request the system sent to this approver (the outbox's ``.eml``)."""
+    found = []
+    for path in (home / "outbox").glob("*.eml"):
+        msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        if msg["X-Bulletin-Step"] == "approval-request" and email_address in str(msg["To"]):
+            found.append(msg)
+    if not found:
+        raise DemoError(f"no approval request was sent to {email_address}")
+    return found[-1]
+
+
+def _reply(request: EmailMessage, sender: str, text: str, auto: bool = False) -> bytes:
+    """A reply as a mail client writes it: Re: subject, In-Reply-To and References, the
+    original quoted below the answer."""
+    reply = EmailMessage()
+    reply["From"], reply["To"] = sender, str(request["From"])
+    reply["Subject"] = f"回复：{request['Subject']}"
+    reply["In-Reply-To"] = reply["References"] = str(request["Message-ID"])
+    reply["Message-ID"] = make_msgid(domain="example.gov.cn")
+    if auto:
+        reply["Auto-Submitted"] = "auto-replied"
+    quoted = "\n".join(f"> {line}" for line in request.get_body(("plain",)).get_content().splitlines())
+    reply.set_content(f"{text}\n\n在 {request['Date']}，{request['From']} 写道：\n{quoted}\n")
+    return bytes(reply)
+
+
+def _deliver_to_maildir(maildir: Path, raw: bytes, tag: str) -> None:
+    name = f"{time.time_ns()}.{tag}.demo"
+    (maildir / "tmp" / name).write_bytes(raw)
+    (maildir / "tmp" / name).rename(maildir / "new" / name)
+
+
+def _events(ledger: Ledger, action: str) -> int:
+    from sqlalchemy import func, select
+
+    from tasks.ledger import Event
+    with ledger.reading() as s:
+        return s.scalar(select(func.count()).select_from(Event).where(Event.campaign == CAMPAIGN,
+                                                                     Event.action == action))
+
+
 def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], first: dict, again: dict,
             sent: dict, resent: dict, seconds: float) -> bool:
+    from tasks.approval import chain_state
     from tasks.compile import merge_accepted, totals
     from tasks.status import completeness
 
     from .show import summary_line
     ledger = Ledger(home)
     status = completeness(ledger, config, dt.datetime.now(dt.timezone.utc))
+    chain = chain_state(ledger, config.campaign.id, first["version"], config.campaign.bulletin.approvers)
     merged = merge_accepted(ledger, config)
     sums = totals(merged.numbers)
     expected_sums = {k: sum(r.exact[k] for c, r in returns.items() if c != NEVER)
@@ -199,6 +267,10 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         "错误报表已更正 corrected return": units[BROKEN]["version"] == 2,
         "简讯合计等于各单位报表之和 totals": {k: int(v) for k, v in sums.items()} == expected_sums,
         "重复编制沿用同一版本 same version": again["version"] == first["version"] and not again["created"],
+        "两级审批均由邮件答复完成 two levels signed off by mail":
+            [d["level"] for d in chain["decisions"]] == ["审核", "签发"] and chain["due"] is None,
+        "自动回复不计为审批 auto-reply ignored": len(chain["decisions"]) == 2
+            and chain["decisions"][0]["note"] == "数据已核对。" and _events(ledger, "mail.auto_reply") == 1,
         "简讯已发送 bulletin sent": sent.get("sent", 0) > 0 and not sent.get("failed"),
         "再次发送不重复 nothing sent twice": resent.get("sent", 0) == 0,
     }

@@ -14,9 +14,10 @@ one decision by anyone named decides.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from .config import Approver
 from .ledger import SENDING, SENT, UNCERTAIN, ApprovalRecord, Bulletin, Delivery, Ledger, audit_event
@@ -40,7 +41,7 @@ class NotAnApprover(ApprovalError):
     """The person named may not decide at the level that is due."""
 
 
-def _levels(approvers: Sequence[Approver]) -> list[str]:
+def levels_of(approvers: Sequence[Approver]) -> list[str]:
     return list(dict.fromkeys(a.level for a in approvers))
 
 
@@ -60,7 +61,7 @@ def _approver(approvers: Sequence[Approver], levels: list[str], by: str) -> Appr
 def chain_state(ledger: Ledger, campaign: str, version: int, approvers: Sequence[Approver]) -> dict:
     """Where a version stands in the chain: each level's decisions and the level due (None
     when every level approved, or without a chain)."""
-    levels = _levels(approvers)
+    levels = levels_of(approvers)
     with ledger.reading() as s:
         rows = list(s.scalars(select(ApprovalRecord).where(
             ApprovalRecord.campaign == campaign, ApprovalRecord.version == version).order_by(ApprovalRecord.id)))
@@ -96,7 +97,8 @@ def copies_out(s, campaign: str, version: int) -> int:
 
 def decide(ledger: Ledger, campaign: str, *, by: str, approve: bool, note: str | None,
            now: dt.datetime, version: int | None = None, pending_only: bool = False,
-           approvers: Sequence[Approver] = ()) -> Bulletin:
+           approvers: Sequence[Approver] = (),
+           also: Callable[[Session, Bulletin, str | None], None] | None = None) -> Bulletin:
     """Record an approval or a rejection of *version* (default: the latest) and its event.
 
     ``pending_only`` is for an answer given to a run waiting on *version*: it is recorded
@@ -104,7 +106,8 @@ def decide(ledger: Ledger, campaign: str, *, by: str, approve: bool, note: str |
     stands (the version is returned as it is); a superseded version raises :class:`Superseded`.
     With *approvers*, *by* must be an approver of the level that is due (any approver, to
     withdraw a version every level approved), else :class:`NotAnApprover`; an approval below
-    the last level leaves the version pending.
+    the last level leaves the version pending. ``also(session, version, level)`` runs in the
+    decision's transaction when a decision is recorded (a reply's own event, say).
     """
     if not by.strip():
         raise ApprovalError("审批人姓名不能为空（--by）")
@@ -122,8 +125,8 @@ def decide(ledger: Ledger, campaign: str, *, by: str, approve: bool, note: str |
             raise ApprovalError(f"第{target.version}版已被驳回，不能再批准；请修改后重新编制（生成新版本）")
         if target.approval == APPROVED and (out := copies_out(s, campaign, target.version)):
             raise ApprovalError(f"第{target.version}版已开始分发（{out}份），不能再驳回")
-        final, detail = True, note
-        levels = _levels(approvers)
+        final, detail, level = True, note, None
+        levels = levels_of(approvers)
         if levels:
             due = _due(s, campaign, target.version, levels)
             who = _approver(approvers, [due] if due else levels, by)
@@ -140,4 +143,6 @@ def decide(ledger: Ledger, campaign: str, *, by: str, approve: bool, note: str |
             target.approval, target.approved_by, target.approved_at, target.approval_note = decision, by, now, note
         s.add(audit_event(campaign, f"bulletin.{decision}", actor=by, subject=f"v{target.version}",
                     detail=detail, at=now))
+        if also is not None:
+            also(s, target, level)
     return target

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import html
 import imaplib
 import logging
 import re
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.header import decode_header
 from email.message import Message
@@ -74,6 +76,13 @@ class MailboxResult:
     failed: int = 0  # could not be handled: recorded ('mail.failed'), left in place for next run
     replies: list["Reply"] = field(default_factory=list)  # text without attachments: explanations
     busy: bool = False  # another run was reading this folder: nothing done here
+    signoffs: int = 0  # replies to approval requests, each decided or refused in the ledger
+
+
+#: Reads a message as a reply to an approval request and records what it decides (in the
+#: ledger, before the message is moved); False when the message is no such reply.
+#: Called as ``signoff(message, sender, subject, text, sha256)``; see :mod:`tasks.signoff`.
+SignoffHook = Callable[[Message, str, str, str, str], bool]
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class Reply:
     sha256: str
 
 
-_QUOTE_START = re.compile(r"^\s*(>|-{3,}\s*(原始邮件|Original Message)|在.{0,60}写道[:：]|On .{0,80}wrote:|发件人[:：]|From:)")
+_QUOTE_START = re.compile(r"^\s*(>|-{3,}\s*(原始邮件|Original Message)|在.{0,160}写道[:：]|On .{0,80}wrote:|发件人[:：]|From:)")
 
 
 def reply_text(body: str, limit: int = 2000) -> str:
@@ -241,8 +250,14 @@ def _files(msg: _RawMessage, folder: Path, max_file_bytes: int) -> list[Incoming
     return files
 
 
+def message_text(msg: MailMessage) -> str:
+    """The new text of a message: its plain text, else its HTML without tags; quotes removed."""
+    body = msg.text or html.unescape(re.sub(r"(?s)<(script|style).*?</\1>|<[^>]+>", " ", msg.html or ""))
+    return reply_text(body)
+
+
 def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.datetime,
-                  max_file_bytes: int, work_dir: Path) -> TakeInResult | str:
+                  max_file_bytes: int, work_dir: Path, signoff: SignoffHook | None = None) -> TakeInResult | str:
     sha, _ = archive_bytes(ledger.home, msg.raw)
     faults.reached("archive")
     sender = _address(msg.from_) or None
@@ -251,6 +266,8 @@ def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.da
     if is_auto_reply(msg):
         _record_once(ledger, campaign, "mail.auto_reply", sender or SOURCE, sha, note, now)
         return "auto_reply"
+    if signoff is not None and signoff(msg.obj, sender or "", subject, message_text(msg), sha):
+        return "signoff"
     if not [a for a in msg.attachments if a.content_type != "message/rfc822"]:
         text = reply_text(msg.text or "")
         _record_once(ledger, campaign, "mail.no_attachment", sender or SOURCE, sha, note | {"text": text}, now)
@@ -268,7 +285,7 @@ def _take_message(ledger: Ledger, campaign: str, msg: _RawMessage, *, now: dt.da
 
 
 def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.datetime,
-                    max_file_bytes: int, work_dir: Path) -> MailboxResult:
+                    max_file_bytes: int, work_dir: Path, signoff: SignoffHook | None = None) -> MailboxResult:
     """Take in every message of ``settings.folder``; move each to ``settings.done_folder``.
 
     A submission's ``received_at`` is when the server received the message (INTERNALDATE),
@@ -279,15 +296,50 @@ def collect_mailbox(ledger: Ledger, campaign: str, settings: ImapSettings, *, no
     with ledger.exclusive(f"mailbox/{settings.host}/{settings.user}/{settings.folder}") as mine:
         if not mine:  # two runs on one folder would take in and move the same messages
             return MailboxResult([], 0, 0, busy=True)
-        return _collect(ledger, campaign, settings, now=now, max_file_bytes=max_file_bytes, work_dir=work_dir)
+        return _collect(ledger, campaign, settings, now=now, max_file_bytes=max_file_bytes, work_dir=work_dir,
+                        signoff=signoff)
+
+
+class _Tally:
+    """What a mailbox run found, message by message."""
+
+    def __init__(self) -> None:
+        self.taken: list[TakeInResult] = []
+        self.replies: list[Reply] = []
+        self.counts = {"auto_reply": 0, "skipped": 0, "failed": 0, "signoff": 0}
+
+    def add(self, out: TakeInResult | Reply | str) -> None:
+        if isinstance(out, str):
+            self.counts[out] += 1
+        elif isinstance(out, Reply):
+            self.replies.append(out)
+        else:
+            self.taken.append(out)
+
+    def result(self) -> MailboxResult:
+        c = self.counts
+        return MailboxResult(self.taken, c["auto_reply"], c["skipped"], c["failed"], self.replies,
+                             signoffs=c["signoff"])
+
+
+def _take_or_record_failure(ledger: Ledger, campaign: str, msg: _RawMessage, tally: _Tally, **kw) -> bool:
+    """Take one message in; a failure is recorded and counted (the message stays for the next
+    run). True when it was taken in and may be moved."""
+    try:
+        tally.add(_take_message(ledger, campaign, msg, **kw))
+        return True
+    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the others
+        log.exception("message %s could not be taken in", msg.uid or "(file)")
+        tally.counts["failed"] += 1
+        ledger.record(campaign, "mail.failed", actor=_address(msg.from_) or SOURCE,
+                      detail={"subject": msg.subject, "error": f"{type(exc).__name__}: {exc}"}, at=kw["now"])
+        return False
 
 
 def _collect(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.datetime,
-             max_file_bytes: int, work_dir: Path) -> MailboxResult:
+             max_file_bytes: int, work_dir: Path, signoff: SignoffHook | None) -> MailboxResult:
     work_dir.mkdir(parents=True, exist_ok=True)
-    taken: list[TakeInResult] = []
-    replies: list[Reply] = []
-    counts = {"auto_reply": 0, "skipped": 0, "failed": 0}
+    tally = _Tally()
     box = _connect(settings)
     with box:
         uids = box.uids()
@@ -298,15 +350,8 @@ def _collect(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.d
                 log.info("message %s is gone from %s", msg.uid, settings.folder)
                 continue
             at = min(now, arrived.get(msg.uid, now))
-            try:
-                out = _take_message(ledger, campaign, msg, now=at, max_file_bytes=max_file_bytes,
-                                    work_dir=work_dir)
-            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the others
-                log.exception("message %s could not be taken in", msg.uid)
-                counts["failed"] += 1
-                ledger.record(campaign, "mail.failed", actor=_address(msg.from_) or SOURCE,
-                              detail={"subject": msg.subject, "error": f"{type(exc).__name__}: {exc}"},
-                              at=now)
+            if not _take_or_record_failure(ledger, campaign, msg, tally, now=at, max_file_bytes=max_file_bytes,
+                                           work_dir=work_dir, signoff=signoff):
                 continue  # left in the folder: tried again next run
             faults.reached("move")
             try:
@@ -315,10 +360,33 @@ def _collect(ledger: Ledger, campaign: str, settings: ImapSettings, *, now: dt.d
                 if "EXPUNGEISSUED" not in str(exc) and "no longer exist" not in str(exc):
                     raise
                 log.info("message %s was moved by another client meanwhile", msg.uid)
-            if isinstance(out, str):
-                counts[out] += 1
-            elif isinstance(out, Reply):
-                replies.append(out)
-            else:
-                taken.append(out)
-    return MailboxResult(taken, counts["auto_reply"], counts["skipped"], counts["failed"], replies)
+    return tally.result()
+
+
+def collect_maildir(ledger: Ledger, campaign: str, folder: Path, *, now: dt.datetime, max_file_bytes: int,
+                    work_dir: Path, signoff: SignoffHook | None = None) -> MailboxResult:
+    """Take in every message of a local Maildir (``BULLETIN_MAILDIR``: ``new/`` and ``cur/``, as a
+    mail server delivers them) exactly like an IMAP folder, then move each file into the
+    Maildir's ``.Processed`` folder. A message's arrival is its file's modification time."""
+    with ledger.exclusive(f"maildir/{folder}") as mine:
+        if not mine:
+            return MailboxResult([], 0, 0, busy=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        done = folder / ".Processed"
+        for sub in ("new", "cur", "tmp"):
+            (done / sub).mkdir(parents=True, exist_ok=True)
+        tally = _Tally()
+        files = sorted(p for sub in ("new", "cur") if (folder / sub).is_dir()
+                       for p in (folder / sub).iterdir() if p.is_file() and not p.name.startswith("."))
+        log.info("Maildir %s：%d 封待处理", folder, len(files))
+        for path in files:
+            try:
+                raw, arrived = path.read_bytes(), dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+            except FileNotFoundError:  # moved by another reader meanwhile
+                continue
+            msg = _RawMessage([(b"", raw)])
+            if _take_or_record_failure(ledger, campaign, msg, tally, now=min(now, arrived),
+                                       max_file_bytes=max_file_bytes, work_dir=work_dir, signoff=signoff):
+                faults.reached("move")
+                path.replace(done / "cur" / path.name)
+        return tally.result()

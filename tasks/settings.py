@@ -44,6 +44,9 @@ class AppSettings(BaseSettings):
     mail_from: str = "bulletin@example.com"
     mail_from_name: str = "报送任务系统"
     db_url: str | None = None
+    # a local Maildir (new/, cur/) that collect takes in like the IMAP folder, e.g. where the
+    # office's mail server delivers the system's mail; BULLETIN_MAILDIR=/var/mail/bulletin
+    maildir: str | None = None
     # seconds before each retry of a batch of messages of which some failed for a reason that
     # may pass (server down, 4xx); BULLETIN_SEND_RETRY_DELAYS='[10, 60]'
     send_retry_delays: list[float] = [10, 60]

@@ -131,10 +131,13 @@ def test_the_command_goes_level_by_level_and_sends_after_the_last(tmp_path, conf
     assert code == 1 and "李科长" in err
     code, first, err = run(by="李科长", note="数据已核")
     assert code == 0 and first["approval"] == PENDING and first["chain"]["due"] == "签发"
-    assert "待签发" in err and smtp_env.messages == []  # nothing goes out before the last level
+    # nothing goes out before the last level but the request to the level that is now due
+    assert "待签发" in err and [(m.rcpt_tos, m.message()["X-Bulletin-Step"]) for m in smtp_env.messages] == \
+        [(["wang@example.gov.cn"], "approval-request")]
     code, last, _ = run(by="王处长", note="同意印发")
     assert code == 0 and last["approval"] == APPROVED
-    assert last["send"]["sent"] == len(bulletin_recipients(config)) == len(smtp_env.messages)
+    copies = [m for m in smtp_env.messages if m.message()["X-Bulletin-Step"] == "bulletin"]
+    assert last["send"]["sent"] == len(bulletin_recipients(config)) == len(copies)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -143,7 +146,7 @@ def test_a_rejection_tells_the_coordinators_once_with_the_reason(tmp_path, confi
     run = approving(tmp_path, config, chain_config_dir, now, capsys)
     for by, reject in (("李科长", False), ("王处长", True), ("王处长", True)):
         run(by=by, reject=reject, note="第三段数据有误" if reject else None)
-    notices = [m.message() for m in smtp_env.messages]
+    notices = [m.message() for m in smtp_env.messages if m.message()["X-Bulletin-Step"] == "notice"]
     assert len(notices) == 1 and "第1版简讯未获批准" in str(notices[0]["Subject"])
     body = notices[0].get_body(("plain",)).get_content()
     assert "签发：王处长" in body and "第三段数据有误" in body

@@ -130,10 +130,13 @@ def test_latest_bulletin_and_staleness(ledger, config, tmp_path):
     submit(ledger, config, write_return(inbox / "a", config, config.units[0]), BEFORE)
     process_received(ledger, config, BEFORE)
     compile_bulletin(ledger, config, BEFORE)
-    assert completeness(ledger, config, BEFORE)["latest_bulletin"] == {"version": 1, "approved": False, "stale": False}
+    latest = completeness(ledger, config, BEFORE)["latest_bulletin"]
+    assert {k: latest[k] for k in ("version", "approved", "stale")} == {"version": 1, "approved": False, "stale": False}
+    assert (latest["chain"]["due"], latest["chain"]["decisions"]) == ("审核", [])  # the demo campaign's chain
     submit(ledger, config, write_return(inbox / "b", config, config.units[1]), LATER)
     process_received(ledger, config, LATER)
-    assert completeness(ledger, config, LATER)["latest_bulletin"] == {"version": 1, "approved": False, "stale": True}
+    latest = completeness(ledger, config, LATER)["latest_bulletin"]
+    assert {k: latest[k] for k in ("version", "approved", "stale")} == {"version": 1, "approved": False, "stale": True}
 
 
 def test_uncertain_deliveries_are_listed(ledger, config):
