@@ -95,7 +95,7 @@ def version_changes(previous: Path | None, current: Path, config: Config) -> lis
     first version."""
     if previous is None or not (previous / "merged.xlsx").exists():
         return []
-    before, after = (pd.read_excel(p / "merged.xlsx", dtype={"单位代码": str}).set_index("单位代码")
+    before, after = (pd.read_excel(p / "merged.xlsx", dtype={"单位代码": str}, engine="calamine").set_index("单位代码")
                      for p in (previous, current))
     lines = []
     added = [after.at[c, "报送单位"] for c in after.index.difference(before.index)]

@@ -13,6 +13,7 @@ from email import policy
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import select
 
 from serve_process import BIN, ServeProcess, clean_env, final, suspended
@@ -35,6 +36,7 @@ def setup(tmp_path_factory, smtp):
     config_dir = root / "config"
     shutil.copytree(PROJECT_CONFIG, config_dir)
     (config_dir / "campaigns" / "energy-week-2027.yaml").unlink()  # fewer deployments to register
+    _without_approvers(config_dir / "campaigns" / f"{CAMPAIGN}.yaml")  # one decision (tests/test_signoff.py: the chain)
     home = root / "home"
     home.mkdir()
     env = clean_env(BULLETIN_SMTP_HOST=smtp.host, BULLETIN_SMTP_PORT=str(smtp.port), BULLETIN_SMTP_SECURITY="none",
@@ -42,6 +44,12 @@ def setup(tmp_path_factory, smtp):
     served = ServeProcess(home, config_dir, env).start()
     yield served
     served.stop()
+
+
+def _without_approvers(path: Path) -> None:
+    campaign = yaml.safe_load(path.read_text(encoding="utf-8"))
+    del campaign["bulletin"]["approvers"]
+    path.write_text(yaml.safe_dump(campaign, allow_unicode=True), encoding="utf-8")
 
 
 def _ledger(served):

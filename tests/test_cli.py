@@ -127,13 +127,15 @@ def test_approve_sends_the_version_it_names_once(tmp_path, config, config_dir, s
         lines = [line for line in out.out.splitlines() if line.startswith("{")]
         return exit_.value.exit_code, json.loads(lines[-1]) if lines else None, out.err
 
+    code, checked, err = run(cli.approve, by="李科长", note="数据已核")  # the demo campaign's 审核, then 签发
+    assert code == 0 and checked["approval"] == "pending" and "send" not in checked, err
     code, approved, err = run(cli.approve, by="王处长", note="同意印发第二版")
     assert code == 0, err
     recipients = len(bulletin_recipients(config))
     assert (approved["version"], approved["approval"], approved["send"]["sent"]) == (2, "approved", recipients)
-    assert len(smtp_env.messages) == recipients
+    assert len(smtp_env.messages) == recipients + 1  # and the 签发 level's approval request
     code, _, err = run(cli.approve, by="王处长", version=1)
     assert code == 1 and "第1版已被第2版取代" in err
     code, sent, err = run(cli.send)
     assert code == 0, err
-    assert sent.get("sent", 0) == 0 and len(smtp_env.messages) == recipients
+    assert sent.get("sent", 0) == 0 and len(smtp_env.messages) == recipients + 1
