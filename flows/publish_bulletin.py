@@ -29,6 +29,7 @@ from tasks.notices import addressed, bulletin_message, bulletin_recipients, reje
 
 from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
+from .signoff import publish_chain
 from .context import Context, open_context
 
 #: Answers a run takes that name another version or no approver before it stops waiting.
@@ -170,5 +171,6 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
     counts = send_messages(ctx, quote(messages), "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
     if not dry_run:
         _deliveries_artifact(ctx, bulletin, messages, counts)
+        publish_chain(ctx)
     return {"campaign": ctx.campaign_id, "version": bulletin.version, "approval": bulletin.approval,
             "recipients": len(messages), **counts}

@@ -15,6 +15,20 @@ def summary_line(status: dict) -> str:
             f"逾期{len(status['late'])}家，待人工处理{status['quarantined']}份")
 
 
+DECISION_LABELS = {"approved": "同意", "rejected": "不同意"}
+
+
+def chain_lines(chain: dict) -> list[str]:
+    """Where a version stands in its chain: each decision (level, who, when, what, why), then
+    the level due and who may decide it."""
+    lines = [f"{d['level']}：{d['by']} {DECISION_LABELS.get(d['decision'], d['decision'])}"
+             f"（{d['at'][:16].replace('T', ' ')}）{'：' + d['note'] if d.get('note') else ''}"
+             for d in chain.get("decisions", [])]
+    if chain.get("due"):
+        lines.append(f"待{chain['due']}：{'、'.join(chain['due_approvers'])}")
+    return lines
+
+
 def print_status(status: dict, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"{status['campaign']} 报送情况（截止 {status['deadline']}）")
@@ -31,6 +45,8 @@ def print_status(status: dict, console: Console | None = None) -> None:
     if b:
         console.print(f"最新简讯：第{b['version']}版，{'已批准' if b['approved'] else '未批准'}"
                       f"{'，已有更新的报表（需重新编制）' if b['stale'] else ''}")
+        for line in chain_lines(b.get("chain") or {}):
+            console.print(f"  {line}")
     if status.get("undeliverable_deliveries"):
         console.print(f"[red]被对方服务器拒收的邮件 {len(status['undeliverable_deliveries'])} 封[/red]（更正地址后重新运行相应步骤）："
                       + "，".join(status["undeliverable_deliveries"]))

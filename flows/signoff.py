@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from tasks.approval import chain_state
 from tasks.signoff import approved_by_mail, signoff_messages
 
 from .common import send_messages
 from .context import Context
+from .show import DECISION_LABELS, chain_lines
 
 
 @task(name="sign-off-by-mail", cache_policy=NO_CACHE)
@@ -19,12 +22,30 @@ def follow_up_signoff(ctx: Context, again: bool = False, resend_uncertain: bool 
     level approved it by mail and no copy has gone out yet."""
     if not ctx.config.campaign.bulletin.approvers:
         return {}
+    publish_chain(ctx)
     messages = [(m, None) for m in signoff_messages(ctx.ledger, ctx.config, again=again, override=ctx.override_dir)]
     counts = send_messages(ctx, quote(messages), "approval", resend_uncertain=resend_uncertain) if messages else {}
     publish = approved_by_mail(ctx.ledger, ctx.campaign_id)
     if publish:
         get_run_logger().info("第%d版简讯已通过最后一级审批（邮件答复）：开始分发", publish)
     return {"messages": counts, "publish": publish}
+
+
+def publish_chain(ctx: Context) -> None:
+    """The table artifact ``<campaign>-approval``: where the latest version stands in its chain,
+    who decided what, when and why, and who is due."""
+    latest = ctx.ledger.latest_bulletin(ctx.campaign_id)
+    approvers = ctx.config.campaign.bulletin.approvers
+    if latest is None or not approvers:
+        return
+    chain = chain_state(ctx.ledger, ctx.campaign_id, latest.version, approvers)
+    rows = [{"版本": latest.version, "级别": d["level"], "审批人": d["by"], "决定": DECISION_LABELS.get(d["decision"], d["decision"]),
+             "时间": d["at"][:16].replace("T", " "), "意见": d.get("note") or ""} for d in chain["decisions"]]
+    if chain["due"]:
+        rows.append({"版本": latest.version, "级别": chain["due"], "审批人": "、".join(chain["due_approvers"]),
+                     "决定": "待审批", "时间": "", "意见": ""})
+    create_table_artifact(key=f"{ctx.campaign_id}-approval", table=rows,
+                          description=f"第{latest.version}版简讯审批：" + "；".join(chain_lines(chain) or [latest.approval]))
 
 
 def publish_approved(ctx: Context, version: int) -> dict:

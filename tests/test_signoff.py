@@ -119,6 +119,22 @@ class Campaign:
     def chain(self, version: int) -> dict:
         return chain_state(Ledger(self.home), CAMPAIGN, version, self.config.campaign.bulletin.approvers)
 
+    def status_lines(self) -> list[str]:
+        from flows.show import print_status
+        from rich.console import Console
+        from tasks.status import completeness
+        console = Console(record=True, width=200)
+        print_status(completeness(Ledger(self.home), self.config, self.now), console)
+        return console.export_text().splitlines()
+
+    def chain_artifact(self):
+        from prefect import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"{CAMPAIGN}-approval"])), limit=200)
+        return max(found, key=lambda a: a.created)
+
     def bulletin(self, version: int):
         from tasks.approval import find_version
         return find_version(Ledger(self.home), CAMPAIGN, version)
@@ -163,7 +179,10 @@ def test_two_levels_signed_off_by_mail_then_sent_once(campaign, mailbox):
     chain = campaign.chain(1)
     assert [(d["level"], d["by"], d["note"]) for d in chain["decisions"]] == [("审核", "李科长", "数据已核对。")]
     assert chain["due"] == "签发" and campaign.bulletin(1).approval == PENDING
-    assert "publish" not in first["signoff"] or first["signoff"]["publish"] is None
+    assert first["signoff"]["publish"] is None
+    shown = ["审核：李科长 同意（", "：数据已核对。", "待签发：王处长"]  # status, and the run's page in Prefect
+    assert all(part in "\n".join(campaign.status_lines()) for part in shown)
+    assert all(part in campaign.chain_artifact().description for part in shown)
     assert campaign.mails("bulletin") == []  # nothing goes out before the last level
     [to_wang] = campaign.mails("approval-request", to=WANG)
     [answer] = campaign.mails("approval-answer")
@@ -222,3 +241,29 @@ def test_a_rejection_by_mail_stops_the_chain_and_tells_the_coordinators(campaign
     assert "您不同意第1版简讯" in answers[0] and "未能识别" in answers[1]
     campaign.collect()  # nothing twice
     assert len(campaign.mails("notice")) == 1 and len(campaign.mails("approval-answer")) == 2
+
+
+def test_the_request_again_on_demand_and_a_reply_to_it_counts(campaign, mailbox, capsys):
+    import json
+
+    import typer
+
+    from flows import cli
+    campaign.compile("初稿")
+
+    def request_approval(*args) -> tuple[int, dict]:
+        capsys.readouterr()
+        with pytest.raises(typer.Exit) as exit_:
+            cli.request_approval(CAMPAIGN, *args, home=campaign.home, config=campaign.config_dir,
+                                 now=campaign.now.isoformat())
+        return exit_.value.exit_code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    code, owed = request_approval(False)
+    assert code == 0 and owed["due"] == "审核" and owed["sent"] == {"skipped": 1}  # sent once, at compile
+    code, again = request_approval(True)
+    assert code == 0 and again["sent"] == {"sent": 1} and again["approvers"] == [LI]
+    first, second = campaign.mails("approval-request")
+    assert str(second["Subject"]).startswith("【再次提请】") and first["Message-ID"] != second["Message-ID"]
+    mailbox(reply(second, LI, "同意", subject="Re: 简讯"))  # only the references name the version
+    campaign.collect()
+    assert [d["by"] for d in campaign.chain(1)["decisions"]] == ["李科长"]
