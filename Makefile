@@ -64,12 +64,12 @@ clean:
 prefect-yaml: $(STAMP)
 	$(BIN)/python -m flows.deployments
 
-# After changing the ledger's models (tasks/ledger.py): write the migration, then read and edit it.
+# After changing the ledger's models (tasks/core/ledger.py): write the migration, then read and edit it.
 #   make migration MSG="what changes"     (tests/test_schema.py fails until models and migrations agree)
 MIGRATION_DB := $(CURDIR)/.migration.db
 migration: $(STAMP)
 	@rm -f $(MIGRATION_DB)
-	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/migrations/alembic.ini upgrade head
-	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/migrations/alembic.ini revision --autogenerate \
-	  --rev-id $$(printf '%04d' $$(( $$(ls tasks/migrations/versions/[0-9]*.py | wc -l) + 1 ))) -m "$(MSG)"
+	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/core/migrations/alembic.ini upgrade head
+	BULLETIN_DB_URL=sqlite:///$(MIGRATION_DB) $(BIN)/alembic -c tasks/core/migrations/alembic.ini revision --autogenerate \
+	  --rev-id $$(printf '%04d' $$(( $$(ls tasks/core/migrations/versions/[0-9]*.py | wc -l) + 1 ))) -m "$(MSG)"
 	@rm -f $(MIGRATION_DB)

@@ -396,10 +396,10 @@ def run_product(folder: Path, profile: bool) -> dict:
     say(f"  product: compile {t_compile:.1f} s")
 
     # untimed: what the product decided and totalled, to compare with the baseline
-    from tasks.compile import merge_accepted, totals
-    from tasks.config import load_config
-    from tasks.ledger import Ledger
-    from tasks.parallel import workers_wanted
+    from tasks.bulletin.compile import merge_accepted, totals
+    from tasks.core.config import load_config
+    from tasks.core.ledger import Ledger
+    from tasks.reading.parallel import workers_wanted
     merged = merge_accepted(Ledger(home), load_config(folder / "config", CAMPAIGN))
     eml = sum(1 for _ in (home / "outbox").glob("*.eml"))
     return {"seconds": t_collect + t_compile, "collect": t_collect, "compile": t_compile,

@@ -9,7 +9,7 @@ each it prepares a home once (N synthetic units and returns from ``bench/collect
 generator, plus a second copy of some returns under another name), and runs the step once
 uninterrupted on a copy: the reference. Every trial then copies the prepared home (and, for
 ``imap``, the prepared mailbox into folders of its own), runs the step as ``bulletin <step>`` in
-its own process group with ``BULLETIN_FAULT=<phase>:<n>`` (``tasks/faults.py``: the *n*-th
+its own process group with ``BULLETIN_FAULT=<phase>:<n>`` (``tasks/core/faults.py``: the *n*-th
 arrival at *phase* SIGKILLs the group; phases and *n* cycle over what the reference run
 reached), runs it again as an operator would (and once more with ``--resend-uncertain`` when
 the ledger reports uncertain messages, as the coordinators' notice asks), and compares with
@@ -220,8 +220,8 @@ class Bench:
 
     def _approve_in_ledger(self, home: Path) -> None:
         """The decision alone (``bulletin approve`` would also send)."""
-        code = ("import datetime as dt, os, sys; from pathlib import Path; from tasks.ledger import Ledger; "
-                "from tasks.approval import decide; decide(Ledger(Path(sys.argv[1]), os.environ.get('BULLETIN_DB_URL')), "
+        code = ("import datetime as dt, os, sys; from pathlib import Path; from tasks.core.ledger import Ledger; "
+                "from tasks.bulletin.approval import decide; decide(Ledger(Path(sys.argv[1]), os.environ.get('BULLETIN_DB_URL')), "
                 "sys.argv[2], by='基准测试', approve=True, note=None, now=dt.datetime.now(dt.timezone.utc))")
         subprocess.run([sys.executable, "-c", code, str(home), CAMPAIGN], env=self.env(home), check=True, cwd=ROOT)
 

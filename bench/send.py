@@ -45,10 +45,10 @@ def _import_tree(tree: Path | None) -> None:
     global tasks, delivery, SENT, Delivery, Ledger, OutboxMailer, Address, OutgoingMessage
     global SENDER, COORDINATOR
     import tasks
-    from tasks import delivery
-    from tasks.ledger import SENT, Delivery, Ledger
-    from tasks.mailer import OutboxMailer
-    from tasks.message import Address, OutgoingMessage
+    from tasks.core.ledger import SENT, Delivery, Ledger
+    from tasks.mail import delivery
+    from tasks.mail.mailer import OutboxMailer
+    from tasks.mail.message import Address, OutgoingMessage
     SENDER = Address("报送任务系统", "bulletin@stats.example.com")
     COORDINATOR = Address("王五", "coordinator@stats.example.com")
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tasks.config import ConfigError, load_config
+from tasks.core.config import ConfigError, load_config
 
 from .context import config_cache, configure_prefect_home, resolve_config_dir, resolve_home, resolve_now
 
@@ -62,9 +62,9 @@ def _check_ledger(home_dir: Path, campaign: str | None = None) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from tasks.ledger import Ledger, database_url
-    from tasks.schema import SchemaError
-    from tasks.settings import AppSettings
+    from tasks.core.ledger import Ledger, database_url
+    from tasks.core.schema import SchemaError
+    from tasks.core.settings import AppSettings
 
     from .console import error_line
     url = AppSettings().db_url
@@ -182,9 +182,9 @@ def status(campaign: Campaign, as_json: Annotated[bool, typer.Option("--json", h
     Example: bulletin status energy-week-2023 --json
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.ledger import Ledger
-    from tasks.settings import AppSettings
-    from tasks.status import completeness
+    from tasks.core.ledger import Ledger
+    from tasks.core.settings import AppSettings
+    from tasks.decisions.status import completeness
     result = completeness(Ledger(Path(h), AppSettings().db_url), load_config(Path(c), campaign), moment)
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False))
@@ -246,9 +246,9 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
     Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, chain_state, decide, find_version
-    from tasks.ledger import Ledger
-    from tasks.settings import AppSettings
+    from tasks.bulletin.approval import APPROVED, PENDING, REJECTED, ApprovalError, chain_state, decide, find_version
+    from tasks.core.ledger import Ledger
+    from tasks.core.settings import AppSettings
     cfg = load_config(Path(c), campaign)
     ledger = Ledger(Path(h), AppSettings().db_url)
     try:
@@ -266,7 +266,7 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
                    err=True)
     mailed: dict[str, int] = {}
     if cfg.campaign.bulletin.approvers:  # the next level's requests, or the rejection notice, by mail
-        from tasks.signoff import signoff_messages
+        from tasks.bulletin.signoff import signoff_messages
         mailed = _mail_now(ledger, cfg, Path(h), signoff_messages(ledger, cfg), "approval")
     elif row.approval == REJECTED:
         _tell_rejection(ledger, cfg, row, chain, Path(h))
@@ -297,8 +297,8 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
     """Deliver a few messages from this process, each once (the ledger); failures reported."""
     from collections import Counter
 
-    from tasks.delivery import deliver_many
-    from tasks.mailer import MailError, mailer_from_env
+    from tasks.mail.delivery import deliver_many
+    from tasks.mail.mailer import MailError, mailer_from_env
     counts: Counter[str] = Counter()
     if not messages:
         return {}
@@ -316,9 +316,9 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
 
 def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
     """The coordinators' notice of a rejection (sent once per version; a failure is reported)."""
-    from tasks.delivery import deliver
-    from tasks.mailer import MailError, mailer_from_env
-    from tasks.notices import rejection_notice
+    from tasks.mail.delivery import deliver
+    from tasks.mail.mailer import MailError, mailer_from_env
+    from tasks.mail.notices import rejection_notice
     notice = rejection_notice(cfg, row.version, row.approved_by, row.approval_note, chain)
     try:
         with mailer_from_env(home) as mailer:
@@ -343,9 +343,9 @@ def request_approval(campaign: Campaign,
     Example: bulletin request-approval energy-week-2023 --again
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.ledger import Ledger
-    from tasks.settings import AppSettings
-    from tasks.signoff import due_approvers, signoff_messages
+    from tasks.bulletin.signoff import due_approvers, signoff_messages
+    from tasks.core.ledger import Ledger
+    from tasks.core.settings import AppSettings
     cfg = load_config(Path(c), campaign)
     if not cfg.campaign.bulletin.approvers:
         raise _err(f"{cfg.campaign.id} 未配置审批人（bulletin.approvers）：用 bulletin approve 审批")
@@ -373,7 +373,8 @@ def send(campaign: Campaign, dry_run: DryRun = False,
     Example: bulletin send energy-week-2023 --dry-run
     """
     h, c, moment = _prepare(campaign, home, config, now)
-    from tasks.approval import ApprovalError
+    from tasks.bulletin.approval import ApprovalError
+
     from .publish_bulletin import publish_bulletin
     try:
         result = _step(campaign, publish_bulletin, campaign, version=version, dry_run=dry_run,
@@ -396,9 +397,10 @@ def upgrade(home: Home = None) -> None:
 
     Example: bulletin upgrade --home /srv/bulletin
     """
-    from tasks.ledger import database_url, engine_for
-    from tasks.schema import SchemaError, upgrade as upgrade_ledger
-    from tasks.settings import AppSettings
+    from tasks.core.ledger import database_url, engine_for
+    from tasks.core.schema import SchemaError
+    from tasks.core.schema import upgrade as upgrade_ledger
+    from tasks.core.settings import AppSettings
     home_dir = resolve_home(home)
     engine = engine_for(database_url(home_dir, AppSettings().db_url), check=False)
     try:

@@ -10,18 +10,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tasks.intake import drop_folder_entries, take_in_entries
-from tasks.delivery import state_of
-from tasks.ledger import REFUSED, SENT
-from tasks.mailbox import CONNECTION_ERRORS, MailboxError, MailboxResult, collect_maildir, collect_mailbox
-from tasks.settings import AppSettings, ImapSettings
-from tasks.signoff import as_signoff_reply, record_reply, request_digests
-from tasks.notices import coordinator_notice, receipt_messages
-from tasks.owed import NOTICE, RECEIPT, forgive, outcome_from, owed, settle
-from tasks.parallel import PARALLEL_FROM
-from tasks.parsing import Preparser
-from tasks.processing import Outcome, process_received
-from tasks.review import explain_by_reply
+from tasks.bulletin.signoff import as_signoff_reply, record_reply, request_digests
+from tasks.core.ledger import REFUSED, SENT
+from tasks.core.settings import AppSettings, ImapSettings
+from tasks.decisions.outcome import Outcome
+from tasks.decisions.owed import NOTICE, RECEIPT, forgive, outcome_from, owed, settle
+from tasks.decisions.processing import process_received
+from tasks.decisions.review import explain_by_reply
+from tasks.intake.intake import drop_folder_entries, take_in_entries
+from tasks.intake.mailbox import CONNECTION_ERRORS, MailboxError, MailboxResult, collect_mailbox, collect_maildir
+from tasks.mail.delivery import state_of
+from tasks.mail.notices import coordinator_notice, receipt_messages
+from tasks.reading.parallel import PARALLEL_FROM
+from tasks.reading.parsing import Preparser
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
 from .context import Context, open_context
@@ -112,7 +113,7 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
 
 def signoff_hook(ctx: Context):
     """Replies to the campaign's approval requests, decided in the ledger as they are read
-    (``tasks.signoff``); None when the campaign names no approvers."""
+    (``tasks.bulletin.signoff``); None when the campaign names no approvers."""
     if not ctx.config.campaign.bulletin.approvers:
         return None
     requests = request_digests(ctx.ledger, ctx.campaign_id)

@@ -13,15 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from tasks.delivery import deliver_many, mark_stale_uncertain, outcomes_since, undeliverable
-from tasks.mailer import mailer_from_env
-from tasks.message import OutgoingMessage
-from tasks.notices import coordinator_notice
-from tasks.settings import AppSettings
-from tasks.status import completeness
+from tasks.core.settings import AppSettings
+from tasks.decisions.status import completeness
+from tasks.mail.delivery import deliver_many, mark_stale_uncertain, outcomes_since, undeliverable
+from tasks.mail.mailer import mailer_from_env
+from tasks.mail.message import OutgoingMessage
+from tasks.mail.notices import coordinator_notice
 
 from .context import Context
-
 
 PROGRESS_EVERY = 500  # messages between progress lines in send_messages
 
@@ -90,7 +89,7 @@ def send_messages(ctx: Context, messages, step: str, dry_run: bool = False,
 def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]], step: str,
                     dry_run: bool = False, resend_uncertain: bool = False) -> dict[str, int]:
     """Deliver each (message, unit) once, through one connection, in ledger-guarded chunks
-    (``tasks.delivery.deliver_many``); count the outcomes."""
+    (``tasks.mail.delivery.deliver_many``); count the outcomes."""
     log = get_run_logger()
     counts: Counter[str] = Counter()
     if not messages:

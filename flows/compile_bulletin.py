@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.compile import compile_bulletin as compile_version
+from tasks.bulletin.compile import compile_bulletin as compile_version
 
 from .approval import retire_superseded_runs
 from .common import publish_completeness, run_name

@@ -10,9 +10,9 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from tasks.config import Config, load_config
-from tasks.ledger import Ledger
-from tasks.settings import AppSettings
+from tasks.core.config import Config, load_config
+from tasks.core.ledger import Ledger
+from tasks.core.settings import AppSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CONFIG = PROJECT_ROOT / "config"

@@ -17,12 +17,21 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
-from tasks.config import Config, load_config
-from tasks.ledger import Ledger
+from tasks.core.config import Config, load_config
+from tasks.core.ledger import Ledger
 
 from .context import BUNDLED_CONFIG, resolve_home
-from .demo_units import (PHOTO_SCENES, SimulatedReturn, make_photo, narrative_for, spread_totals,
-                         write_csv, write_generated, write_long_xlsx, write_wide_xlsx)
+from .demo_units import (
+    PHOTO_SCENES,
+    SimulatedReturn,
+    make_photo,
+    narrative_for,
+    spread_totals,
+    write_csv,
+    write_generated,
+    write_long_xlsx,
+    write_wide_xlsx,
+)
 
 CAMPAIGN = "energy-week-2023"
 PREVIOUS = "energy-week-2022"
@@ -240,7 +249,7 @@ def _deliver_to_maildir(maildir: Path, raw: bytes, tag: str) -> None:
 def _events(ledger: Ledger, action: str) -> int:
     from sqlalchemy import func, select
 
-    from tasks.ledger import Event
+    from tasks.core.ledger import Event
     with ledger.reading() as s:
         return s.scalar(select(func.count()).select_from(Event).where(Event.campaign == CAMPAIGN,
                                                                      Event.action == action))
@@ -248,9 +257,9 @@ def _events(ledger: Ledger, action: str) -> int:
 
 def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], first: dict, again: dict,
             sent: dict, resent: dict, seconds: float) -> bool:
-    from tasks.approval import chain_state
-    from tasks.compile import merge_accepted, totals
-    from tasks.status import completeness
+    from tasks.bulletin.approval import chain_state
+    from tasks.bulletin.compile import merge_accepted, totals
+    from tasks.decisions.status import completeness
 
     from .show import summary_line
     ledger = Ledger(home)

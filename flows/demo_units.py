@@ -16,8 +16,8 @@ from pathlib import Path
 from openpyxl import Workbook
 from PIL import Image, ImageDraw
 
-from tasks.config import Campaign, Unit
-from tasks.workbook import build_request_workbook, fill_workbook
+from tasks.core.config import Campaign, Unit
+from tasks.mail.workbook import build_request_workbook, fill_workbook
 
 # Province totals as printed in the 2023 bulletin (the demo spreads them over the units).
 SEED_TOTALS = {"posters": 32237, "signs": 17634, "banners": 2153, "boards": 834, "materials": 42120,

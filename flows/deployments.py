@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import list_campaigns, load_config
-from tasks.schedule import campaign_schedules
+from tasks.core.config import list_campaigns, load_config
+from tasks.core.schedule import campaign_schedules
 
 from .context import BUNDLED_CONFIG, PROJECT_ROOT
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import Field
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -20,17 +19,26 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
+from pydantic import Field
 
-from tasks.approval import (APPROVED, PENDING, REJECTED, ApprovalError, Superseded, chain_state, decide,
-                            find_version)
-from tasks.delivery import delivery_states
-from tasks.ledger import Bulletin
-from tasks.notices import addressed, bulletin_message, bulletin_recipients, rejection_notice
+from tasks.bulletin.approval import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    ApprovalError,
+    Superseded,
+    chain_state,
+    decide,
+    find_version,
+)
+from tasks.core.ledger import Bulletin
+from tasks.mail.delivery import delivery_states
+from tasks.mail.notices import addressed, bulletin_message, bulletin_recipients, rejection_notice
 
 from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
-from .signoff import publish_chain
 from .context import Context, open_context
+from .signoff import publish_chain
 
 #: Answers a run takes that name another version or no approver before it stops waiting.
 MAX_ANSWERS = 20

@@ -9,10 +9,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from sqlalchemy import func, select
 
-from tasks.archive import archive_bytes, archived_bytes
-from tasks.ledger import RequestRecord, hold
-from tasks.notices import request_message
-from tasks.workbook import build_request_workbook
+from tasks.core.ledger import RequestRecord, hold
+from tasks.intake.archive import archive_bytes, archived_bytes
+from tasks.mail.notices import request_message
+from tasks.mail.workbook import build_request_workbook
 
 from .common import check_uncertain, run_name, send_messages
 from .context import Context, open_context

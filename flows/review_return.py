@@ -6,8 +6,8 @@ import datetime as dt
 
 from prefect import flow, get_run_logger
 
-from tasks.notices import review_message
-from tasks.review import ReviewError, review
+from tasks.decisions.review import ReviewError, review
+from tasks.mail.notices import review_message
 
 from .common import publish_completeness, run_name, send_messages
 from .context import open_context

@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tasks.notices import reminder_message
-from tasks.reminders import due_tier, units_to_remind
+from tasks.decisions.reminders import due_tier, units_to_remind
+from tasks.mail.notices import reminder_message
 
 from .common import check_uncertain, run_name, send_messages
 from .context import open_context

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tasks.config import list_campaigns, load_config
-from tasks.schedule import campaign_schedules
+from tasks.core.config import list_campaigns, load_config
+from tasks.core.schedule import campaign_schedules
 
 DEFAULT_PORT = 4200
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

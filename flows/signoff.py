@@ -1,5 +1,5 @@
 """Sign-off by reply mail, seen from the flows: send what the ledger's sign-off state calls for
-(``tasks.signoff.signoff_messages``), and send a version the last level approved by mail."""
+(``tasks.bulletin.signoff.signoff_messages``), and send a version the last level approved by mail."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tasks.approval import chain_state
-from tasks.signoff import approved_by_mail, signoff_messages
+from tasks.bulletin.approval import chain_state
+from tasks.bulletin.signoff import approved_by_mail, signoff_messages
 
 from .common import send_messages
 from .context import Context

@@ -23,7 +23,7 @@ def config_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def config(config_dir):
-    from tasks.config import load_config
+    from tasks.core.config import load_config
     return load_config(config_dir, "energy-week-2023")
 
 
@@ -36,7 +36,7 @@ def home(tmp_path) -> Path:
 @pytest.fixture
 def ledger(home):
     """A real SQLite ledger in that home."""
-    from tasks.ledger import Ledger
+    from tasks.core.ledger import Ledger
     return Ledger(home)
 
 

@@ -230,7 +230,7 @@ def postgres_url(postgres_server) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = postgres_server.url(name)
     yield url
-    from tasks import ledger
+    from tasks.core import ledger
     engine = ledger._engines.pop(url, None)  # one engine per URL per process: let it go
     ledger._checked.discard(url)
     if engine is not None:

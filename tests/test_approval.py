@@ -9,9 +9,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
-from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, Superseded, decide, find_version
-from tasks.compile import compile_bulletin
-from tasks.ledger import SENT, Delivery, Event, Ledger
+from tasks.bulletin.approval import APPROVED, PENDING, REJECTED, ApprovalError, Superseded, decide, find_version
+from tasks.bulletin.compile import compile_bulletin
+from tasks.core.ledger import SENT, Delivery, Event, Ledger
 
 CAMPAIGN = "energy-week-2023"
 NOW = dt.datetime(2023, 10, 9, 9, tzinfo=dt.timezone(dt.timedelta(hours=8)))

@@ -14,11 +14,11 @@ import typer
 import yaml
 from sqlalchemy import select
 
-from tasks.approval import APPROVED, PENDING, REJECTED, ApprovalError, NotAnApprover, chain_state, decide
-from tasks.compile import compile_bulletin
-from tasks.config import Approver
-from tasks.ledger import ApprovalRecord, Event, Ledger
-from tasks.notices import bulletin_recipients
+from tasks.bulletin.approval import APPROVED, PENDING, REJECTED, ApprovalError, NotAnApprover, chain_state, decide
+from tasks.bulletin.compile import compile_bulletin
+from tasks.core.config import Approver
+from tasks.core.ledger import ApprovalRecord, Event, Ledger
+from tasks.mail.notices import bulletin_recipients
 
 CAMPAIGN = "energy-week-2023"
 CHAIN = [{"name": "李科长", "email": "li@example.gov.cn", "level": "审核"},

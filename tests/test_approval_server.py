@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select
-
 from serve_process import BIN, ServeProcess, clean_env, final, suspended
 from smtp_server import running_smtp_server
+from sqlalchemy import select
 
 CAMPAIGN = "energy-week-2023"
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -53,12 +52,12 @@ def _without_approvers(path: Path) -> None:
 
 
 def _ledger(served):
-    from tasks.ledger import Ledger
+    from tasks.core.ledger import Ledger
     return Ledger(served.home)
 
 
 def _config(served):
-    from tasks.config import load_config
+    from tasks.core.config import load_config
     return load_config(served.config_dir, CAMPAIGN)
 
 
@@ -66,7 +65,7 @@ def _compile(served, lead: str) -> int:
     """A new version, made without Prefect (so no waiting run is touched)."""
     import datetime as dt
 
-    from tasks.compile import compile_bulletin
+    from tasks.bulletin.compile import compile_bulletin
     config = _config(served)
     row, created = compile_bulletin(_ledger(served), config, dt.datetime(2023, 10, 9, 9, tzinfo=config.campaign.calendar.tz),
                                     lead=lead)
@@ -96,7 +95,7 @@ def _answer(served, run: str, version: int, approve: bool = True, name: str = "ç
 
 def _received(smtp, served, version: int) -> list[str]:
     """Recipients that received version *version* (matched by the Message-IDs in the ledger)."""
-    from tasks.ledger import Delivery
+    from tasks.core.ledger import Delivery
     with _ledger(served).session() as s:
         ids = {mid for (mid,) in s.execute(select(Delivery.message_id).where(
             Delivery.key.startswith(f"{CAMPAIGN}/bulletin/v{version}/")))}
@@ -105,7 +104,7 @@ def _received(smtp, served, version: int) -> list[str]:
 
 
 def _decisions(served, version: int) -> list[tuple[str, str]]:
-    from tasks.ledger import Event
+    from tasks.core.ledger import Event
     with _ledger(served).session() as s:
         return [(e.action, e.actor) for e in s.scalars(select(Event).where(
             Event.campaign == CAMPAIGN, Event.subject == f"v{version}", Event.action.like("bulletin.%ed"),
@@ -113,7 +112,7 @@ def _decisions(served, version: int) -> list[tuple[str, str]]:
 
 
 def _recipients(served) -> int:
-    from tasks.notices import bulletin_recipients
+    from tasks.mail.notices import bulletin_recipients
     return len(bulletin_recipients(_config(served)))
 
 

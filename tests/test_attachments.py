@@ -8,12 +8,12 @@ import zipfile
 from docx import Document
 from PIL import Image
 from sqlalchemy import select
-
-from tasks.attachments import unpack_photos
-from tasks.ledger import ACCEPTED, REJECTED, Ledger, SubmissionFile
-from tasks.processing import process_received
-from tasks.status import completeness
 from test_processing import BEFORE, submit, write_return
+
+from tasks.core.ledger import ACCEPTED, REJECTED, Ledger, SubmissionFile
+from tasks.decisions.processing import process_received
+from tasks.decisions.status import completeness
+from tasks.intake.attachments import unpack_photos
 
 
 def _jpeg(color="red") -> bytes:
@@ -80,7 +80,7 @@ def test_docx_fills_a_blank_narrative(tmp_path, config):
     submit(ledger, config, entry, BEFORE)
     (o,) = process_received(ledger, config, BEFORE)
     assert o.state == ACCEPTED, o.errors
-    from tasks.compile import merge_accepted
+    from tasks.bulletin.compile import merge_accepted
     text = merge_accepted(ledger, config).texts.loc["211200", "activities"]
     assert "启动仪式" in text and "倡议书" in text
 

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import event, select
-
-from tasks.approval import decide
-from tasks.compile import compile_bulletin
-from tasks.ledger import Base, Event
-from tasks.processing import process_received
-from tasks.review import explain_by_reply, review
 from test_processing import BEFORE, LATER, submit, write_return
+
+from tasks.bulletin.approval import decide
+from tasks.bulletin.compile import compile_bulletin
+from tasks.core.ledger import Base, Event
+from tasks.decisions.processing import process_received
+from tasks.decisions.review import explain_by_reply, review
 
 CAMPAIGN = "energy-week-2023"
 

@@ -8,9 +8,9 @@ import email
 from email import policy
 
 import pytest
+from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 
 from flows.demo import build_returns, drop
-from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CAMPAIGN = "energy-week-2023"
@@ -29,9 +29,9 @@ def test_whole_campaign_over_smtp(database, tmp_path, config, config_dir, smtp_e
     from flows.compile_bulletin import compile_bulletin
     from flows.publish_bulletin import publish_bulletin
     from flows.request_returns import request_returns
-    from tasks.approval import decide
-    from tasks.ledger import Ledger
-    from tasks.notices import bulletin_recipients
+    from tasks.bulletin.approval import decide
+    from tasks.core.ledger import Ledger
+    from tasks.mail.notices import bulletin_recipients
 
     server = smtp_env
     url = None
@@ -132,10 +132,11 @@ def test_completeness_artifact_is_bounded(tmp_path, config, config_dir, monkeypa
     bound, and says where the whole list is."""
     import asyncio
 
-    import flows.common as common
-    from flows.collect_returns import collect_returns
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import flows.common as common
+    from flows.collect_returns import collect_returns
 
     monkeypatch.setattr(common, "ARTIFACT_ROWS", 5)
     collect_returns(CAMPAIGN, now=config.campaign.calendar.opens_at, home=str(tmp_path),

@@ -88,7 +88,7 @@ def test_demo_runs_a_whole_campaign(tmp_path):
 def test_a_cli_run_keeps_big_config_files_parsed_in_the_home_cache(tmp_path, monkeypatch):
     """The CLI checks the config with the same disk cache as the flows: a later process reads
     a big units.yaml's parsed data instead of the YAML."""
-    import tasks.config as config_module
+    import tasks.core.config as config_module
     monkeypatch.setattr(config_module, "_DISK_CACHE_MIN_CHARS", 0)
     monkeypatch.setattr(config_module, "_RACY_NS", 0)
     monkeypatch.setattr(config_module, "_loaded", {})
@@ -111,9 +111,9 @@ def test_approve_sends_the_version_it_names_once(tmp_path, config, config_dir, s
     import typer
 
     from flows import cli
-    from tasks.compile import compile_bulletin
-    from tasks.ledger import Ledger
-    from tasks.notices import bulletin_recipients
+    from tasks.bulletin.compile import compile_bulletin
+    from tasks.core.ledger import Ledger
+    from tasks.mail.notices import bulletin_recipients
     now = dt.datetime(2023, 10, 9, 9, tzinfo=config.campaign.calendar.tz)
     for lead in ("初稿导语", "更正后的导语"):
         compile_bulletin(Ledger(tmp_path), config, now, lead=lead)

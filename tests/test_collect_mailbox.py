@@ -11,7 +11,7 @@ import pytest
 from imap_server import imap_server  # noqa: F401 - the fixture
 from imap_tools import MailBoxUnencrypted
 
-from tasks.workbook import build_request_workbook, fill_workbook
+from tasks.mail.workbook import build_request_workbook, fill_workbook
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CAMPAIGN = "energy-week-2023"
@@ -78,8 +78,8 @@ def test_collect_reads_the_mailbox_and_answers_contacts_only(tmp_path, config, c
 def test_a_reply_explains_the_warnings_and_the_return_is_accepted(tmp_path, config, config_dir, smtp_env,
                                                                   imap_server, monkeypatch):  # noqa: F811
     from flows.collect_returns import collect_returns
-    from tasks.ledger import Ledger
-    from tasks.status import completeness
+    from tasks.core.ledger import Ledger
+    from tasks.decisions.status import completeness
     folder = "Replies2023"
     for key, value in (("HOST", imap_server.host), ("PORT", str(imap_server.port)), ("USER", imap_server.user),
                        ("PASSWORD", imap_server.password), ("SECURITY", "none"), ("FOLDER", folder),

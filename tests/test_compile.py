@@ -1,4 +1,4 @@
-"""Compiling the bulletin (tasks/compile.py) over a ledger filled from real .xlsx returns:
+"""Compiling the bulletin (tasks/bulletin/compile.py) over a ledger filled from real .xlsx returns:
 versions, files, exact totals in tables and the 余 convention in prose."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks.compile import compile_bulletin, merge_accepted
-from tasks.formatting import round_down_prose
-from tasks.intake import entry_files, take_in
-from tasks.ledger import ACCEPTED, Bulletin, Ledger
-from tasks.processing import process_received
+from tasks.bulletin.compile import compile_bulletin, merge_accepted
+from tasks.core.formatting import round_down_prose
+from tasks.core.ledger import ACCEPTED, Bulletin, Ledger
+from tasks.decisions.processing import process_received
+from tasks.intake.intake import entry_files, take_in
 
 TZ = ZoneInfo("Asia/Shanghai")
 T1 = dt.datetime(2023, 9, 25, 10, 0, tzinfo=TZ)
@@ -204,6 +204,7 @@ def test_compile_with_nothing_accepted(ledger, config):
 # ---------------------------------------------------------------- photos
 def _jpeg(size=(1600, 1200)) -> bytes:
     import io
+
     from PIL import Image
     buf = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(buf, "JPEG")
@@ -243,11 +244,11 @@ def test_bulletin_mail_is_kept_under_its_size_budget(tmp_path, config):
     """Large photos shrink (then fewer are used) until mail.html + photos + DOCX fit."""
 
     from PIL import Image
-
-    from tasks.compile import compile_bulletin, mail_size
-    from tasks.ledger import Ledger
-    from tasks.processing import process_received
     from test_processing import BEFORE, write_return
+
+    from tasks.bulletin.compile import compile_bulletin, mail_size
+    from tasks.core.ledger import Ledger
+    from tasks.decisions.processing import process_received
     ledger = Ledger(tmp_path / "home")
     for i, code in enumerate(["210100", "210200", "210300"]):
         entry = tmp_path / "in" / code
@@ -272,7 +273,7 @@ def test_bulletin_mail_is_kept_under_its_size_budget(tmp_path, config):
 def test_large_campaigns_bound_the_table_and_narratives(prepared, ledger, config):
     """Past max_table_rows the per-unit table leaves the bulletin and travels as an .xlsx;
     past max_stories only the first units' narratives are quoted."""
-    from tasks.notices import bulletin_message
+    from tasks.mail.notices import bulletin_message
     bulletin = config.campaign.bulletin.model_copy(update={"max_table_rows": 2, "max_stories": 1})
     cfg = config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
     row, _ = compile_bulletin(ledger, cfg, COMPILE)

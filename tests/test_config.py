@@ -1,4 +1,4 @@
-"""Configuration loading (tasks/config.py): the bundled campaign loads; every flaw raises a
+"""Configuration loading (tasks/core/config.py): the bundled campaign loads; every flaw raises a
 ConfigError naming the file, the key and the reason. Broken configs are copies of config/
 edited as YAML text."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError, load_config, parse_offset
+from tasks.core.config import ConfigError, load_config, parse_offset
 
 CAMPAIGN = "energy-week-2023"
 CAMPAIGN_FILE = f"campaigns/{CAMPAIGN}.yaml"
@@ -222,7 +222,7 @@ def test_check_rule_that_is_not_an_expression(cfg_copy, rule):
 @pytest.fixture
 def settled(monkeypatch):
     """Treat files as settled however recently they were written (copies made by the test)."""
-    import tasks.config as config_module
+    import tasks.core.config as config_module
     monkeypatch.setattr(config_module, "_RACY_NS", 0)
     monkeypatch.setattr(config_module, "_loaded", {})
     return config_module
@@ -252,7 +252,7 @@ def test_changed_or_removed_files_are_not_served_from_memory(cfg_copy, settled):
 
 def test_recently_written_config_is_read_again(cfg_copy, monkeypatch):
     """Within the racy window a second write could leave the same stamp: no memo then."""
-    import tasks.config as config_module
+    import tasks.core.config as config_module
     monkeypatch.setattr(config_module, "_loaded", {})
     (cfg_copy / "lists.yaml").touch()
     assert load_config(cfg_copy, CAMPAIGN) is not load_config(cfg_copy, CAMPAIGN)
@@ -305,7 +305,7 @@ def test_errors_still_name_file_key_and_reason_with_the_disk_cache(cfg_copy, set
 def test_only_data_json_gives_back_exactly_is_kept_on_disk():
     import datetime as dt
 
-    from tasks.config import _as_json
+    from tasks.core.config import _as_json
     assert _as_json({"units": [{"code": "1", "aliases": []}], "n": 1.5, "ok": True}) is not None
     assert _as_json({"d": dt.date(2023, 1, 1)}) is None
     assert _as_json({1: "a"}) is None  # JSON would make the key "1"

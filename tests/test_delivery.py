@@ -1,4 +1,4 @@
-"""Sending at most once (tasks/delivery.py), with a real ledger, the file outbox and a real
+"""Sending at most once (tasks/mail/delivery.py), with a real ledger, the file outbox and a real
 SMTP server on loopback."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import datetime as dt
 import email
 import os
 import shutil
-import subprocess
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -17,14 +17,14 @@ from email import policy
 from pathlib import Path
 
 import pytest
+from smtp_server import CollectingHandler, free_port, running_smtp_server
 from sqlalchemy import event, select, update
 
-from smtp_server import CollectingHandler, free_port, running_smtp_server
-from tasks.delivery import deliver, deliver_many, mark_stale_uncertain, state_of
-from tasks.ledger import FAILED, SENDING, SENT, UNCERTAIN, UNDELIVERABLE, Delivery, Ledger
-from tasks.mailer import MailError, OutboxMailer, SmtpMailer
-from tasks.message import Address, OutgoingMessage, build_mime, message_id_for
-from tasks.settings import SmtpSettings
+from tasks.core.ledger import FAILED, SENDING, SENT, UNCERTAIN, UNDELIVERABLE, Delivery, Ledger
+from tasks.core.settings import SmtpSettings
+from tasks.mail.delivery import deliver, deliver_many, mark_stale_uncertain, state_of
+from tasks.mail.mailer import MailError, OutboxMailer, SmtpMailer
+from tasks.mail.message import Address, OutgoingMessage, build_mime, message_id_for
 
 CAMPAIGN = "energy-week-2023"
 SENDER = Address("报送任务系统", "bulletin@example.com")
@@ -277,7 +277,7 @@ def test_config_refuses_an_address_the_mailer_cannot_send_to():
     """A non-ASCII address, which build_mime (hence every mailer) refuses, stops at config."""
     from pydantic import ValidationError
 
-    from tasks.config import Contact
+    from tasks.core.config import Contact
     with pytest.raises(ValidationError):
         Contact(name="张伟", email="张伟@example.org")
     with pytest.raises(ValueError):
@@ -437,10 +437,10 @@ def test_interrupt_mid_chunk_is_recorded(ledger, tmp_path):
 CRASHING_RUN = """
 import os, sys
 from pathlib import Path
-from tasks.delivery import deliver_many
-from tasks.ledger import Ledger
-from tasks.mailer import OutboxMailer
-from tasks.message import Address, OutgoingMessage
+from tasks.mail.delivery import deliver_many
+from tasks.core.ledger import Ledger
+from tasks.mail.mailer import OutboxMailer
+from tasks.mail.message import Address, OutgoingMessage
 
 class Crashing(OutboxMailer):
     batch_size = 5

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Contact, Form, Unit, load_config
-from tasks.extract import CellValue, Extracted, extract_return, identify_unit
-from tasks.numbers import parse_count
-from tasks.readers import ReturnFileError, Sheet, read_sheets
+from tasks.core.config import Contact, Form, Unit, load_config
+from tasks.reading.extract import CellValue, Extracted, extract_return, identify_unit
+from tasks.reading.numbers import parse_count
+from tasks.reading.readers import ReturnFileError, Sheet, read_sheets
 
 ROOT = Path(__file__).resolve().parents[1]
 RETURNS = ROOT / "tests" / "data" / "returns"
@@ -181,9 +181,9 @@ def test_blank_explanation_is_none_not_the_help_text():
 
 
 def test_reads_the_real_request_workbook(tmp_path):
-    workbook = pytest.importorskip("tasks.workbook")
+    workbook = pytest.importorskip("tasks.mail.workbook")
     if not hasattr(workbook, "fill_workbook"):
-        pytest.skip("tasks.workbook has no fill_workbook")
+        pytest.skip("tasks.mail.workbook has no fill_workbook")
     unit = UNITS[1]
     data = workbook.fill_workbook(workbook.build_request_workbook(CONFIG.campaign, unit),
                                   {"posters": "１２０套", "banners": 7}, explanation="说明",

@@ -1,4 +1,4 @@
-"""The bulletin's number and date conventions (tasks/formatting.py): 余 rounding, Chinese
+"""The bulletin's number and date conventions (tasks/core/formatting.py): 余 rounding, Chinese
 dates, inert links, Markdown escaping."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks.formatting import chinese_date, chinese_datetime, defang_links, escape_markdown, round_down_prose
+from tasks.core.formatting import chinese_date, chinese_datetime, defang_links, escape_markdown, round_down_prose
 
 
 # ---------------------------------------------------------------- round_down_prose (余)

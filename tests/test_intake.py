@@ -1,4 +1,4 @@
-"""Taking returns in (tasks/intake.py): archive first, record once, refuse oversized files,
+"""Taking returns in (tasks/intake/intake.py): archive first, record once, refuse oversized files,
 walk entries without following links, move entries under names we make."""
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tasks.intake import (IncomingFile, drop_folder_entries, entry_files, file_role, move_processed,
-                          safe_name, take_in)
-from tasks.ledger import DUPLICATE, RECEIVED, REFUSED, Ledger, Submission, SubmissionFile
+from tasks.core.ledger import DUPLICATE, RECEIVED, REFUSED, Ledger, Submission, SubmissionFile
+from tasks.intake.intake import (
+    IncomingFile,
+    drop_folder_entries,
+    entry_files,
+    file_role,
+    move_processed,
+    safe_name,
+    take_in,
+)
 
 CAMPAIGN = "energy-week-2023"
 NOW = dt.datetime(2023, 9, 25, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
@@ -286,7 +293,7 @@ def test_safe_name_long_name_has_no_leading_dot():
 def test_take_in_entries_by_chunks_records_each_once(ledger, home, inbox):
     """Chunks of entries: each archived, recorded (same bytes twice in one chunk: the second is
     a duplicate of the first), moved; put back after a crash before the move, nothing new."""
-    from tasks.intake import take_in_entries
+    from tasks.intake.intake import take_in_entries
 
     put(inbox, "a.csv", b"x,1\n")
     put(inbox, "b.csv", b"x,2\n")
@@ -319,7 +326,7 @@ def test_take_in_entries_by_chunks_records_each_once(ledger, home, inbox):
 def test_intake_rows_read_back_through_the_orm(ledger, inbox):
     """Rows written with plain DB-API values read back as the ORM's types: aware UTC times,
     JSON lists, booleans."""
-    from tasks.intake import take_in_entries
+    from tasks.intake.intake import take_in_entries
 
     put(inbox, "a.csv", b"x,1\n")
     put(inbox, "big.csv", b"y" * (BIG + 1))
@@ -334,7 +341,7 @@ def test_intake_rows_read_back_through_the_orm(ledger, inbox):
 def test_insert_with_ids_gives_the_ids_in_order(ledger):
     """After rows removed at the end and in the middle, new ids follow the largest one left,
     in the order given, and each row holds its own values."""
-    from tasks.ledger import Event, insert_with_ids
+    from tasks.core.ledger import Event, insert_with_ids
 
     table = Event.__table__
     cols = ("at", "campaign", "actor", "action", "subject", "detail")
@@ -355,7 +362,7 @@ def test_insert_with_ids_gives_the_ids_in_order(ledger):
 
 def test_take_in_entries_skips_an_entry_gone_before_its_turn(ledger, home, inbox):
     """A sender takes a file back after the drop folder was listed: the others go on."""
-    from tasks.intake import take_in_entries
+    from tasks.intake.intake import take_in_entries
 
     put(inbox, "a.csv", b"x,1\n")
     put(inbox, "b.csv", b"x,2\n")
@@ -372,7 +379,7 @@ def test_take_in_entries_skips_an_entry_gone_before_its_turn(ledger, home, inbox
 def test_a_large_file_is_archived_by_the_hash_of_the_bytes_copied(home, tmp_path):
     """Over 8 MB a file is streamed: hashed while copied, kept read-only under that hash,
     once; no temp file is left behind."""
-    from tasks.archive import archive_file
+    from tasks.intake.archive import archive_file
 
     data = os.urandom(1 << 20) * 9  # 9 MB
     src = put(tmp_path, "big.xlsx", data)
@@ -389,7 +396,7 @@ def test_the_duplicate_lookup_uses_the_fingerprint_index(ledger, inbox):
     campaign's submissions (that made the intake of 100,000 entries quadratic)."""
     from sqlalchemy import event
 
-    from tasks.intake import take_in_entries
+    from tasks.intake.intake import take_in_entries
 
     put(inbox, "a.csv", b"x,1\n")
     take_in_entries(ledger, CAMPAIGN, drop_folder_entries(inbox), source="folder", now=NOW,

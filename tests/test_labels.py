@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import Form, FormField, load_config
-from tasks.labels import LabelMatcher, normalize_label
+from tasks.core.config import Form, FormField, load_config
+from tasks.core.labels import LabelMatcher, normalize_label
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 

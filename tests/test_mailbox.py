@@ -7,8 +7,7 @@ import datetime as dt
 import itertools
 import json
 from email.header import Header
-from email.message import Message
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.mime.application import MIMEApplication
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
@@ -21,13 +20,13 @@ from imap_server import imap_server  # noqa: F401 - the fixture
 from imap_tools import MailBoxUnencrypted
 from sqlalchemy import select
 
-from tasks.archive import archive_relpath
-from tasks.config import load_config
-from tasks.ledger import Event, Submission, SubmissionFile
-from tasks.mailbox import (MailboxError, collect_mailbox, is_auto_reply, sender_allowed,
-                           sender_unit)
-from tasks.settings import ImapSettings
-from tasks.workbook import build_request_workbook
+from tasks.core.config import load_config
+from tasks.core.directory import sender_allowed, sender_unit
+from tasks.core.ledger import Event, Submission, SubmissionFile
+from tasks.core.settings import ImapSettings
+from tasks.intake.archive import archive_relpath
+from tasks.intake.mailbox import MailboxError, collect_mailbox, is_auto_reply
+from tasks.mail.workbook import build_request_workbook
 
 CFG = load_config(Path("/work/main/config"), "energy-week-2023")
 UNIT = CFG.unit_by_code["210100"]  # 沈阳市

@@ -9,12 +9,12 @@ from email import policy
 import pytest
 from pydantic import SecretStr
 from smtp_server import CollectingHandler, running_smtp_server
-
-from tasks.durable import sync_folder
-from tasks.mailer import MailError, OutboxMailer, SmtpMailer, mailer_from_env, outbox_file_name
-from tasks.message import Address, Attachment, OutgoingMessage, build_mime, message_id_for, mime_bytes
-from tasks.settings import SmtpSettings
 from test_message import VARIED, assert_wire_clean, summary
+
+from tasks.core.durable import sync_folder
+from tasks.core.settings import SmtpSettings
+from tasks.mail.mailer import MailError, OutboxMailer, SmtpMailer, mailer_from_env, outbox_file_name
+from tasks.mail.message import Address, Attachment, OutgoingMessage, build_mime, message_id_for, mime_bytes
 
 SENDER = Address("报送任务系统", "bulletin@stats.example.com")
 

@@ -10,7 +10,7 @@ from email.header import decode_header, make_header
 
 import pytest
 
-from tasks.message import (
+from tasks.mail.message import (
     Address,
     Attachment,
     InlineImage,

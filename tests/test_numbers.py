@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from tasks.numbers import ParsedCount, parse_count
+from tasks.reading.numbers import ParsedCount, parse_count
 
 # raw, value, approximate
 OK = [

@@ -22,11 +22,11 @@ from smtp_server import CollectingHandler, free_port, running_smtp_server
 from test_processing import write_return
 
 from flows import cli, common
-from tasks import faults
-from tasks.approval import decide
-from tasks.compile import compile_bulletin
-from tasks.ledger import ACCEPTED, SENT, UNDELIVERABLE, Delivery, Ledger, Submission
-from tasks.notices import bulletin_recipients
+from tasks.bulletin.approval import decide
+from tasks.bulletin.compile import compile_bulletin
+from tasks.core import faults
+from tasks.core.ledger import ACCEPTED, SENT, UNDELIVERABLE, Delivery, Ledger, Submission
+from tasks.mail.notices import bulletin_recipients
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CAMPAIGN = "energy-week-2023"
@@ -242,7 +242,7 @@ def test_postgres_restarted_during_an_intake_fails_the_run_cleanly_and_the_next_
             subs = [(x.unit_code, x.state) for x in s.query(Submission)]
         assert sorted(subs) == sorted((u.code, ACCEPTED) for u in units)
         assert sum("回执" in str(m.message()["Subject"]) for m in smtp_env.messages) == 3
-        from tasks import ledger
+        from tasks.core import ledger
         ledger._engines.pop(server.url("outage")).dispose()
         ledger._checked.discard(server.url("outage"))
 

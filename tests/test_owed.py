@@ -12,12 +12,12 @@ from email import policy
 
 import pytest
 from sqlalchemy import select, update
-
-from tasks.delivery import claimant_gone, mark_stale_uncertain, process_identity
-from tasks.ledger import SENDING, SENT, UNCERTAIN, Delivery
-from tasks.owed import NOTICE, RECEIPT, owed
-from tasks.processing import process_received
 from test_processing import BEFORE, submit, write_anonymous, write_return
+
+from tasks.core.ledger import SENDING, SENT, UNCERTAIN, Delivery
+from tasks.decisions.owed import NOTICE, RECEIPT, owed
+from tasks.decisions.processing import process_received
+from tasks.mail.delivery import claimant_gone, mark_stale_uncertain, process_identity
 
 CAMPAIGN = "energy-week-2023"
 
@@ -33,13 +33,13 @@ def test_a_decision_owes_its_receipt_and_its_coordinator_lines(tmp_path, ledger,
 
 
 def _dead_process_identity() -> str:
-    child = subprocess.run([sys.executable, "-c", "from tasks.delivery import process_identity; print(process_identity())"],
+    child = subprocess.run([sys.executable, "-c", "from tasks.mail.delivery import process_identity; print(process_identity())"],
                            capture_output=True, text=True, check=True)
     return child.stdout.strip()
 
 
 def test_a_claim_whose_process_is_gone_is_uncertain_at_once(ledger):
-    from tasks.delivery import _utcnow
+    from tasks.mail.delivery import _utcnow
     gone, alive = _dead_process_identity(), process_identity()
     assert claimant_gone(gone) and not claimant_gone(alive) and not claimant_gone("elsewhere:1:2")
     with ledger.session() as s:
@@ -55,7 +55,7 @@ def test_a_claim_whose_process_is_gone_is_uncertain_at_once(ledger):
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_next_collect_sends_what_a_killed_one_owed_and_resends_on_request(tmp_path, config, config_dir, smtp_env):
     from flows.collect_returns import collect_returns
-    from tasks.ledger import Ledger
+    from tasks.core.ledger import Ledger
     home = tmp_path / "home"
     ledger = Ledger(home)
     unit = config.unit_by_code["210100"]
@@ -80,9 +80,9 @@ def test_the_next_collect_sends_what_a_killed_one_owed_and_resends_on_request(tm
 def test_a_receipt_claimed_by_a_killed_run_is_uncertain_at_once_and_resent_on_request(
         tmp_path, config, config_dir, smtp_env):
     from flows.collect_returns import collect_returns
-    from tasks.delivery import _utcnow
-    from tasks.ledger import Ledger
-    from tasks.status import completeness
+    from tasks.core.ledger import Ledger
+    from tasks.decisions.status import completeness
+    from tasks.mail.delivery import _utcnow
     home = tmp_path / "home"
     ledger = Ledger(home)
     submit(ledger, config, write_return(tmp_path / "in", config, config.unit_by_code["210100"]), BEFORE)

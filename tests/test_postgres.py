@@ -17,22 +17,41 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 from PIL import Image
 from sqlalchemy import delete, select, update
-
-from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
-from tasks.compile import compile_bulletin, merge_accepted
-from tasks.delivery import deliver_many, mark_stale_uncertain
-from tasks.intake import drop_folder_entries, entry_files, take_in, take_in_entries
-from tasks.ledger import (ACCEPTED, DUPLICATE, NEEDS_EXPLANATION, QUARANTINED, RECEIVED,
-                          REFUSED, REJECTED, SENDING, SENT, SUPERSEDED, UNCERTAIN, Delivery, Event,
-                          Ledger, Submission, SubmissionFile, Value, bulk_update, db_rows, db_value,
-                          insert_with_ids)
-from tasks.processing import process_received
 from test_compile import ACCEPTED_VALUES, COMPILE, md_totals
 from test_delivery import Outbox, claim_race, eml_files, receipts, two_runs_at_once
 from test_intake import BIG, put
 from test_processing import AFTER, BEFORE, LATER, submit, write_anonymous, write_return
+
+from tasks.bulletin.compile import compile_bulletin, merge_accepted
+from tasks.core.ledger import (
+    ACCEPTED,
+    DUPLICATE,
+    NEEDS_EXPLANATION,
+    QUARANTINED,
+    RECEIVED,
+    REFUSED,
+    REJECTED,
+    SENDING,
+    SENT,
+    SUPERSEDED,
+    UNCERTAIN,
+    Delivery,
+    Event,
+    Ledger,
+    Submission,
+    SubmissionFile,
+    Value,
+    bulk_update,
+    db_rows,
+    db_value,
+    insert_with_ids,
+)
+from tasks.decisions.processing import process_received
+from tasks.intake.intake import drop_folder_entries, entry_files, take_in, take_in_entries
+from tasks.mail.delivery import deliver_many, mark_stale_uncertain
 
 CAMPAIGN = "energy-week-2023"
 NOW = dt.datetime(2023, 9, 25, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))

@@ -1,5 +1,5 @@
-"""From received files to decisions (tasks/processing.py), end to end on real .xlsx returns
-made by tasks/workbook.py: take_in each, then process_received."""
+"""From received files to decisions (tasks/decisions/processing.py), end to end on real .xlsx returns
+made by tasks/mail/workbook.py: take_in each, then process_received."""
 
 from __future__ import annotations
 
@@ -13,12 +13,21 @@ from openpyxl import Workbook
 from PIL import Image
 from sqlalchemy import select
 
-from tasks.intake import entry_files, take_in
-from tasks.ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SUPERSEDED, Ledger,
-                          Submission, SubmissionFile, Value)
-from tasks.processing import process_received
-from tasks.status import completeness
-from tasks.workbook import build_request_workbook, fill_workbook
+from tasks.core.ledger import (
+    ACCEPTED,
+    NEEDS_EXPLANATION,
+    QUARANTINED,
+    REJECTED,
+    SUPERSEDED,
+    Ledger,
+    Submission,
+    SubmissionFile,
+    Value,
+)
+from tasks.decisions.processing import process_received
+from tasks.decisions.status import completeness
+from tasks.intake.intake import entry_files, take_in
+from tasks.mail.workbook import build_request_workbook, fill_workbook
 
 TZ = ZoneInfo("Asia/Shanghai")
 BEFORE = dt.datetime(2023, 9, 25, 10, 0, tzinfo=TZ)   # deadline 2023-09-28 17:00
@@ -116,7 +125,7 @@ def test_accepted_rejected_needs_explanation(ledger, config, inbox):
     # a rejected return's readable values are kept (a coordinator may accept it by hand) but
     # only accepted returns are merged into the bulletin
     assert values_of(ledger, bad)["banners"] == 10.0
-    from tasks.compile import merge_accepted
+    from tasks.bulletin.compile import merge_accepted
     assert u[1].code not in merge_accepted(ledger, config).numbers.index
 
     o = outcomes[odd]
@@ -288,7 +297,7 @@ def test_photos_get_captions(ledger, config, inbox):
 def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, config, monkeypatch):
     """A bug or surprise while reading one return: that one is rejected with a message and
     marked for the coordinators; the others are decided as usual."""
-    import tasks.parsing as parsing
+    import tasks.reading.parsing as parsing
     good = submit(ledger, config, write_return(tmp_path / "a", config, config.units[0]), BEFORE)
     bad = submit(ledger, config, write_return(tmp_path / "b", config, config.units[1]), BEFORE)
     real = parsing.extract_return
@@ -309,7 +318,7 @@ def test_an_unexpected_error_on_one_file_stops_nothing_else(tmp_path, ledger, co
 def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp_path, monkeypatch):
     """A batch parsed in forked workers (a large batch) gets the same outcomes as one parsed
     here, in the same order; a file that breaks the parser stays one rejected submission."""
-    import tasks.parallel as parallel
+    import tasks.reading.parallel as parallel
 
     u = config.units
     entries = [write_return(inbox, config, u[i % 6], f"{u[i % 6].name}-{i}.xlsx", posters=100 + i)
@@ -320,7 +329,7 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
     ids = [submit(ledger, config, e, BEFORE) for e in entries]
 
     def decide(workers: int) -> list:
-        from tasks.parsing import Job, JobFile, parse_all
+        from tasks.reading.parsing import Job, JobFile, parse_all
         with ledger.session() as s:
             jobs = [Job(x.id, x.original_name, x.sender, x.source, x.received_at, tuple(
                 JobFile(f.id, f.role, f.name, f.size, f.archive_path, f.note) for f in s.scalars(
@@ -346,7 +355,7 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
     assert [sub(ledger, i).version for i in ids[:7]] == [1, 1, 1, 1, 1, 1, 2]
     assert sub(ledger, ids[0]).state == SUPERSEDED  # the unit's second accepted return replaced it
 
-    from tasks.notices import receipt_messages
+    from tasks.mail.notices import receipt_messages
     receipts = receipt_messages(config, outcomes)
     assert len(receipts) == 13  # nobody to tell about 坏文件
     assert "张贴宣传画" in receipts[12][0].text and receipts[12][1] == u[7].code
@@ -356,7 +365,7 @@ def test_preparser_reads_chunks_while_the_intake_goes_on(ledger, config, inbox, 
     """Chunks added as they are recorded are parsed by forked workers; the decisions made
     with them equal those made by parsing in process_received (one unrecorded submission
     left to it)."""
-    from tasks.parsing import Preparser
+    from tasks.reading.parsing import Preparser
 
     u = config.units
     ids = [submit(ledger, config, write_return(inbox, config, u[i % 5], f"{u[i % 5].name}-{i}.xlsx",
@@ -384,7 +393,7 @@ def test_a_dead_worker_is_an_exception_not_a_hang():
     pool must raise, not wait forever."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from tasks.parallel import ForkedPool
+    from tasks.reading.parallel import ForkedPool
 
     with ForkedPool(_die_on_three, workers=2) as pool:
         pool.submit([1, 2])
@@ -400,7 +409,7 @@ def test_a_dead_worker_is_an_exception_not_a_hang():
 def test_a_broken_preparser_never_stops_the_intake(ledger, config, inbox):
     """Its workers gone, the preparser takes no more chunks without raising; parsed() then
     raises, and process_received reads every submission itself."""
-    from tasks.parsing import Preparser
+    from tasks.reading.parsing import Preparser
 
     ids = [submit(ledger, config, write_return(inbox, config, u), BEFORE) for u in config.units[:3]]
     with Preparser(ledger, config, workers=2) as pre:
@@ -420,7 +429,7 @@ def test_two_runs_deciding_at_once_decide_each_submission_once(tmp_path, ledger,
 
     from sqlalchemy import event as sa_event
 
-    from tasks.ledger import Event
+    from tasks.core.ledger import Event
     for code in ("210100", "210300", "SZ001"):
         submit(ledger, config, write_return(tmp_path / code, config, config.unit_by_code[code]), BEFORE)
     a_wrote, release = threading.Event(), threading.Event()

@@ -7,7 +7,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from tasks.readers import ReturnFileError, Sheet, cell_ref, read_sheets
+from tasks.reading.readers import ReturnFileError, Sheet, cell_ref, read_sheets
 
 RETURNS = Path(__file__).parent / "data" / "returns"
 GOOD = sorted(p for p in RETURNS.iterdir() if not p.name.startswith("bad_"))

@@ -10,8 +10,8 @@ from email import policy
 import pytest
 from sqlalchemy import select
 
-from tasks.ledger import ACCEPTED, Delivery, Ledger, Submission
-from tasks.reminders import due_tier
+from tasks.core.ledger import ACCEPTED, Delivery, Ledger, Submission
+from tasks.decisions.reminders import due_tier
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CAMPAIGN = "energy-week-2023"

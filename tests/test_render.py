@@ -1,4 +1,4 @@
-"""Rendering (tasks/render.py + templates/): hostile text from units stays text — escaped in
+"""Rendering (tasks/core/render.py + templates/): hostile text from units stays text — escaped in
 HTML, verbatim (no entities) in plain text, backslash-escaped in Markdown."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import re
 import pandas as pd
 import pytest
 
-from tasks.bulletin_content import BulletinContent, Figure, Recipients, Story, UnitRow
-from tasks.compile import Merged, build_content
-from tasks.ledger import Submission
-from tasks.message import Address, build_mime
-from tasks.notices import receipt_message
-from tasks.processing import Outcome
-from tasks.render import environment, render
+from tasks.bulletin.bulletin_content import BulletinContent, Figure, Recipients, Story, UnitRow
+from tasks.bulletin.compile import Merged, build_content
+from tasks.core.ledger import Submission
+from tasks.core.render import environment, render
+from tasks.decisions.outcome import Outcome
+from tasks.mail.message import Address, build_mime
+from tasks.mail.notices import receipt_message
 
 SCRIPT = "<script>alert(1)</script>"
 LINK = '<a href="http://x">x</a>'
@@ -62,7 +62,8 @@ def test_html_escapes_narrative():
 
 def test_html_escapes_captions_and_names():
     from pathlib import Path
-    from tasks.bulletin_content import Photo
+
+    from tasks.bulletin.bulletin_content import Photo
     photo = Photo(Path("images/photo-01.jpg"), f'现场"{SCRIPT}', f"单位{LINK}", "photo-01@bulletin")
     out = render("bulletin.html.j2", None, b=content(photos=(photo,)), units_label=[],
                  image_src={"photo-01@bulletin": "cid:photo-01@bulletin"})

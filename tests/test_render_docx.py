@@ -13,8 +13,8 @@ from docx.oxml.ns import qn
 from docx.shared import Emu, Mm, Pt
 from PIL import Image
 
-from tasks.bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
-from tasks.render_docx import _cn_ordinal, write_docx
+from tasks.bulletin.bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
+from tasks.bulletin.render_docx import _cn_ordinal, write_docx
 
 FIGURES = (
     Figure("posters", "张贴宣传画", "套", 32237, "32200余"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from tasks.compile import merge_accepted
-from tasks.ledger import ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, Submission
-from tasks.processing import process_received
-from tasks.review import ReviewError, review
-from tasks.status import completeness
 from test_processing import BEFORE, LATER, submit, write_anonymous, write_return
+
+from tasks.bulletin.compile import merge_accepted
+from tasks.core.ledger import ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, Submission
+from tasks.decisions.processing import process_received
+from tasks.decisions.review import ReviewError, review
+from tasks.decisions.status import completeness
 
 SPAM = "球盟会(中国)唯一官方网站\n球盟会(中国)唯一官方网站\n球盟会(中国)唯一官方网站"
 

@@ -12,7 +12,7 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from python_calamine import CalamineWorkbook
 
-from tasks.safe_sheet import LiteralText, export_frame, safe_text, write_cell
+from tasks.bulletin.safe_sheet import LiteralText, export_frame, safe_text, write_cell
 
 PAYLOADS = ['=HYPERLINK("http://x","y")', "+1", "-2+3", "@SUM(A1)", "=1+1", " =cmd|' /C calc'!A0",
             "\t=1", "\r=1"]

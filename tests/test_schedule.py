@@ -6,7 +6,7 @@ import datetime as dt
 
 from dateutil.rrule import rrulestr
 
-from tasks.schedule import campaign_schedules
+from tasks.core.schedule import campaign_schedules
 
 
 def _times(schedule, tz):

@@ -15,13 +15,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 from sqlalchemy import create_engine, select, text
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
-from tasks import schema
-from tasks.ledger import Base, Ledger, engine_for
+from tasks.core import schema
+from tasks.core.ledger import Base, Ledger, engine_for
 
 FIXTURE = Path(__file__).parent / "data" / "ledger-6f01f0f.db"
 CAMPAIGN = "energy-week-2023"
@@ -119,8 +119,8 @@ def test_an_old_ledger_stops_every_command_until_upgraded(tmp_path, config_dir):
 
 def _compiles_on(ledger: Ledger) -> None:
     """A new version over the fixture's accepted returns, with the totals of their values."""
-    from tasks.compile import compile_bulletin, merge_accepted, totals
-    from tasks.config import load_config
+    from tasks.bulletin.compile import compile_bulletin, merge_accepted, totals
+    from tasks.core.config import load_config
     config = load_config(Path(__file__).parent.parent / "config", CAMPAIGN)
     row, created = compile_bulletin(ledger, config, NOW, lead="升级后重新编制")
     assert created and row.version == 2
@@ -137,7 +137,7 @@ def test_a_newer_ledger_is_refused(tmp_path, config_dir):
     Ledger(tmp_path / "home")
     with sqlite3.connect(tmp_path / "home" / "ledger.db") as db:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
-    from tasks import ledger as ledger_module
+    from tasks.core import ledger as ledger_module
     ledger_module._checked.discard(f"sqlite:///{(tmp_path / 'home' / 'ledger.db').resolve()}")
     code, _, err = _cli("status", CAMPAIGN, "--home", str(tmp_path / "home"), "--config", str(config_dir))
     assert code == 2 and "9999" in err and "更新版本" in err
@@ -194,7 +194,7 @@ def test_two_first_runs_at_once_make_one_schema(backend, tmp_path, postgres_serv
     their revision."""
     import subprocess
     import sys
-    code = "import sys; from pathlib import Path; from tasks.ledger import Ledger; Ledger(Path(sys.argv[1]), sys.argv[2] or None)"
+    code = "import sys; from pathlib import Path; from tasks.core.ledger import Ledger; Ledger(Path(sys.argv[1]), sys.argv[2] or None)"
     for i in range(3):
         url = ""
         if backend == "postgresql":

@@ -34,7 +34,7 @@ def test_serve_on_the_network_registers_and_runs_behind_the_password(tmp_path, c
     per campaign under the brief's names, and a run created through the API completes."""
     from serve_process import ServeProcess, clean_env
 
-    from tasks.config import list_campaigns
+    from tasks.core.config import list_campaigns
     served = ServeProcess(tmp_path / "home", config_dir, clean_env(PREFECT_SERVER_API_AUTH_STRING="office:s3cret"),
                           "--host", "0.0.0.0").start()
     try:

@@ -14,10 +14,10 @@ import pytest
 from imap_server import imap_server  # noqa: F401 - the fixture
 from imap_tools import MailBoxUnencrypted
 
-from tasks.approval import APPROVED, PENDING, REJECTED, chain_state
-from tasks.ledger import Ledger
-from tasks.notices import bulletin_recipients
-from tasks.signoff import as_signoff_reply, auth_failure, read_decision, subject_tag
+from tasks.bulletin.approval import APPROVED, PENDING, REJECTED, chain_state
+from tasks.bulletin.signoff import as_signoff_reply, auth_failure, read_decision, subject_tag
+from tasks.core.ledger import Ledger
+from tasks.mail.notices import bulletin_recipients
 
 CAMPAIGN = "energy-week-2023"
 LI, WANG = "li.kezhang@example.gov.cn", "wang.chuzhang@example.gov.cn"  # the demo campaign's 审核 and 签发
@@ -120,9 +120,10 @@ class Campaign:
         return chain_state(Ledger(self.home), CAMPAIGN, version, self.config.campaign.bulletin.approvers)
 
     def status_lines(self) -> list[str]:
-        from flows.show import print_status
         from rich.console import Console
-        from tasks.status import completeness
+
+        from flows.show import print_status
+        from tasks.decisions.status import completeness
         console = Console(record=True, width=200)
         print_status(completeness(Ledger(self.home), self.config, self.now), console)
         return console.export_text().splitlines()
@@ -136,7 +137,7 @@ class Campaign:
         return max(found, key=lambda a: a.created)
 
     def bulletin(self, version: int):
-        from tasks.approval import find_version
+        from tasks.bulletin.approval import find_version
         return find_version(Ledger(self.home), CAMPAIGN, version)
 
 

@@ -1,4 +1,4 @@
-"""Completeness (tasks/status.py): the object behind ``status --json``, built end to end from
+"""Completeness (tasks/decisions/status.py): the object behind ``status --json``, built end to end from
 real .xlsx returns taken in and processed."""
 
 from __future__ import annotations
@@ -10,10 +10,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks.ledger import (ACCEPTED, NEEDS_EXPLANATION, QUARANTINED, REJECTED, SENDING, SENT, UNCERTAIN,
-                          Delivery, Submission)
-from tasks.processing import process_received
-from tasks.status import completeness, unit_state
+from tasks.core.ledger import (
+    ACCEPTED,
+    NEEDS_EXPLANATION,
+    QUARANTINED,
+    REJECTED,
+    SENDING,
+    SENT,
+    UNCERTAIN,
+    Delivery,
+    Submission,
+)
+from tasks.decisions.processing import process_received
+from tasks.decisions.status import completeness, unit_state
 
 TZ = ZoneInfo("Asia/Shanghai")
 BEFORE = dt.datetime(2023, 9, 25, 10, 0, tzinfo=TZ)
@@ -125,7 +134,7 @@ def test_now_is_shown_in_the_campaign_timezone(ledger, config):
 
 # ---------------------------------------------------------------- bulletin and uncertain sends
 def test_latest_bulletin_and_staleness(ledger, config, tmp_path):
-    from tasks.compile import compile_bulletin
+    from tasks.bulletin.compile import compile_bulletin
     inbox = tmp_path / "inbox"
     submit(ledger, config, write_return(inbox / "a", config, config.units[0]), BEFORE)
     process_received(ledger, config, BEFORE)

@@ -1,4 +1,4 @@
-"""Batch validation (tasks/validate.py): findings name the submission, file, sheet!cell,
+"""Batch validation (tasks/decisions/validate.py): findings name the submission, file, sheet!cell,
 label, value and what is expected; errors and warnings land where they should."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from tasks.extract import CellValue
-from tasks.validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
+from tasks.decisions.validate import ERROR, WARNING, Finding, ReturnRecord, validate_returns
+from tasks.reading.extract import CellValue
 
 SHEET = "报表"
 MISSING = object()  # marks a field absent from the return altogether
@@ -233,7 +233,7 @@ def test_cross_check_finding_shows_the_values(form):
 
 
 def test_cross_check_finding_shows_large_values_exactly(form):
-    from tasks.config import CrossCheck
+    from tasks.core.config import CrossCheck
     form2 = form.model_copy(update={"checks": [CrossCheck(rule="materials >= bags", message="宣传材料少于购物袋")]})
     _, _, findings = run(form2, ReturnRecord(1, "a.xlsx", cells(form2, materials=1000000, bags=1234567)))
     f = only(findings, None)
@@ -244,7 +244,7 @@ def test_cross_check_finding_shows_large_values_exactly(form):
 def test_jumps_and_drops_against_the_previous_campaign_are_warnings(config):
     import pandas as pd
 
-    from tasks.validate import Previous
+    from tasks.decisions.validate import Previous
     form = config.campaign.form
     before = pd.DataFrame({"posters": [100.0, 100.0, 5.0], "banners": [50.0, 50.0, 50.0]},
                           index=["210100", "210200", "210300"])

@@ -15,9 +15,13 @@ import pytest
 from openpyxl import load_workbook
 from python_calamine import CalamineWorkbook
 
-from tasks.config import load_config
-from tasks.workbook import (
-    PHOTO_NOTE_ROW, PHOTO_ROWS, build_request_workbook, fill_workbook, form_version,
+from tasks.core.config import load_config
+from tasks.mail.workbook import (
+    PHOTO_NOTE_ROW,
+    PHOTO_ROWS,
+    build_request_workbook,
+    fill_workbook,
+    form_version,
     format_moment,
 )
 
@@ -197,8 +201,8 @@ def test_bytes_are_deterministic(cfg, unit, data):
 
 
 def test_bytes_are_deterministic_across_processes(data):
-    code = ("import hashlib,sys; from pathlib import Path; from tasks.config import load_config;"
-            "from tasks.workbook import build_request_workbook as b;"
+    code = ("import hashlib,sys; from pathlib import Path; from tasks.core.config import load_config;"
+            "from tasks.mail.workbook import build_request_workbook as b;"
             "c=load_config(Path('config'),'energy-week-2023');"
             "sys.stdout.write(hashlib.sha256(b(c.campaign,c.unit_by_code['210100'])).hexdigest())")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

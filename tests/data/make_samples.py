@@ -55,7 +55,7 @@ def _save(wb: openpyxl.Workbook, name: str, patches=None) -> None:
 
 
 def generated_layout() -> None:
-    """The request workbook's layout (tasks/workbook.py), filled in the ways units type."""
+    """The request workbook's layout (tasks/mail/workbook.py), filled in the ways units type."""
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.title = "报表"

@@ -1,0 +1,308 @@
+"""Compile the bulletin: merge the latest accepted return of every unit, total, render.
+
+The same accepted submissions, templates and settings give the existing version; anything
+changed gives version N+1 in ``<home>/bulletins/<campaign>/v<N>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import css_inline
+import pandas as pd
+from PIL import Image, ImageOps
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ..core.config import Config
+from ..core.formatting import chinese_date, defang_links, round_down_prose
+from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_rows
+from ..core.render import render, template_files
+from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
+from .render_docx import write_docx
+from .safe_sheet import export_frame
+
+log = logging.getLogger(__name__)
+PHOTO_SIDES = (1280, 960, 640, 480)  # tried in turn until the bulletin mail fits its budget
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The accepted returns behind one bulletin."""
+
+    submissions: list  # Submission rows (id, unit_code, fingerprint, late, decided_by), unit order
+    numbers: pd.DataFrame  # index unit code, one column per count field
+    texts: pd.DataFrame  # index unit code, one column per text field
+    photos: list[SubmissionFile]
+
+
+def merge_accepted(ledger: Ledger, config: Config) -> Merged:
+    """The latest accepted submission of every expected unit, as frames.
+
+    Plain columns, not ORM objects (a national campaign has millions of values); the
+    campaign's accepted submissions are joined in SQL, never listed as bound parameters."""
+    camp = config.campaign
+    accepted = (Submission.campaign == camp.id, Submission.state == ACCEPTED)
+    with ledger.reading() as s:
+        conn = s.connection()
+        subs = conn.execute(select(Submission.id, Submission.unit_code, Submission.fingerprint,
+                                   Submission.late, Submission.decided_by)
+                            .where(*accepted).order_by(Submission.id)).all()
+        value_rows = plain_rows(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
+                                              Value.flag)
+                                 .join(Submission, Submission.id == Value.submission_id)
+                                 .where(*accepted).order_by(Value.submission_id, Value.id))
+        photos = list(s.scalars(select(SubmissionFile)
+                                .join(Submission, Submission.id == SubmissionFile.submission_id)
+                                .where(*accepted, SubmissionFile.role == "photo")
+                                .order_by(SubmissionFile.submission_id, SubmissionFile.id)))
+    expected = config.unit_by_code
+    latest = {x.unit_code: x for x in subs if x.unit_code in expected}  # later ids win
+    unit_of = {x.id: x.unit_code for x in latest.values()}
+    reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
+    # spam-flagged narratives stay out until a coordinator accepted the return by hand
+    values = pd.DataFrame([r for r in value_rows if r[0] in unit_of and not (r[4] and r[0] not in reviewed)],
+                          columns=["submission_id", "field", "number", "text", "flag"])
+    photos = [f for f in photos if f.submission_id in unit_of]
+    values["unit"] = values["submission_id"].map(unit_of)
+    order = [u.code for u in config.units if u.code in latest]
+    counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
+    numbers = (values.pivot_table(index="unit", columns="field", values="number", aggfunc="first")
+               .reindex(index=order, columns=counts)) if len(values) else pd.DataFrame(index=order, columns=counts, dtype=float)
+    text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
+                  .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
+    return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
+
+
+def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:
+    """What a bulletin depends on: its submissions, templates, settings and lead."""
+    h = hashlib.sha256()
+    h.update(json.dumps([(x.id, x.fingerprint) for x in merged.submissions]).encode())
+    for path in template_files(override_dir):
+        h.update(path.name.encode() + path.read_bytes())
+    settings = config.campaign.bulletin.model_dump(mode="json")
+    h.update(json.dumps([settings, config.campaign.form.model_dump(mode="json"), lead,
+                         [(u.code, u.name) for u in config.units]], sort_keys=True).encode())
+    for name in ("render_docx.py", "compile.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
+def totals(numbers: pd.DataFrame) -> pd.Series:
+    """Province totals: exact integer sums of the accepted returns (blank counts as 0)."""
+    return numbers.fillna(0).sum(axis=0).round().astype("int64")
+
+
+def build_content(config: Config, merged: Merged, version: int, day: dt.date, lead: str,
+                  photos: tuple[Photo, ...]) -> BulletinContent:
+    camp, b = config.campaign, config.campaign.bulletin
+    sums = totals(merged.numbers)
+    figures = tuple(Figure(f.key, f.label, f.unit or "", int(sums[f.key]),
+                           round_down_prose(int(sums[f.key]), b.significant_figures), f.section)
+                    for f in camp.form.counts)
+    phrase = lambda fs: "、".join(f"{x.label}{x.prose}{x.unit}" for x in fs if x.exact)  # noqa: E731
+    activity, media = phrase([f for f in figures if f.section == "activity"]), \
+        phrase([f for f in figures if f.section == "media"])
+    units = config.unit_by_code
+    stories = []
+    first = camp.form.texts[0].key if camp.form.texts else None
+    rest = [t.key for t in camp.form.texts[1:]]
+    for code, row in merged.texts.head(b.max_stories).iterrows():
+        text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
+        if first and text(first):
+            stories.append(Story(code, units[code].name, units[code].kind, text(first),
+                                 "；".join(text(k) for k in rest if text(k))))
+    late = {x.unit_code for x in merged.submissions if x.late}
+    shown = merged.numbers.index if len(merged.numbers) <= b.max_table_rows else []
+    rows = tuple(UnitRow(code, units[code].name,
+                         tuple(None if pd.isna(v) else int(v) for v in merged.numbers.loc[code]),
+                         code in late) for code in shown)
+    reported, expected = len(merged.submissions), len(config.units)
+    reported_codes = set(merged.numbers.index)
+    missing = tuple(u.name for u in config.units if u.code not in reported_codes)
+    completeness = f"本次应报{expected}家，已报{reported}家"
+    if missing:
+        names = "、".join(missing[:b.max_table_rows])
+        more = f"等{len(missing)}家" if len(missing) > b.max_table_rows else ""
+        completeness += f"，未报{len(missing)}家：{names}{more}。"
+    else:
+        completeness += "，全部按要求报送。"
+    if len(merged.texts) > b.max_stories:
+        completeness += f"活动情况摘录前{b.max_stories}家单位，"
+    if not rows and len(merged.numbers):
+        completeness += "各单位明细数据见附件汇总表。"
+    recipients, copies = _recipients(config)
+    return BulletinContent(
+        campaign_id=camp.id, version=version, name=b.name, issue=b.issue, title=b.title,
+        issuer=b.issuer, date=day, date_text=chinese_date(day), lead=lead,
+        stories_regions=tuple(s for s in stories if s.kind != "department"),
+        stories_departments=tuple(s for s in stories if s.kind == "department"),
+        figures=figures,
+        totals_sentence=f"全省各级公共机构共{activity}。" if activity else "",
+        media_sentence=f"宣传报道方面，共计{media}。" if media else "",
+        expected=expected, reported=reported, completeness_sentence=completeness,
+        missing_names=missing,
+        table_headers=tuple(f"{f.label}（{f.unit}）" if f.unit else f.label for f in camp.form.counts),
+        unit_rows=rows, photos=photos, recipients=recipients, copies=b.copies or copies,
+        generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _sentence(text: str) -> str:
+    """A narrative as a finished sentence: trimmed, ending in 。 unless it already ends in punctuation."""
+    text = text.strip()
+    return text if not text or text[-1] in "。！？；.!?…）)”\"" else text + "。"
+
+
+def _recipients(config: Config) -> tuple[tuple[Recipients, ...], int]:
+    by_role: dict[str, list[str]] = {}
+    count = 0
+    for list_id in config.campaign.bulletin.distribution:
+        lst = config.lists[list_id]
+        names = [lst.title] if lst.all_units else [m.name for m in lst.members]
+        count += len(config.units) if lst.all_units else len(lst.members)
+        by_role.setdefault(lst.role, []).extend(names)
+    order = ("报", "送", "发")
+    return tuple(Recipients(r, tuple(by_role[r])) for r in order if r in by_role), count
+
+
+def mail_size(folder: Path) -> int:
+    """What the bulletin email will weigh: body, inline photos and DOCX, base64-encoded."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    parts = [folder / "mail.html", folder / "bulletin.txt", folder / "bulletin.docx",
+             *sorted((folder / "images").glob("*.jpg")),
+             *([folder / "merged.xlsx"] if manifest.get("attach_table") else [])]
+    return int(sum(p.stat().st_size for p in parts if p.exists()) * 4 / 3) + 4096
+
+
+def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Path, version: int,
+                          day: dt.date, lead: str, override_dir: str | None) -> BulletinContent:
+    """Render; while the mail is over ``max_mail_bytes``, shrink the photos, then use fewer."""
+    budget = config.campaign.bulletin.max_mail_bytes
+    limit = config.campaign.bulletin.max_photos
+    for side in PHOTO_SIDES + (PHOTO_SIDES[-1],) * 8:
+        if (folder / "images").exists():
+            shutil.rmtree(folder / "images")
+        photos = _copy_photos(home, merged, config, folder, side, limit)
+        content = build_content(config, merged, version, day, lead, photos)
+        render_files(content, folder, config, override_dir)
+        if mail_size(folder) <= budget or not photos:
+            return content
+        if side == PHOTO_SIDES[-1]:
+            limit = len(photos) // 2
+    log.warning("bulletin v%s is %d bytes, over max_mail_bytes %d", version, mail_size(folder), budget)
+    return content
+
+
+def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path, side: int,
+                 limit: int) -> tuple[Photo, ...]:
+    """Downscaled JPEG copies of the gallery photos (one name per photo, never the sender's)."""
+    units = config.unit_by_code
+    unit_of = {x.id: x.unit_code for x in merged.submissions}
+    chosen = _one_per_unit_first(merged.photos, unit_of)[:limit]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in chosen:
+        name = f"photo-{len(out) + 1:02d}.jpg"
+        try:
+            with Image.open(home / f.archive_path) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.thumbnail((side, side))
+                im.save(folder / "images" / name, "JPEG", quality=80, optimize=True)
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            log.warning("photo %s of submission %s skipped: %s", f.name, f.submission_id, exc)
+            continue
+        i = len(out) + 1
+        out.append(Photo(folder / "images" / name, f.caption or "", units[unit_of[f.submission_id]].name,
+                         f"photo-{i:02d}@bulletin"))
+    return tuple(out)
+
+
+def _one_per_unit_first(photos: list[SubmissionFile], unit_of: dict[int, str]) -> list[SubmissionFile]:
+    firsts, rest, seen = [], [], set()
+    for p in photos:
+        (rest if unit_of[p.submission_id] in seen else firsts).append(p)
+        seen.add(unit_of[p.submission_id])
+    return firsts + rest
+
+
+def render_files(content: BulletinContent, folder: Path, config: Config, override_dir: str | None) -> None:
+    """Write bulletin.{html,txt,md,docx}, the mail body and a manifest into ``folder``."""
+    ctx = dict(b=content, units_label=_units_label(config))
+    html = render("bulletin.html.j2", override_dir, image_src={p.cid: f"images/{p.path.name}"
+                                                               for p in content.photos}, **ctx)
+    (folder / "bulletin.html").write_text(css_inline.inline(html), encoding="utf-8")
+    (folder / "mail.html").write_text(mail_html(content, config, override_dir), encoding="utf-8")
+    manifest = {"version": content.version, "title": content.title, "date": content.date_text,
+                "attach_table": not content.unit_rows and content.reported > 0,
+                "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
+                           for p in content.photos]}
+    (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
+    (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
+    (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
+    write_docx(content, folder / "bulletin.docx")
+
+
+def mail_html(content: BulletinContent, config: Config, override_dir: str | None) -> str:
+    """The bulletin's HTML for the email body: inline CSS, images by Content-ID."""
+    html = render("bulletin.html.j2", override_dir, b=content, units_label=_units_label(config),
+                  image_src={p.cid: f"cid:{p.cid}" for p in content.photos})
+    return css_inline.inline(html)
+
+
+def _units_label(config: Config) -> list[str]:
+    return [f.label for f in config.campaign.form.counts]
+
+
+def _export_table(merged: Merged, config: Config, path: Path) -> None:
+    """Every unit's exact figures as an .xlsx (text cells written as text, never formulas)."""
+    table = merged.numbers.copy()
+    table.columns = [f"{f.label}（{f.unit}）" if f.unit else f.label for f in config.campaign.form.counts]
+    table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])
+    export_frame(table.reset_index(names="单位代码"), path)
+
+
+def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: str | None = None,
+                     override_dir: str | None = None) -> tuple[Bulletin, bool]:
+    """Return (bulletin, created): the existing version when nothing changed."""
+    camp = config.campaign
+    merged = merge_accepted(ledger, config)
+    fp = fingerprint(config, merged, override_dir, lead)
+    latest = ledger.latest_bulletin(camp.id)
+    if latest is not None and latest.fingerprint == fp:
+        return latest, False
+    version = (latest.version if latest else 0) + 1
+    final = ledger.home / "bulletins" / camp.id / f"v{version}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=final.parent))
+    try:
+        _export_table(merged, config, work / "merged.xlsx")
+        day = camp.bulletin.date or now.astimezone(camp.calendar.tz).date()
+        _render_within_budget(ledger.home, merged, config, work, version, day,
+                              lead or camp.bulletin.lead, override_dir)
+        row = Bulletin(campaign=camp.id, version=version, fingerprint=fp,
+                       submission_ids=[x.id for x in merged.submissions],
+                       folder=str(final.relative_to(ledger.home)), created_at=now)
+        with ledger.session() as s:  # the version, its event and its folder, or none of them
+            s.add(row)
+            s.add(audit_event(camp.id, "bulletin.compiled", subject=f"v{version}",
+                        detail={"submissions": row.submission_ids}, at=now))
+            s.flush()  # another run that made this version first fails here, before the rename
+            if final.exists():  # left by a run that crashed before its commit
+                shutil.rmtree(final)
+            work.rename(final)
+    except IntegrityError:
+        shutil.rmtree(work, ignore_errors=True)
+        return ledger.latest_bulletin(camp.id), False  # another run made this version first
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return row, True
+

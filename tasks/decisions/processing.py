@@ -1,0 +1,283 @@
+"""From received submissions to decisions: read (:mod:`tasks.reading.parsing`), validate (batched),
+decide, record.
+
+One call handles every ``received`` submission of a campaign. A broken file becomes a
+rejected submission with a message; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import bindparam, select, update
+
+from ..core import faults
+from ..core.config import Config
+from ..core.ledger import (
+    ACCEPTED,
+    EVENT_COLUMNS,
+    NEEDS_EXPLANATION,
+    QUARANTINED,
+    RECEIVED,
+    REJECTED,
+    SUPERSEDED,
+    Event,
+    Ledger,
+    Submission,
+    SubmissionFile,
+    Value,
+    bulk_insert,
+    bulk_update,
+    db_rows,
+    db_value,
+)
+from ..reading.parsing import Parsed, Progress, parse_all, received_jobs
+from .outcome import Outcome
+from .owed import owe, owe_rows
+from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
+
+log = logging.getLogger(__name__)
+
+
+def process_received(ledger: Ledger, config: Config, now: dt.datetime,
+                     progress: Progress | None = None,
+                     preparsed: dict[int, "Parsed"] | None = None) -> list[Outcome]:
+    """Decide every ``received`` submission of the campaign and record the decisions
+    (``preparsed``: submissions a :class:`Preparser` already read, by id)."""
+    camp = config.campaign
+    jobs = received_jobs(ledger, camp.id)
+    preparsed = preparsed or {}
+    fresh = parse_all(ledger.home, config, [j for j in jobs if j.id not in preparsed], progress)
+    by_id = {p.sub.id: p for p in fresh}
+    parsed = [preparsed[j.id] if j.id in preparsed else by_id[j.id] for j in jobs]
+    for p in parsed:
+        if p.failure:
+            log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)
+    records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
+                            p.unit.code if p.unit else None, p.counts)
+               for p in parsed if p.extracted is not None and not p.errors]
+    previous = previous_figures(ledger, config) if records else None
+    numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
+    by_sub: dict[int, list[Finding]] = {}
+    for f in findings:
+        by_sub.setdefault(f.submission_id, []).append(f)
+    with ledger.session() as s:  # one transaction for the whole batch
+        mine = _claim_received(s, [p.sub.id for p in parsed])  # first: locks, then reads current state
+        if len(mine) < len(parsed):
+            log.warning("%d submission(s) were decided by another run meanwhile", len(parsed) - len(mine))
+            parsed = [p for p in parsed if p.sub.id in mine]
+            if numbers is not None:
+                numbers, texts = numbers[numbers.index.isin(mine)], texts[texts.index.isin(mine)]
+        batch = _Batch(ledger.home, _unit_history(s, camp.id))
+        validated = set(numbers.index) if numbers is not None else set()
+        outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), p.sub.id in validated, now)
+                    for p in parsed]
+        _write_decisions(s, batch, config, parsed, numbers, texts)
+        conn = s.connection()
+        at = db_value(conn, Event.__table__.c.at, now)
+        bulk_insert(conn, Event.__table__, EVENT_COLUMNS, [
+            (at, camp.id, "system", f"submission.{o.state}", str(o.submission_id), json.dumps(
+                {"unit": o.unit_code, "errors": len(o.errors), "warnings": len(o.warnings)},
+                ensure_ascii=False)) for o in outcomes])
+        # the receipts and the coordinators' lines these decisions make due, owed until sent
+        owe(conn, owe_rows(camp.id, outcomes, {o.submission_id: o.attention() for o in outcomes}, now))
+        faults.reached("decide")
+    return outcomes
+
+
+def _write_decisions(s, batch: "_Batch", config: Config, parsed: list[Parsed], numbers, texts) -> None:
+    """The batch's decisions as a few executemany statements (Core: no ORM objects per row)."""
+    conn = s.connection()
+    S, F = Submission.__table__, SubmissionFile.__table__
+    if batch.updates:
+        columns = tuple(c for c in batch.updates[0] if c != "id")
+        bulk_update(conn, S, columns, [(*row, u["id"]) for row, u in
+                                       zip(db_rows(conn, S, columns, batch.updates), batch.updates)])
+    superseded = [e["id"] for rows in batch.history.values() for e in rows
+                  if e.get("old") and e["state"] == SUPERSEDED]
+    for i in range(0, len(superseded), 500):
+        conn.execute(update(S).where(S.c.id.in_(superseded[i:i + 500])).values(state=SUPERSEDED))
+    if batch.file_updates:
+        conn.execute(update(F).where(F.c.id == bindparam("b_id")).values(
+            role=bindparam("b_role"), caption=bindparam("b_caption")), batch.file_updates)
+    if numbers is not None and len(numbers):
+        bulk_insert(conn, Value.__table__, VALUE_COLUMNS,
+                    _value_rows(config.campaign, parsed, numbers, texts, batch.flagged))
+
+
+def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
+    """Each unit's latest accepted figures in the campaign's ``previous`` campaign, if any."""
+    camp = config.campaign
+    if not camp.previous:
+        return None
+    with ledger.reading() as s:
+        rows = s.execute(select(Submission.unit_code, Submission.id, Value.field, Value.number)
+                         .join(Value, Value.submission_id == Submission.id)
+                         .where(Submission.campaign == camp.previous, Submission.state == ACCEPTED,
+                                Value.number.is_not(None))).all()
+    frame = pd.DataFrame(rows, columns=["unit", "sid", "field", "number"])
+    latest = frame.sort_values("sid").groupby(["unit", "field"])["number"].last().unstack()
+    return Previous(camp.previous, latest.astype("float64"), camp.change_factor)
+
+
+def _claim_received(s, ids: list[int]) -> set[int]:
+    """The submissions among *ids* still ``received``, locked for this transaction (PostgreSQL:
+    a no-op UPDATE takes the rows' locks; SQLite's session holds the write lock already), so two
+    runs deciding at once cannot both decide one submission; the second one finds them decided
+    and leaves them."""
+    S = Submission.__table__.c
+    still: set[int] = set()
+    for i in range(0, len(ids), 500):
+        part = ids[i:i + 500]
+        s.execute(update(Submission.__table__).where(S.id.in_(part), S.state == RECEIVED).values(state=S.state))
+        still.update(s.scalars(select(S.id).where(S.id.in_(part), S.state == RECEIVED)))
+    return still
+
+
+def _unit_history(s, campaign: str) -> dict[str, list[dict]]:
+    """Every earlier identified submission of the campaign, by unit, oldest first."""
+    S = Submission.__table__.c
+    history: dict[str, list[dict]] = {}
+    for sid, unit, state, version in s.execute(select(S.id, S.unit_code, S.state, S.version).where(
+            S.campaign == campaign, S.version.is_not(None)).order_by(S.id)):
+        history.setdefault(unit, []).append({"id": sid, "state": state, "version": version, "old": True})
+    return history
+
+
+def _return_name(p: Parsed) -> str:
+    return next(f.name for f in p.files if f.role == "return")
+
+
+def _explanation(p: Parsed) -> str | None:
+    cell = p.extracted.explanation if p.extracted else None
+    text = str(cell.raw).strip() if cell is not None and cell.raw is not None else ""
+    return text or None
+
+
+@dataclass
+class _Batch:
+    """What the decisions of one run share and collect for a few bulk statements."""
+
+    home: Path
+    history: dict[str, list[dict]]  # identified submissions by unit, oldest first (state, version)
+    updates: list[dict] = field(default_factory=list)  # one per decided submission
+    file_updates: list[dict] = field(default_factory=list)
+    flagged: dict[int, list[str]] = field(default_factory=dict)  # spam-flagged fields by submission
+
+
+def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], validated: bool,
+            now: dt.datetime) -> Outcome:
+    camp = config.campaign
+    errors = p.errors + [f.text() for f in findings if f.level == ERROR]
+    warnings = [f.text() for f in findings if f.level == WARNING]
+    explanation = _explanation(p)
+    flagged = p.spam if validated else []
+    if p.unit is None:
+        state = QUARANTINED
+    elif errors:
+        state = REJECTED
+    elif warnings and not explanation:
+        state = NEEDS_EXPLANATION
+    else:
+        state = ACCEPTED
+    out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
+                  errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
+                  notes=list(p.extracted.notes) if p.extracted else [], failure=p.failure,
+                  received_at=p.sub.received_at)
+    if flagged:
+        out.notes.append(f"“{'”“'.join(labels_of(camp, flagged))}”中含有疑似广告或无关内容，"
+                         "暂不编入简讯，待协调人审核（数据照常采用）")
+        out.flagged = flagged
+        batch.flagged[p.sub.id] = flagged
+    late = p.sub.received_at > camp.calendar.deadline_at
+    row = {"id": p.sub.id, "state": state, "errors": errors, "warnings": warnings,
+           "explanation": explanation, "identified_by": p.how, "decided_at": now,
+           "decided_by": "system", "late": late, "unit_code": None, "version": None}
+    batch.updates.append(row)
+    out.late = late
+    _check_photos(batch, p, out, camp.max_photo_bytes)
+    if p.unit is not None:
+        earlier = batch.history.setdefault(p.unit.code, [])
+        row["unit_code"], row["version"] = p.unit.code, len(earlier) + 1
+        out.version = row["version"]
+        counted = [e for e in earlier if e["state"] == ACCEPTED]
+        if state == ACCEPTED:
+            for e in earlier:
+                if e["state"] in (ACCEPTED, NEEDS_EXPLANATION):
+                    e["state"] = SUPERSEDED
+                    out.earlier_replaced = True
+        elif counted:
+            out.earlier_still_counts = max(e["version"] for e in counted)
+        earlier.append(row)
+    return out
+
+
+def labels_of(camp, keys) -> list[str]:
+    return [camp.form.field(k).label for k in keys]
+
+
+def _check_photos(batch: _Batch, p: Parsed, out: Outcome, max_photo_bytes: int) -> None:
+    """Photos must be real JPEG/PNG images within the size limit; a bad one is refused with a
+    note, not the return. Files refused earlier (oversized, odd zip members) are noted too."""
+    captions = p.extracted.photo_captions if p.extracted else {}
+    for f in p.files:
+        if f.role == "refused" and f.note:
+            out.notes.append(f"《{f.name}》{f.note}，未采用")
+        if f.role != "photo":
+            continue
+        problem = (f"超过 {max_photo_bytes // 2**20} MB" if f.size > max_photo_bytes
+                   else photo_problem(batch.home / f.archive_path))
+        if problem:
+            batch.file_updates.append({"b_id": f.id, "b_role": "refused", "b_caption": None})
+            out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
+        else:
+            base = f.name.rsplit("/", 1)[-1]  # photos from a zip are shown as 照片.zip/现场.jpg
+            caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
+            batch.file_updates.append({"b_id": f.id, "b_role": "photo", "b_caption": caption})
+
+
+VALUE_COLUMNS = ("submission_id", "field", "number", "text", "cell", "flag")
+
+
+def _value_rows(camp, parsed: list[Parsed], numbers: pd.DataFrame, texts: pd.DataFrame,
+                flagged: dict[int, list[str]]) -> list[tuple]:
+    """Every validated submission's values as rows (``VALUE_COLUMNS``) for one bulk insert."""
+    counts, text_keys = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
+    cells = {p.sub.id: p.extracted.values for p in parsed if p.extracted is not None}
+    num_rows = numbers[counts].to_numpy(dtype="float64").tolist()
+    txt_rows = texts[text_keys].to_numpy(dtype=object).tolist() if text_keys else [[]] * len(numbers)
+    rows = []
+    for sid, nums, txts in zip(numbers.index.tolist(), num_rows, txt_rows):
+        found, spam = cells[sid], flagged.get(sid, ())
+        for key, v in zip(counts, nums):
+            cell = found.get(key)
+            rows.append((sid, key, None if v != v else v, None, cell.cell if cell is not None else None, None))
+        for key, v in zip(text_keys, txts):
+            cell = found.get(key)
+            rows.append((sid, key, None, None if v is None or v != v else str(v),
+                         cell.cell if cell is not None else None, "spam" if key in spam else None))
+    return rows
+
+
+def photo_problem(path) -> str | None:
+    """Why a photo cannot be used, or None: it must be a real JPEG or PNG image."""
+    try:
+        with Image.open(path) as im:
+            kind = im.format
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "无法识别为图片（支持 .jpg、.png）"
+    if kind not in ("JPEG", "PNG"):
+        return f"格式为 {kind}，请使用 .jpg 或 .png"
+    return None
+
+
+def _caption_from_name(name: str) -> str:
+    stem = name.rsplit(".", 1)[0]
+    return stem.replace("_", " ").strip() or name

@@ -1,0 +1,1 @@
+"""Taking returns in: the drop folder, the mailbox (IMAP, Maildir), the archive, attachments."""

@@ -1,0 +1,1 @@
+"""Reading returns: spreadsheet readers, extraction, numbers, parsing in workers, spam checks."""
