@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from tasks.core.settings import AppSettings
-from tasks.decisions.status import completeness
+from tasks.decisions.status import STATE_LABELS, completeness, completeness_line
 from tasks.mail.delivery import deliver_many, mark_stale_uncertain, outcomes_since, undeliverable
 from tasks.mail.mailer import mailer_from_env
 from tasks.mail.message import OutgoingMessage
@@ -158,19 +158,16 @@ ARTIFACT_ROWS = 1000
 def publish_completeness(ctx: Context) -> dict:
     """The completeness table as a Prefect table artifact ``<campaign>-completeness``."""
     status = completeness(ctx.ledger, ctx.config, ctx.now)
-    labels = {"missing": "未报", "accepted": "已通过", "rejected": "未通过", "needs_explanation": "待说明"}
     late = set(status["late"])
     units = status["units"]
     if len(units) > ARTIFACT_ROWS:
         units = sorted(units, key=lambda u: u["state"] == "accepted" and u["code"] not in late)
-    rows = [{"单位代码": u["code"], "单位": u["name"], "状态": labels.get(u["state"], u["state"]),
+    rows = [{"单位代码": u["code"], "单位": u["name"], "状态": STATE_LABELS.get(u["state"], u["state"]),
              "报送时间": u["submitted_at"] or "", "报送次数": u["version"] or 0,
              "逾期": "是" if u["code"] in late else ""} for u in units[:ARTIFACT_ROWS]]
     shown = "" if len(units) <= ARTIFACT_ROWS else (
         f"；表中列出需要关注的单位在前的{ARTIFACT_ROWS}家，全部单位见 bulletin status {ctx.campaign_id}")
     create_table_artifact(
         key=f"{ctx.campaign_id}-completeness", table=rows,
-        description=(f"应报{status['expected']}家，已通过{status['accepted']}家，未通过{status['rejected']}家，"
-                     f"待说明{status['needs_explanation']}家，未报{len(status['missing'])}家，"
-                     f"逾期{len(late)}家（{status['now']}）{shown}"))
+        description=f"{completeness_line(status)}（{status['now']}）{shown}")
     return status

@@ -259,9 +259,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             sent: dict, resent: dict, seconds: float) -> bool:
     from tasks.bulletin.approval import chain_state
     from tasks.bulletin.compile import merge_accepted, totals
-    from tasks.decisions.status import completeness
-
-    from .show import summary_line
+    from tasks.decisions.status import completeness, completeness_line
     ledger = Ledger(home)
     status = completeness(ledger, config, dt.datetime.now(dt.timezone.utc))
     chain = chain_state(ledger, config.campaign.id, first["version"], config.campaign.bulletin.approvers)
@@ -291,7 +289,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
     outbox = home / "outbox"
     if outbox.is_dir():
         print(f"发件箱 outbox: {outbox} （{len(list(outbox.glob('*.eml')))} 封邮件）")
-    print(summary_line(status))
+    print(completeness_line(status))
     for name, ok in checks.items():
         print(f"  [{'通过' if ok else '失败'}] {name}")
     print(f"用时 {seconds:.0f} 秒")

@@ -5,15 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-STATE_LABELS = {"missing": "未报", "accepted": "已通过", "rejected": "未通过",
-                "needs_explanation": "待说明"}
-
-
-def summary_line(status: dict) -> str:
-    return (f"应报{status['expected']}家，已通过{status['accepted']}家，未通过{status['rejected']}家，"
-            f"待说明{status['needs_explanation']}家，未报{len(status['missing'])}家，"
-            f"逾期{len(status['late'])}家，待人工处理{status['quarantined']}份")
-
+from tasks.decisions.status import STATE_LABELS, completeness_line
 
 DECISION_LABELS = {"approved": "同意", "rejected": "不同意"}
 
@@ -40,7 +32,7 @@ def print_status(status: dict, console: Console | None = None) -> None:
                       (u["submitted_at"] or "")[:16].replace("T", " "), str(u["version"] or ""),
                       "是" if u["code"] in late else "", "有" if u.get("signed_copy") else "")
     console.print(table)
-    console.print(summary_line(status))
+    console.print(completeness_line(status))
     b = status["latest_bulletin"]
     if b:
         console.print(f"最新简讯：第{b['version']}版，{'已批准' if b['approved'] else '未批准'}"

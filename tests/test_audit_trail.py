@@ -4,7 +4,6 @@ it): the ledger then holds neither the change nor the event, and run again it ho
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing
 import os
 import signal

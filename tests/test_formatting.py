@@ -150,3 +150,13 @@ def test_escape_markdown_keeps_chinese_text():
 def test_escape_markdown_setext_heading_stays_text():
     out = escape_markdown("活动总结\n===")
     assert not re.search(r"^=+\s*$", out, re.M)
+
+
+@pytest.mark.parametrize("n, text", [(1, "一"), (5, "五"), (10, "十"), (11, "十一"), (20, "二十"), (23, "二十三"),
+                                     (100, "一百")])
+def test_heading_ordinals_in_code_and_in_templates(n, text):
+    """The same numerals in the DOCX and the templates, past ten sections too."""
+    from tasks.core.formatting import cn_ordinal
+    from tasks.core.render import environment
+    assert cn_ordinal(n) == text
+    assert environment().from_string("{{ n | cn }}、").render(n=n) == f"{text}、"

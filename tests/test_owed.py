@@ -11,7 +11,7 @@ import sys
 from email import policy
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from test_processing import BEFORE, submit, write_anonymous, write_return
 
 from tasks.core.ledger import SENDING, SENT, UNCERTAIN, Delivery

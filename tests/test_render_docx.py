@@ -14,7 +14,7 @@ from docx.shared import Emu, Mm, Pt
 from PIL import Image
 
 from tasks.bulletin.bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
-from tasks.bulletin.render_docx import _cn_ordinal, write_docx
+from tasks.bulletin.render_docx import write_docx
 
 FIGURES = (
     Figure("posters", "张贴宣传画", "套", 32237, "32200余"),
@@ -220,11 +220,6 @@ def test_large_photo_is_downscaled(tmp_path):
     blob = doc.inline_shapes[0]._inline.graphic.graphicData.pic.blipFill.blip.embed
     image = doc.part.related_parts[blob].blob
     assert max(Image.open(io.BytesIO(image)).size) <= 1600
-
-
-@pytest.mark.parametrize("n, text", [(1, "一"), (5, "五"), (10, "十"), (11, "十一"), (20, "二十"), (23, "二十三")])
-def test_cn_ordinal(n, text):
-    assert _cn_ordinal(n) == text
 
 
 def test_per_unit_figures_split_by_section_when_columns_are_the_figures(tmp_path):

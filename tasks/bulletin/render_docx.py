@@ -24,6 +24,7 @@ from docx.shared import Cm, Emu, Length, Mm, Pt, RGBColor
 from lxml import etree
 from PIL import Image, ImageOps
 
+from ..core.formatting import cn_ordinal
 from .bulletin_content import BulletinContent, Figure, Photo, Story
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ _INDENT = Pt(32)  # two characters
 _TYPE_WIDTH = Mm(156)
 _PHOTO_WIDTH, _PHOTO_MAX_HEIGHT, _PHOTO_MAX_PX = Cm(12), Cm(9.5), 1600  # two photos a page
 _ROLE_ORDER = {"报": 0, "送": 1, "发": 2}
-_CN_DIGITS = "零一二三四五六七八九"
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _CENTER, _LEFT, _RIGHT = WD_ALIGN_PARAGRAPH.CENTER, WD_ALIGN_PARAGRAPH.LEFT, WD_ALIGN_PARAGRAPH.RIGHT
 
@@ -61,16 +61,6 @@ def write_docx(content: BulletinContent, out_path: Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     doc.save(str(out_path))
     return out_path
-
-
-def _cn_ordinal(n: int) -> str:
-    """Chinese numeral for 1–99, as used in 一、 and （一） headings."""
-    if not 0 < n < 100:
-        raise ValueError(f"ordinal out of range: {n}")
-    tens, ones = divmod(n, 10)
-    if not tens:
-        return _CN_DIGITS[ones]
-    return ("" if tens == 1 else _CN_DIGITS[tens]) + "十" + (_CN_DIGITS[ones] if ones else "")
 
 
 def _sections(c: BulletinContent) -> list[tuple[str, Callable[..., None]]]:
@@ -165,7 +155,7 @@ def _heading(doc, level: int, n: int, text: str) -> None:
     fmt, font = {1: ("{}、", HEITI), 2: ("（{}）", KAITI), 3: ("{}.", FANGSONG), 4: ("（{}）", FANGSONG)}[level]
     p = _para(doc)
     p.paragraph_format.keep_with_next = True
-    _run(p, fmt.format(_cn_ordinal(n) if level <= 2 else n) + text, font)
+    _run(p, fmt.format(cn_ordinal(n) if level <= 2 else n) + text, font)
 
 
 def _text(doc, text: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import cn2an
+
 _URL = re.compile(r"(?i)(?<![a-z0-9])((?:https?|ftp)://|www\.)")  # CJK may touch the link
 
 
@@ -22,6 +24,14 @@ def round_down_prose(value: int | float, significant: int = 3) -> str:
     step = 10 ** (digits - significant)
     floored = n // step * step
     return f"{floored}余" if floored != n else str(n)
+
+
+def cn_ordinal(n: int) -> str:
+    """The Chinese numeral of a heading number: 1 → 一, 10 → 十, 11 → 十一, 21 → 二十一 (一、 and
+    （一） headings, in every output)."""
+    if n < 1:
+        raise ValueError(f"ordinal out of range: {n}")
+    return cn2an.an2cn(n)
 
 
 def chinese_date(day: dt.date | dt.datetime) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
-from .formatting import chinese_date, chinese_datetime, escape_markdown, round_down_prose
+from .formatting import chinese_date, chinese_datetime, cn_ordinal, escape_markdown, round_down_prose
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
@@ -35,7 +35,7 @@ def environment(override_dir: str | None = None) -> Environment:
         auto_reload=False,  # templates are read once per process (a flow run is one process)
     )
     env.filters.update(yu=round_down_prose, cdate=chinese_date, cdatetime=chinese_datetime,
-                       md=escape_markdown)
+                       md=escape_markdown, cn=cn_ordinal)
     return env
 
 

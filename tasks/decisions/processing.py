@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from sqlalchemy import bindparam, select, update
 
 from ..core import faults
@@ -38,6 +37,7 @@ from ..core.ledger import (
     db_value,
 )
 from ..reading.parsing import Parsed, Progress, parse_all, received_jobs
+from ..reading.photos import check_photos
 from .outcome import Outcome
 from .owed import owe, owe_rows
 from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_returns
@@ -201,7 +201,10 @@ def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], v
            "decided_by": "system", "late": late, "unit_code": None, "version": None}
     batch.updates.append(row)
     out.late = late
-    _check_photos(batch, p, out, camp.max_photo_bytes)
+    updates, notes = check_photos(p.files, p.extracted.photo_captions if p.extracted else {}, batch.home,
+                                  camp.max_photo_bytes)
+    batch.file_updates += updates
+    out.notes += notes
     if p.unit is not None:
         earlier = batch.history.setdefault(p.unit.code, [])
         row["unit_code"], row["version"] = p.unit.code, len(earlier) + 1
@@ -220,26 +223,6 @@ def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], v
 
 def labels_of(camp, keys) -> list[str]:
     return [camp.form.field(k).label for k in keys]
-
-
-def _check_photos(batch: _Batch, p: Parsed, out: Outcome, max_photo_bytes: int) -> None:
-    """Photos must be real JPEG/PNG images within the size limit; a bad one is refused with a
-    note, not the return. Files refused earlier (oversized, odd zip members) are noted too."""
-    captions = p.extracted.photo_captions if p.extracted else {}
-    for f in p.files:
-        if f.role == "refused" and f.note:
-            out.notes.append(f"《{f.name}》{f.note}，未采用")
-        if f.role != "photo":
-            continue
-        problem = (f"超过 {max_photo_bytes // 2**20} MB" if f.size > max_photo_bytes
-                   else photo_problem(batch.home / f.archive_path))
-        if problem:
-            batch.file_updates.append({"b_id": f.id, "b_role": "refused", "b_caption": None})
-            out.notes.append(f"照片《{f.name}》{problem}，未采用（其余材料照常处理）")
-        else:
-            base = f.name.rsplit("/", 1)[-1]  # photos from a zip are shown as 照片.zip/现场.jpg
-            caption = captions.get(f.name) or captions.get(base) or _caption_from_name(base)
-            batch.file_updates.append({"b_id": f.id, "b_role": "photo", "b_caption": caption})
 
 
 VALUE_COLUMNS = ("submission_id", "field", "number", "text", "cell", "flag")
@@ -263,21 +246,3 @@ def _value_rows(camp, parsed: list[Parsed], numbers: pd.DataFrame, texts: pd.Dat
             rows.append((sid, key, None, None if v is None or v != v else str(v),
                          cell.cell if cell is not None else None, "spam" if key in spam else None))
     return rows
-
-
-def photo_problem(path) -> str | None:
-    """Why a photo cannot be used, or None: it must be a real JPEG or PNG image."""
-    try:
-        with Image.open(path) as im:
-            kind = im.format
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return "无法识别为图片（支持 .jpg、.png）"
-    if kind not in ("JPEG", "PNG"):
-        return f"格式为 {kind}，请使用 .jpg 或 .png"
-    return None
-
-
-def _caption_from_name(name: str) -> str:
-    stem = name.rsplit(".", 1)[0]
-    return stem.replace("_", " ").strip() or name

@@ -98,3 +98,14 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
         "units": units,
     }
 
+
+
+#: What a unit's state is called wherever a coordinator reads it (status, artifacts).
+STATE_LABELS = {"missing": "未报", "accepted": "已通过", "rejected": "未通过", "needs_explanation": "待说明"}
+
+
+def completeness_line(status: dict) -> str:
+    """The one sentence that sums up :func:`completeness` (the CLI, the artifact, the demo)."""
+    return (f"应报{status['expected']}家，已通过{status['accepted']}家，未通过{status['rejected']}家，"
+            f"待说明{status['needs_explanation']}家，未报{len(status['missing'])}家，"
+            f"逾期{len(status['late'])}家，待人工处理{status['quarantined']}份")
