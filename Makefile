@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps install bench faults lock clean serve prefect-yaml migration
+.PHONY: demo test test-fast test-deps install bench faults lock clean serve prefect-yaml migration
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-deps:
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The plain-function tests alone (no server, no process): a minute while you work
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not imap and not postgres and not prefect_server and not slow" $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/bulletin serve

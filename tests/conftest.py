@@ -15,6 +15,24 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from smtp_server import running_smtp_server  # noqa: E402
 
+#: Modules whose tests run whole processes (the CLI, serve, killed steps): marked ``slow``.
+SLOW_MODULES = {"test_faults", "test_outages", "test_approval_server", "test_serve", "test_cli", "test_schema"}
+
+
+def pytest_collection_modifyitems(items):
+    """Markers from what a test uses, so that ``make test-fast`` (``-m "not imap and not
+    postgres and not prefect_server and not slow"``) runs the plain-function tests alone."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "imap_server" in used or item.module.__name__ == "test_faults":
+            item.add_marker(pytest.mark.imap)
+        if used & {"postgres_server", "postgres_url", "pg", "ledgers"}:
+            item.add_marker(pytest.mark.postgres)
+        if "prefect_harness" in used or item.module.__name__ in {"test_approval_server", "test_serve", "test_faults"}:
+            item.add_marker(pytest.mark.prefect_server)
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def config_dir() -> Path:

@@ -176,4 +176,5 @@ def test_receipt_says_earlier_return_still_counts(config):
 def test_receipt_for_a_file_name_with_a_line_break_can_be_sent(config):
     msg = receipt_message(config, outcome(name="沈阳市\n报表.xlsx", state="accepted", errors=[], warnings=[]),
                           dt.datetime(2023, 9, 25, 2, 0, tzinfo=dt.timezone.utc))
-    build_mime(msg, Address("报送任务系统", "bulletin@example.com"))
+    mime = build_mime(msg, Address("报送任务系统", "bulletin@example.com"))  # a CR/LF would raise here
+    assert "\n" not in msg.subject and "（沈阳市 报表.xlsx）" in str(mime["Subject"])
