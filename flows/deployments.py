@@ -1,5 +1,8 @@
-"""Write ``prefect.yaml`` from the campaigns in config/: the same deployments ``bulletin serve``
-registers, for ``prefect deploy --all`` on a work pool served by workers.
+"""Every campaign's deployments, described once (:func:`deployment_specs`): ``bulletin serve``
+registers them (``flows/serve.py``) and ``prefect.yaml`` lists them, for ``prefect deploy
+--all`` on a work pool served by workers. Both pass the campaign alone; where state and
+config live comes from the environment of the process that runs the flow (``BULLETIN_HOME``,
+``BULLETIN_CONFIG``; ``serve`` sets them for its runner).
 
 Run ``python -m flows.deployments`` (or ``make prefect-yaml``) after changing a calendar; a
 test fails when the committed file is out of date.
@@ -8,12 +11,13 @@ test fails when the committed file is out of date.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from tasks.core.config import list_campaigns, load_config
-from tasks.core.schedule import campaign_schedules
+from tasks.core.schedule import StepSchedule, campaign_schedules
 
 from .context import BUNDLED_CONFIG, PROJECT_ROOT
 
@@ -27,22 +31,42 @@ ENTRYPOINTS = {
 POOL = "bulletin"
 
 
-def prefect_yaml(config_dir: Path = BUNDLED_CONFIG) -> dict:
-    deployments = []
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: a step of one campaign, with its schedules."""
+
+    flow_name: str
+    name: str  # the campaign id
+    description: str
+    tags: list[str]
+    parameters: dict
+    timezone: str
+    schedules: list[StepSchedule]
+
+
+def deployment_specs(config_dir: Path) -> list[DeploymentSpec]:
+    """Every campaign's five deployments (named after the campaign id) with their schedules."""
+    specs = []
     for campaign_id in list_campaigns(config_dir):
         campaign = load_config(config_dir, campaign_id).campaign
         for flow_name, schedules in campaign_schedules(campaign).items():
-            deployments.append({
-                "name": campaign_id,
-                "description": f"{campaign.name}：{flow_name}",
-                "entrypoint": ENTRYPOINTS[flow_name],
-                "tags": [campaign_id, "bulletin"],
-                "parameters": {"campaign": campaign_id},
-                "work_pool": {"name": POOL},
-                "schedules": [{"rrule": s.rrule, "timezone": campaign.calendar.timezone, "slug": s.slug,
-                               **({"parameters": s.parameters} if s.parameters else {})}
-                              for s in schedules],
-            })
+            specs.append(DeploymentSpec(flow_name, campaign_id, f"{campaign.name}：{flow_name}",
+                                        [campaign_id, "bulletin"], {"campaign": campaign_id},
+                                        campaign.calendar.timezone, list(schedules)))
+    return specs
+
+
+def prefect_yaml(config_dir: Path = BUNDLED_CONFIG) -> dict:
+    deployments = [{
+        "name": d.name,
+        "description": d.description,
+        "entrypoint": ENTRYPOINTS[d.flow_name],
+        "tags": d.tags,
+        "parameters": d.parameters,
+        "work_pool": {"name": POOL},
+        "schedules": [{"rrule": s.rrule, "timezone": d.timezone, "slug": s.slug,
+                       **({"parameters": s.parameters} if s.parameters else {})} for s in d.schedules],
+    } for d in deployment_specs(config_dir)]
     return {
         "name": "bulletin",
         "prefect-version": "3.9.1",

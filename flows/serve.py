@@ -20,9 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tasks.core.config import list_campaigns, load_config
-from tasks.core.schedule import campaign_schedules
-
 DEFAULT_PORT = 4200
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -104,28 +101,22 @@ def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 
         log.close()
 
 
-def build_deployments(home: Path, config_dir: Path) -> list:
-    """Every campaign's five deployments (named after the campaign id) with their schedules."""
+def build_deployments(config_dir: Path) -> list:
+    """The deployments of ``flows.deployments.deployment_specs``, ready for ``serve``."""
     from prefect.schedules import RRule
 
     from .collect_returns import collect_returns
     from .compile_bulletin import compile_bulletin
+    from .deployments import deployment_specs
     from .publish_bulletin import publish_bulletin
     from .request_returns import request_returns
     from .send_reminders import send_reminders
     flows = {f.name: f for f in (request_returns, send_reminders, collect_returns, compile_bulletin,
                                  publish_bulletin)}
-    deployments = []
-    for campaign_id in list_campaigns(config_dir):
-        campaign = load_config(config_dir, campaign_id).campaign
-        for flow_name, schedules in campaign_schedules(campaign).items():
-            deployments.append(flows[flow_name].to_deployment(
-                name=campaign_id,
-                parameters={"campaign": campaign_id, "home": str(home), "config_dir": str(config_dir)},
-                schedules=[RRule(s.rrule, timezone=campaign.calendar.timezone, slug=s.slug,
-                                 parameters=s.parameters) for s in schedules],
-                description=f"{campaign.name}：{flow_name}", tags=[campaign_id, "bulletin"]))
-    return deployments
+    return [flows[d.flow_name].to_deployment(
+        name=d.name, parameters=d.parameters, description=d.description, tags=d.tags,
+        schedules=[RRule(s.rrule, timezone=d.timezone, slug=s.slug, parameters=s.parameters) for s in d.schedules])
+        for d in deployment_specs(config_dir)]
 
 
 def serve_all(home: Path, config_dir: Path, host: str = "127.0.0.1") -> None:
@@ -144,6 +135,8 @@ def serve_all(home: Path, config_dir: Path, host: str = "127.0.0.1") -> None:
 
 def _serve(home: Path, config_dir: Path) -> None:
     from prefect import serve
-    deployments = build_deployments(home, config_dir)
+    # the runner's flow processes inherit these: the deployments pass the campaign alone
+    os.environ["BULLETIN_HOME"], os.environ["BULLETIN_CONFIG"] = str(home), str(config_dir)
+    deployments = build_deployments(config_dir)
     print(f"主目录 home: {home}；已注册 {len(deployments)} 个部署 deployments", flush=True)
     serve(*deployments)

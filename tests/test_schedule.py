@@ -41,7 +41,7 @@ def test_slugs_are_unique_per_deployment(config):
 
 def test_deployments_load_with_schedules_and_parameters(tmp_path, config_dir):
     from flows.serve import build_deployments
-    deployments = build_deployments(tmp_path, config_dir)
+    deployments = build_deployments(config_dir)
     names = {(d.flow_name, d.name) for d in deployments}
     for campaign in ("energy-week-2023", "energy-week-2027"):
         for flow in ("request-returns", "send-reminders", "collect-returns", "compile-bulletin",
@@ -49,7 +49,7 @@ def test_deployments_load_with_schedules_and_parameters(tmp_path, config_dir):
             assert (flow, campaign) in names
     collect = next(d for d in deployments if d.flow_name == "collect-returns" and d.name == "energy-week-2027")
     assert collect.parameters["campaign"] == "energy-week-2027"
-    assert collect.parameters["home"] == str(tmp_path)
+    assert collect.parameters == {"campaign": "energy-week-2027"}  # as in prefect.yaml
     assert [s.schedule.timezone for s in collect.schedules] == ["Asia/Shanghai", "Asia/Shanghai"]
 
 
