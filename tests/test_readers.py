@@ -255,6 +255,21 @@ def test_ods_repeated_cells_bomb_refused(tmp_path):
         read_sheets(path, "rep.ods")
 
 
+def test_ods_with_entities_is_refused_unexpanded(tmp_path):
+    """A billion-laughs DTD in content.xml: refused as broken, never expanded (defusedxml)."""
+    path = tmp_path / "laughs.ods"
+    _ods(path, '<table:table-row><table:table-cell office:value-type="string"><text:p>&lol9;</text:p>'
+               "</table:table-cell></table:table-row>")
+    entities = "".join(f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10 if i else "lol"}">' for i in range(10))
+    with zipfile.ZipFile(path) as z:
+        content = z.read("content.xml").decode().replace("?><office", f"?><!DOCTYPE office [{entities}]><office", 1)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        z.writestr("content.xml", content)
+    with pytest.raises(ReturnFileError, match="已损坏"):
+        read_sheets(path, "laughs.ods")
+
+
 def test_ods_trailing_empty_repeats_are_fine(tmp_path):
     path = tmp_path / "ok.ods"
     _ods(path, '<table:table-row><table:table-cell office:value-type="string"><text:p>张贴宣传画'

@@ -26,6 +26,8 @@ import html
 import io
 import re
 import xml.etree.ElementTree as ET
+
+import defusedxml.ElementTree as SafeET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +199,7 @@ def _xlsx_extent(xml: bytes) -> tuple[int, int]:
 
 def _ods_cells(xml: bytes):
     """Every ODS cell as (sheet name, row, col, rows repeated, cols repeated, element)."""
-    for table in ET.fromstring(xml).iter(_T + "table"):
+    for table in SafeET.fromstring(xml).iter(_T + "table"):  # no DTD, no entities: no XML bomb
         r = 0
         for row in table.iter(_T + "table-row"):
             c, rep = 0, int(row.get(_T + "number-rows-repeated", "1"))
