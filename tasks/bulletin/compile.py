@@ -26,8 +26,8 @@ from ..core.formatting import chinese_date, defang_links, round_down_prose
 from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_rows
 from ..core.render import render, template_files
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
+from .exports import export_frame
 from .render_docx import write_docx
-from .safe_sheet import export_frame
 
 log = logging.getLogger(__name__)
 PHOTO_SIDES = (1280, 960, 640, 480)  # tried in turn until the bulletin mail fits its budget
