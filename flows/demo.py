@@ -277,7 +277,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         "两级审批均由邮件答复完成 two levels signed off by mail":
             [d["level"] for d in chain["decisions"]] == ["审核", "签发"] and chain["due"] is None,
         "自动回复不计为审批 auto-reply ignored": len(chain["decisions"]) == 2
-            and chain["decisions"][0]["note"] == "数据已核对。" and _events(ledger, "mail.auto_reply") == 1,
+            and chain["decisions"][0]["note"] == "同意。数据已核对。" and _events(ledger, "mail.auto_reply") == 1,
         "简讯已发送 bulletin sent": sent.get("sent", 0) > 0 and not sent.get("failed"),
         "再次发送不重复 nothing sent twice": resent.get("sent", 0) == 0,
     }

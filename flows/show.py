@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from rich.console import Console
 from rich.table import Table
 
@@ -10,11 +12,19 @@ from tasks.decisions.status import STATE_LABELS, completeness_line
 DECISION_LABELS = {"approved": "同意", "rejected": "不同意"}
 
 
-def chain_lines(chain: dict) -> list[str]:
-    """Where a version stands in its chain: each decision (level, who, when, what, why), then
-    the level due and who may decide it."""
+def local_minute(at: str, tz: dt.tzinfo | None) -> str:
+    """A ledger time (ISO, UTC when naive) as ``2023-10-09 10:00`` in *tz*."""
+    moment = dt.datetime.fromisoformat(at)
+    if tz is not None:
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)).astimezone(tz)
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+def chain_lines(chain: dict, tz: dt.tzinfo | None = None) -> list[str]:
+    """Where a version stands in its chain: each decision (level, who, when in *tz*, what, why),
+    then the level due and who may decide it."""
     lines = [f"{d['level']}：{d['by']} {DECISION_LABELS.get(d['decision'], d['decision'])}"
-             f"（{d['at'][:16].replace('T', ' ')}）{'：' + d['note'] if d.get('note') else ''}"
+             f"（{local_minute(d['at'], tz)}）{'：' + d['note'] if d.get('note') else ''}"
              for d in chain.get("decisions", [])]
     if chain.get("due"):
         lines.append(f"待{chain['due']}：{'、'.join(chain['due_approvers'])}")
@@ -37,7 +47,7 @@ def print_status(status: dict, console: Console | None = None) -> None:
     if b:
         console.print(f"最新简讯：第{b['version']}版，{'已批准' if b['approved'] else '未批准'}"
                       f"{'，已有更新的报表（需重新编制）' if b['stale'] else ''}")
-        for line in chain_lines(b.get("chain") or {}):
+        for line in chain_lines(b.get("chain") or {}, dt.datetime.fromisoformat(status["now"]).tzinfo):
             console.print(f"  {line}")
     if status.get("undeliverable_deliveries"):
         console.print(f"[red]被对方服务器拒收的邮件 {len(status['undeliverable_deliveries'])} 封[/red]（更正地址后重新运行相应步骤）："

@@ -13,7 +13,7 @@ from tasks.bulletin.signoff import approved_by_mail, signoff_messages
 
 from .common import send_messages
 from .context import Context
-from .show import DECISION_LABELS, chain_lines
+from .show import DECISION_LABELS, chain_lines, local_minute
 
 
 @task(name="sign-off-by-mail", cache_policy=NO_CACHE)
@@ -39,13 +39,16 @@ def publish_chain(ctx: Context) -> None:
     if latest is None or not approvers:
         return
     chain = chain_state(ctx.ledger, ctx.campaign_id, latest.version, approvers)
-    rows = [{"版本": latest.version, "级别": d["level"], "审批人": d["by"], "决定": DECISION_LABELS.get(d["decision"], d["decision"]),
-             "时间": d["at"][:16].replace("T", " "), "意见": d.get("note") or ""} for d in chain["decisions"]]
+    tz = ctx.config.campaign.calendar.tz
+    rows = [{"版本": latest.version, "级别": d["level"], "审批人": d["by"],
+             "决定": DECISION_LABELS.get(d["decision"], d["decision"]), "时间": local_minute(d["at"], tz),
+             "意见": d.get("note") or ""} for d in chain["decisions"]]
     if chain["due"]:
         rows.append({"版本": latest.version, "级别": chain["due"], "审批人": "、".join(chain["due_approvers"]),
                      "决定": "待审批", "时间": "", "意见": ""})
     create_table_artifact(key=f"{ctx.campaign_id}-approval", table=rows,
-                          description=f"第{latest.version}版简讯审批：" + "；".join(chain_lines(chain) or [latest.approval]))
+                          description=f"第{latest.version}版简讯审批："
+                          + "；".join(chain_lines(chain, tz) or [latest.approval]))
 
 
 def publish_approved(ctx: Context, version: int) -> dict:

@@ -25,9 +25,9 @@ LI, WANG = "li.kezhang@example.gov.cn", "wang.chuzhang@example.gov.cn"  # the de
 
 # ---------------------------------------------------------------------------- plain functions
 @pytest.mark.parametrize("text, expected", [
-    ("同意", (True, "")),
-    ("同意。数据已核对。\n王处长", (True, "数据已核对。\n王处长")),
-    ("\n\n  同意印发", (True, "印发")),
+    ("同意", (True, "同意")),
+    ("同意。数据已核对。\n王处长", (True, "同意。数据已核对。\n王处长")),
+    ("\n\n  同意印发", (True, "同意印发")),
     ("不同意，第三段数据有误", (False, "第三段数据有误")),
     ("不同意", (False, "")),
     ("不予批准：请补充大连市的说明", (False, "请补充大连市的说明")),
@@ -178,10 +178,10 @@ def test_two_levels_signed_off_by_mail_then_sent_once(campaign, mailbox):
         mailbox(raw)
     first = campaign.collect()
     chain = campaign.chain(1)
-    assert [(d["level"], d["by"], d["note"]) for d in chain["decisions"]] == [("审核", "李科长", "数据已核对。")]
+    assert [(d["level"], d["by"], d["note"]) for d in chain["decisions"]] == [("审核", "李科长", "同意。数据已核对。")]
     assert chain["due"] == "签发" and campaign.bulletin(1).approval == PENDING
     assert first["signoff"]["publish"] is None
-    shown = ["审核：李科长 同意（", "：数据已核对。", "待签发：王处长"]  # status, and the run's page in Prefect
+    shown = ["审核：李科长 同意（2023-10-09 09:00）：同意。数据已核对。", "待签发：王处长"]  # status, and the run's page in Prefect
     assert all(part in "\n".join(campaign.status_lines()) for part in shown)
     assert all(part in campaign.chain_artifact().description for part in shown)
     assert campaign.mails("bulletin") == []  # nothing goes out before the last level

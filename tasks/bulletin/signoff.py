@@ -173,8 +173,9 @@ def as_signoff_reply(msg: Message, campaign: str, requests: Mapping[str, int], *
 
 
 def read_decision(text: str) -> tuple[bool | None, str]:
-    """(True, note) for 同意…, (False, reason) for 不同意…, (None, '') when neither starts the
-    reply's first non-empty line."""
+    """(True, note) for 同意… (the note is the reply as written: 同意印发), (False, reason) for
+    不同意… (the reason is what follows the word), (None, '') when neither starts the reply's first
+    non-empty line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return None, ""
@@ -182,7 +183,7 @@ def read_decision(text: str) -> tuple[bool | None, str]:
     for pattern, approve in ((_REJECT, False), (_APPROVE, True)):  # 不同意 contains 同意
         found = pattern.match(first)
         if found:
-            note = _LEADING.sub("", first[found.end():])
+            note = first if approve else _LEADING.sub("", first[found.end():])
             return approve, "\n".join(p for p in (note, rest.strip()) if p)[:500]
     return None, ""
 
