@@ -129,7 +129,8 @@ def request_message(config: Config, bulletin: Bulletin, folder: Path, approver: 
     return OutgoingMessage(
         key=request_key(camp.id, bulletin.version, approver.level, approver.email, round_),
         to=(Address(approver.name, approver.email),), subject=subject, text=text,
-        attachments=(Attachment(f"{camp.bulletin.title}（第{bulletin.version}版）.docx", (folder / "bulletin.docx").read_bytes(), DOCX),),
+        attachments=(Attachment(f"{camp.bulletin.title}（第{bulletin.version}版）.docx",
+                                (folder / "bulletin.docx").read_bytes(), DOCX),),
         headers=(("X-Bulletin-Campaign", camp.id), ("X-Bulletin-Step", "approval-request")))
 
 
@@ -213,7 +214,8 @@ def record_reply(ledger: Ledger, config: Config, reply: SignoffReply, now) -> di
     if who is None:
         return refuse("not_an_approver", f"{reply.sender} 不是本期简讯登记的审批人")
     if reply.version is None:
-        return refuse("refused", "邮件主题与所答复的审批请求指向不同版本，无法判断您审批的是哪一版；请直接回复对应版本的审批请求")
+        return refuse("refused", "邮件主题与所答复的审批请求指向不同版本，无法判断您审批的是哪一版；"
+                                 "请直接回复对应版本的审批请求")
     approve, note = read_decision(reply.text)
     if approve is None:
         return refuse("unreadable", "答复第一行没有“同意”或“不同意”")
@@ -239,7 +241,7 @@ def record_reply(ledger: Ledger, config: Config, reply: SignoffReply, now) -> di
     return detail | outcome
 
 
-def answer_message(config: Config, detail: dict, sha256: str) -> OutgoingMessage | None:
+def answer_message(config: Config, detail: dict, sha256: str, override: str | None = None) -> OutgoingMessage | None:
     """What the approver is told about the reply (never a stranger, never a forged sender)."""
     if detail.get("outcome") in COORDINATOR_OUTCOMES or not detail.get("approver"):
         return None
@@ -247,11 +249,12 @@ def answer_message(config: Config, detail: dict, sha256: str) -> OutgoingMessage
     words = ANSWERS.get(detail["outcome"], ANSWERS["refused"]).format(
         version=detail.get("version"), level=detail.get("level") or "", note=detail.get("note") or "",
         reason=detail.get("reason") or "")
-    subject = f"【审批回执】{camp.bulletin.title}" + (f" {subject_tag(camp.id, detail['version'])}" if detail.get("version") else "")
-    text = render("approval_answer.txt.j2", None, campaign=camp, approver_name=detail["approver"], words=words,
+    tag = f" {subject_tag(camp.id, detail['version'])}" if detail.get("version") else ""
+    subject = f"【审批回执】{camp.bulletin.title}{tag}"
+    text = render("approval_answer.txt.j2", override, campaign=camp, approver_name=detail["approver"], words=words,
                   subject=detail.get("subject") or "")
-    return OutgoingMessage(key=f"{camp.id}/approval-answer/{sha256[:24]}", to=(Address(detail["approver"], detail["sender"]),),
-                           subject=subject, text=text,
+    return OutgoingMessage(key=f"{camp.id}/approval-answer/{sha256[:24]}",
+                           to=(Address(detail["approver"], detail["sender"]),), subject=subject, text=text,
                            headers=(("X-Bulletin-Campaign", camp.id), ("X-Bulletin-Step", "approval-answer")))
 
 
@@ -314,7 +317,7 @@ def signoff_messages(ledger: Ledger, config: Config, *, again: bool = False,
         return []
     out = []
     for sha, detail in replies_read(ledger, camp.id):
-        answer = answer_message(config, detail, sha)
+        answer = answer_message(config, detail, sha, override)
         if answer is not None:
             out.append(answer)
         if detail.get("outcome") in COORDINATOR_OUTCOMES:

@@ -1,1 +1,2 @@
-"""Configuration, settings, the ledger and its schema, the schedule, the rendering environment, durable files, label normalisation."""
+"""Configuration, settings, the ledger and its schema, the schedule, the unit directory, the
+rendering environment, durable files, label normalisation, fault-injection points."""

@@ -1,1 +1,2 @@
-"""Deciding on returns: validation, processing, coordinators' review, completeness, reminders, what the ledger owes."""
+"""Deciding on returns: validation, decisions and their outcome, a coordinator's review,
+completeness, reminders, what the ledger owes until it is sent."""

@@ -1,1 +1,2 @@
-"""Reading returns: spreadsheet readers, extraction, numbers, parsing in workers, spam checks."""
+"""Reading returns: spreadsheet readers, extraction, numbers, photos, parsing in workers, spam
+checks."""
