@@ -338,28 +338,6 @@ def test_intake_rows_read_back_through_the_orm(ledger, inbox):
     assert subs["big.csv"].state == REFUSED and "大小上限" in subs["big.csv"].errors[0]
 
 
-def test_insert_with_ids_gives_the_ids_in_order(ledger):
-    """After rows removed at the end and in the middle, new ids follow the largest one left,
-    in the order given, and each row holds its own values."""
-    from tasks.core.ledger import Event, insert_with_ids
-
-    table = Event.__table__
-    cols = ("at", "campaign", "actor", "action", "subject", "detail")
-    with ledger.session() as s:
-        conn = s.connection()
-        first = insert_with_ids(conn, table, cols, [("2023-09-25 02:00:00", "c", "a", "x", str(i), None)
-                                                    for i in range(5)])
-        assert first == list(range(first[0], first[0] + 5))
-        conn.exec_driver_sql(f"DELETE FROM events WHERE id IN ({first[1]}, {first[4]})")
-        second = insert_with_ids(conn, table, cols, [("2023-09-25 02:00:00", "c", "a", "y", str(i), None)
-                                                     for i in range(3)])
-    assert second == [first[3] + 1, first[3] + 2, first[3] + 3]
-    with ledger.session() as s:
-        rows = s.execute(select(Event.id, Event.action, Event.subject).order_by(Event.id)).all()
-    assert [(r.action, r.subject) for r in rows if r.id in second] == [("y", "0"), ("y", "1"), ("y", "2")]
-    assert insert_with_ids(ledger.engine.connect(), table, cols, []) == []
-
-
 def test_take_in_entries_skips_an_entry_gone_before_its_turn(ledger, home, inbox):
     """A sender takes a file back after the drop folder was listed: the others go on."""
     from tasks.intake.intake import take_in_entries

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from pg_server import postgres_server, postgres_url  # noqa: F401 - the fixtures
 from PIL import Image
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from test_compile import ACCEPTED_VALUES, COMPILE, md_totals
 from test_delivery import Outbox, claim_race, eml_files, receipts, two_runs_at_once
 from test_intake import BIG, put
@@ -46,8 +46,7 @@ from tasks.core.ledger import (
     Value,
     bulk_update,
     db_rows,
-    db_value,
-    insert_with_ids,
+    insert_returning_ids,
 )
 from tasks.decisions.processing import process_received
 from tasks.intake.intake import drop_folder_entries, entry_files, take_in, take_in_entries
@@ -338,23 +337,6 @@ def test_two_batched_runs_at_once_on_postgres(pg, tmp_path):
 
 
 # ---------------------------------------------------------------- the DB-API fast paths
-def test_insert_with_ids_gives_the_ids_in_order_on_postgres(pg):
-    table, cols = Event.__table__, ("at", "campaign", "actor", "action", "subject", "detail")
-    with pg.session() as s:
-        conn = s.connection()
-        at = db_value(conn, table.c.at, NOW)
-        first = insert_with_ids(conn, table, cols, [(at, "c", "a", "x", str(i), None) for i in range(5)])
-        assert first == [1, 2, 3, 4, 5]
-        conn.execute(delete(table).where(table.c.id.in_([first[1], first[4]])))
-        second = insert_with_ids(conn, table, cols, [(at, "c", "a", "y", str(i), "d") for i in range(3)])
-        assert insert_with_ids(conn, table, cols, []) == []
-    assert second == sorted(second) and second[0] > first[-1] and len(set(second)) == 3
-    got = rows(pg, table)
-    assert [(r[0], r[4], r[5]) for r in got] == [(1, "x", "0"), (3, "x", "2"), (4, "x", "3")] + \
-        [(i, "y", str(n)) for n, i in enumerate(second)]
-    assert all(r[1] == NOW for r in got)
-
-
 def test_bulk_update_with_db_rows_on_both_backends(ledgers):
     """Typed columns through db_rows (JSON lists, aware times, booleans, NULLs) and bulk_update,
     read back through the ORM: the same on both backends."""
@@ -368,9 +350,8 @@ def _bulk_update_round_trip(ledger: Ledger) -> None:
             "errors", "warnings", "late")
     with ledger.session() as s:
         conn = s.connection()
-        at, empty = db_value(conn, S.c.received_at, NOW), db_value(conn, S.c.errors, [])
-        ids = insert_with_ids(conn, S, cols, [(CAMPAIGN, "folder", f"{i}.csv", None, at, f"fp{i}",
-                                               RECEIVED, empty, empty, False) for i in range(3)])
+        ids = insert_returning_ids(conn, S, [dict(zip(cols, (CAMPAIGN, "folder", f"{i}.csv", None, NOW, f"fp{i}",
+                                                              RECEIVED, [], [], False))) for i in range(3)])
         assert ids == [1, 2, 3]
         updates = [{"id": ids[0], "state": ACCEPTED, "errors": [], "warnings": ["偏大"], "late": True,
                     "decided_at": LATER, "unit_code": "210100", "version": 1},

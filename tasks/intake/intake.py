@@ -34,7 +34,7 @@ from ..core.ledger import (
     bulk_insert,
     db_value,
     hold,
-    insert_with_ids,
+    insert_returning_ids,
 )
 from ..decisions.owed import owe, owe_rows
 from .archive import archive_file
@@ -236,12 +236,12 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
                     firsts.add(a.fingerprint)
                     rows.append((i, a, _state_of(a, first, max_file_bytes)))
             conn = s.connection()  # plain DB-API rows: SQLAlchemy's per-row work cost more
-            subs, c = Submission.__table__, Submission.__table__.c
-            at, no_list = db_value(conn, c.received_at, now), db_value(conn, c.errors, [])
+            subs = Submission.__table__
             event_at = db_value(conn, Event.__table__.c.at, now)
-            ids = insert_with_ids(conn, subs, _SUBMISSION_COLUMNS, [
-                (campaign, source, a.entry_name, sender, at, a.fingerprint, state,
-                 db_value(conn, c.errors, [detail]) if state == REFUSED else no_list, no_list, False)
+            ids = insert_returning_ids(conn, subs, [
+                dict(campaign=campaign, source=source, original_name=a.entry_name, sender=sender, received_at=now,
+                     fingerprint=a.fingerprint, state=state, errors=[detail] if state == REFUSED else [],
+                     warnings=[], late=False)
                 for _, a, (state, detail) in rows])
             file_rows, events = [], []
             for sub_id, (i, a, (state, detail)) in zip(ids, rows):
@@ -263,8 +263,6 @@ def _record(ledger: Ledger, campaign: str, batch: list[_Archived], *, source: st
     return results  # type: ignore[return-value]
 
 
-_SUBMISSION_COLUMNS = ("campaign", "source", "original_name", "sender", "received_at", "fingerprint",
-                       "state", "errors", "warnings", "late")
 _FILE_COLUMNS = ("submission_id", "role", "name", "sha256", "size", "archive_path", "caption", "note")
 
 
