@@ -16,9 +16,13 @@
 Two renderers, equivalent once parsed (tests/test_message.py compares them):
 
 * ``build_mime`` builds an ``EmailMessage`` with the standard library (``policy.SMTP``). It
-  handles everything, but costs about 5 ms per message, mostly header parsing and folding.
+  handles everything, but a receipt costs 2.4 ms, mostly header parsing and folding: 24 s for
+  the 10,000 receipts of ``bench/collect.py --n 10000``, about as long as that whole collect
+  step (22-25 s), where the rule for keeping hand-written infrastructure is a fifth.
 * ``mime_bytes`` assembles the bytes directly for the common case (text, optional HTML, no
-  attachments or inline images, plain dot-atom addresses): about 0.1 ms for a receipt.
+  attachments or inline images, plain dot-atom addresses): 0.03 ms for a receipt, 0.3 s for
+  10,000 (measured 2026-12-02 on 2,000 real receipts of the demo campaign, 2 vCPUs shared
+  with a test run).
   A message with attachments or inline images gets its own headers the same way on content
   (body and attachments) that ``build_mime`` rendered once and every copy of it reuses: the
   bulletin's copies cost one rendering, not one each (``bench/faults.py``'s ``send``).
