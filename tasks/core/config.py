@@ -35,11 +35,20 @@ _DURATION = re.compile(r"^([+-]?)(\d+)\s*([dhm])$")
 
 
 class ConfigError(Exception):
-    """A configuration file is unusable: ``file``, ``key`` and ``reason`` say where and why."""
+    """A configuration file is unusable: ``file``, ``key`` and ``reason`` say where and why.
+    ``every`` holds all the flaws found with it (this one first), for ``bulletin check``."""
 
-    def __init__(self, file: Path | str, key: str, reason: str):
+    def __init__(self, file: Path | str, key: str, reason: str, every: list[ConfigError] | None = None):
         self.file, self.key, self.reason = str(file), key, reason
+        self.every = every or [self]
         super().__init__(f"配置错误 config error: {self.file}: {key or '(file)'}: {reason}")
+
+
+def _raise_all(problems: list[ConfigError]) -> None:
+    """Raise the first problem, carrying them all."""
+    if problems:
+        first = problems[0]
+        raise ConfigError(first.file, first.key, first.reason, problems)
 
 
 class _Model(BaseModel):
@@ -403,10 +412,11 @@ def _validated(model: type[BaseModel], data: object, path: Path, prefix: str = "
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        key = f"{prefix}.{key}".strip(".") if prefix else key
-        raise ConfigError(path, key, err["msg"]) from None
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            problems.append(ConfigError(path, f"{prefix}.{key}".strip(".") if prefix else key, err["msg"]))
+        _raise_all(problems)
 
 
 class _UnitsFile(_Model):
@@ -433,12 +443,20 @@ def list_campaigns(config_dir: Path) -> list[str]:
 
 def load_units(config_dir: Path, reading: _Reading | None = None) -> list[Unit]:
     path = config_dir / "units.yaml"
-    units = _validated(_UnitsFile, _read_yaml(path, reading), path).units
+    raw = _read_yaml(path, reading)
+    problems: list[ConfigError] = []
+    try:
+        units = _validated(_UnitsFile, raw, path).units
+    except ConfigError as exc:
+        problems, units = exc.every, []
     seen: set[str] = set()
-    for i, u in enumerate(units):
-        if u.code in seen:
-            raise ConfigError(path, f"units.{i}.code", f"unit code '{u.code}' appears twice")
-        seen.add(u.code)
+    listed = raw.get("units") if isinstance(raw, dict) else None
+    for i, u in enumerate(listed if isinstance(listed, list) else []):
+        code = str(u.get("code")) if isinstance(u, dict) and u.get("code") is not None else None
+        if code in seen:
+            problems.append(ConfigError(path, f"units.{i}.code", f"unit code '{code}' appears twice"))
+        seen.add(code)
+    _raise_all(problems)
     return units
 
 
@@ -501,26 +519,28 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
             raise ConfigError(path, "id", f"'{raw['id']}' differs from the file name '{path.stem}'")
     camp = _validated(Campaign, raw, path)
     codes = {u.code for u in units}
+    problems = []
     if camp.units != "all":
-        for i, code in enumerate(camp.units):
-            if code not in codes:
-                raise ConfigError(path, f"units.{i}", f"unknown unit code '{code}' (not in units.yaml)")
-    for i, name in enumerate(camp.bulletin.distribution):
-        if name not in lists:
-            raise ConfigError(path, f"bulletin.distribution.{i}",
-                              f"unknown list '{name}' (lists.yaml has: {', '.join(lists)})")
+        problems += [ConfigError(path, f"units.{i}", f"unknown unit code '{code}' (not in units.yaml)")
+                     for i, code in enumerate(camp.units) if code not in codes]
+    problems += [ConfigError(path, f"bulletin.distribution.{i}", f"unknown list '{name}' (lists.yaml has: {', '.join(lists)})")
+                 for i, name in enumerate(camp.bulletin.distribution) if name not in lists]
     if camp.previous is not None:
         previous = campaign_path(config_dir, camp.previous)
         reading.depends_on(previous)
         if not previous.is_file():
-            raise ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}")
+            problems.append(ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}"))
     keys = {f.key for f in camp.form.counts}
     for i, check in enumerate(camp.form.checks):
         names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}
         unknown = names - keys
         if unknown:
-            raise ConfigError(path, f"form.checks.{i}.rule",
-                              f"unknown field(s) {', '.join(sorted(unknown))}")
-        _check_rule_evaluates(check.rule, keys, path, f"form.checks.{i}.rule")
+            problems.append(ConfigError(path, f"form.checks.{i}.rule", f"unknown field(s) {', '.join(sorted(unknown))}"))
+            continue
+        try:
+            _check_rule_evaluates(check.rule, keys, path, f"form.checks.{i}.rule")
+        except ConfigError as exc:
+            problems.append(exc)
+    _raise_all(problems)
     return Config(directory=config_dir, campaign_file=path, units_all=units, lists=lists,
                   campaign=camp)
