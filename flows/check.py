@@ -112,13 +112,21 @@ def template_problems(config: Config) -> list[Problem]:
         try:
             build()
         except Exception as exc:  # noqa: BLE001 - each failure is a finding
-            problems.append(Problem(str(config.campaign_file), f"templates ({what})", None, f"{type(exc).__name__}: {exc}"))
+            problems.append(_template_problem(config, what, exc))
     with tempfile.TemporaryDirectory(prefix="bulletin-check-") as home:
         try:
             compile_bulletin(Ledger(Path(home)), config, when, override_dir=override)
         except Exception as exc:  # noqa: BLE001
-            problems.append(Problem(str(config.campaign_file), "templates (bulletin)", None, f"{type(exc).__name__}: {exc}"))
+            problems.append(_template_problem(config, "bulletin", exc))
     return problems
+
+
+def _template_problem(config: Config, what: str, exc: Exception) -> Problem:
+    return Problem(str(config.campaign_file), f"templates ({what})", None, f"{type(exc).__name__}: {exc}")
+
+
+def _env(variable: str, reason: str) -> Problem:
+    return Problem("(环境变量)", variable, None, reason)
 
 
 @dataclass(frozen=True)
@@ -135,17 +143,18 @@ def mail_problems() -> list[Problem]:
     """The mail settings that are present, complete: a user needs a password, an IMAP host a user
     and a password; values that do not parse are reported by variable."""
     problems = []
-    for settings_class, prefix in ((SmtpSettings, "BULLETIN_SMTP_"), (ImapSettings, "BULLETIN_IMAP_"), (AppSettings, "BULLETIN_")):
+    for settings_class, prefix in ((SmtpSettings, "BULLETIN_SMTP_"), (ImapSettings, "BULLETIN_IMAP_"),
+                                   (AppSettings, "BULLETIN_")):
         try:
             settings = settings_class()
         except ValidationError as exc:
-            problems += [Problem("(环境变量)", prefix + str(e["loc"][0]).upper(), None, e["msg"]) for e in exc.errors()]
+            problems += [_env(prefix + str(e["loc"][0]).upper(), e["msg"]) for e in exc.errors()]
             continue
         if isinstance(settings, SmtpSettings) and settings.host and settings.user and settings.password is None:
-            problems.append(Problem("(环境变量)", "BULLETIN_SMTP_PASSWORD", None, "设置了 BULLETIN_SMTP_USER 但没有密码"))
+            problems.append(_env("BULLETIN_SMTP_PASSWORD", "设置了 BULLETIN_SMTP_USER 但没有密码"))
         if isinstance(settings, ImapSettings) and settings.host:
-            problems += [Problem("(环境变量)", f"BULLETIN_IMAP_{name.upper()}", None, "设置了 BULLETIN_IMAP_HOST 但缺少此项")
+            problems += [_env(f"BULLETIN_IMAP_{name.upper()}", "设置了 BULLETIN_IMAP_HOST 但缺少此项")
                          for name in ("user", "password") if getattr(settings, name) is None]
         if isinstance(settings, AppSettings) and "@" not in settings.mail_from:
-            problems.append(Problem("(环境变量)", "BULLETIN_MAIL_FROM", None, f"'{settings.mail_from}' 不是邮件地址"))
+            problems.append(_env("BULLETIN_MAIL_FROM", f"'{settings.mail_from}' 不是邮件地址"))
     return problems

@@ -62,7 +62,8 @@ def test_every_flaw_at_once_with_file_line_and_key(config, monkeypatch):
     _edit(units, "not-an-address", "shenyang-jieneng@example.org")
     _edit(units, 'code: "210100"\n    name: 大连市', 'code: "210200"\n    name: 大连市')
     out = _check(config, "energy-week-2023").output
-    assert f"{campaign}:{yaml_line(campaign, 'bulletin.distribution.1')}: bulletin.distribution.1: unknown list 'nobody'" in out
+    line = yaml_line(campaign, "bulletin.distribution.1")
+    assert f"{campaign}:{line}: bulletin.distribution.1: unknown list 'nobody'" in out
     assert "form.checks.0.rule: unknown field(s) ghosts" in out
     assert "BULLETIN_SMTP_PASSWORD" in out and "BULLETIN_IMAP_USER" in out and "BULLETIN_IMAP_PASSWORD" in out
     assert "5 处错误" in out
