@@ -135,6 +135,52 @@ def check(campaign: Annotated[Optional[str], typer.Argument(help="Only this camp
     typer.echo(f"配置检查通过：{config_dir}，报送任务 {names}，模板与邮件设置均无问题。Configuration OK.")
 
 
+campaign_app = typer.Typer(help="Campaign files: make the next round from the last one.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("new")
+def campaign_new(new_id: Annotated[str, typer.Argument(metavar="ID", help="The new campaign's id (its file name).")],
+                 previous: Annotated[str, typer.Option("--from", help="The campaign it follows (an id).")],
+                 opens: Annotated[Optional[str], typer.Option(
+                     "--opens", help="Opening day (YYYY-MM-DD); default: a year after the previous one.")] = None,
+                 config: Conf = None) -> None:
+    """Make the next round of a campaign: the calendar a year on (or from --opens, keeping every
+    interval), `previous` linked, the bulletin's issue number one more, the year in its name and
+    title moved; everything else (comments and order too) kept. The new file is then checked.
+
+    Example: bulletin campaign new energy-week-2024 --from energy-week-2023
+    """
+    import datetime as dt
+
+    from tasks.core.campaign_file import next_round
+    from tasks.core.config import CAMPAIGN_ID, campaign_path
+    config_dir = resolve_config_dir(config)
+    if not CAMPAIGN_ID.match(new_id):
+        raise _err(f"活动代码“{new_id}”须由小写字母、数字和连字符组成 a campaign id is lowercase letters, digits and dashes")
+    try:
+        source, target = campaign_path(config_dir, previous), campaign_path(config_dir, new_id)
+    except ConfigError as exc:
+        raise _err(str(exc)) from None
+    if not source.is_file():
+        raise _err(f"找不到上一轮活动 {source}")
+    if target.exists():
+        raise _err(f"{target} 已存在，未改动。It exists; nothing written.")
+    try:
+        day = dt.date.fromisoformat(opens) if opens else None
+        text = next_round(source.read_text(encoding="utf-8"), source.stem, day)
+    except ValueError as exc:
+        raise _err(f"无法生成新一轮活动：{exc}") from None
+    target.write_text(text, encoding="utf-8")
+    try:
+        cfg = load_config(config_dir, new_id)
+    except ConfigError as exc:
+        raise _err(f"已写入 {target}，但检查未通过：{exc}") from None
+    cal = cfg.campaign.calendar
+    typer.echo(f"已写入 {target}：{cfg.campaign.name}，{cal.opens_at:%Y-%m-%d %H:%M} 开始，"
+               f"{cal.deadline_at:%Y-%m-%d %H:%M} 截止，第{cfg.campaign.bulletin.issue}期；请运行 bulletin check {new_id}")
+
+
 @app.command()
 def demo(home: Home = None) -> None:
     """Run a whole campaign with simulated units (energy-week-2023) in a fresh home.
