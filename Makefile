@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+WHEELHOUSE := .wheelhouse
 
 .PHONY: demo test test-fast test-deps install bench faults lock clean serve prefect-yaml migration
 
@@ -38,8 +39,15 @@ test-deps:
 	  { systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true; }; \
 	else echo "test-deps: PostgreSQL missing and not root (or no apt-get): the PostgreSQL tests skip, or fail when CI is set"; fi
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps $(WHEELHOUSE)/.built
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The project's wheel and the wheels of what it needs (pinned by the lock), for
+# tests/test_wheel.py, which installs them into a fresh virtualenv without the network
+$(WHEELHOUSE)/.built: $(STAMP) pyproject.toml requirements.lock $(shell git ls-files flows tasks templates config 2>/dev/null)
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --disable-pip-version-check -c requirements.lock -w $(WHEELHOUSE) .
+	touch $@
 
 # The plain-function tests alone (no server, no process): a minute while you work
 test-fast: $(STAMP)

@@ -12,7 +12,8 @@ import typer
 
 from tasks.core.config import ConfigError, load_config
 
-from .context import config_cache, configure_prefect_home, resolve_config_dir, resolve_home, resolve_now
+from .context import config_cache, configure_prefect_home, resolve_home, resolve_now
+from .context import resolve_config_dir as _resolve_config_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="报送任务：从报送通知到简讯分发。Report-collection campaigns, from request to bulletin.")
@@ -28,6 +29,16 @@ Units = Annotated[Optional[list[str]], typer.Option("--unit", help="Only this un
 DryRun = Annotated[bool, typer.Option("--dry-run", help="List what would be sent; send nothing.")]
 Resend = Annotated[bool, typer.Option("--resend-uncertain",
                                       help="Resend messages a crash left uncertain (same Message-ID).")]
+
+
+def resolve_config_dir(config: Path | None) -> Path:
+    """The configuration folder of a command (``--config``, ``BULLETIN_CONFIG``, ``./config``);
+    exit 2 pointing at ``bulletin init`` when there is none there."""
+    folder = _resolve_config_dir(config)
+    if not (folder / "campaigns").is_dir():
+        raise _err(f"找不到配置目录 {folder}（其中应有 units.yaml、lists.yaml 和 campaigns/）。新建项目：bulletin init 目录名，"
+                   f"然后在该目录中运行命令，或用 --config 指定。No configuration at {folder}: run `bulletin init DIR`.")
+    return folder
 
 
 def _err(message: str, code: int = 2) -> typer.Exit:
@@ -107,6 +118,29 @@ def _step(campaign: str, run, *args, expected: tuple[type[Exception], ...] = (),
                    f"The run stopped; run the same command again once the problem is fixed.", err=True)
         typer.echo(json.dumps({"campaign": campaign, "error": line}, ensure_ascii=False))
         raise typer.Exit(1) from None
+
+
+@app.command()
+def init(folder: Annotated[Path, typer.Argument(help="The new project folder (made if needed).")]) -> None:
+    """Make a project folder: config/ (units, distribution lists and one campaign, commented in
+    Chinese) and .env.example. Edit them, then `bulletin check` in that folder.
+
+    Example: bulletin init ./节能周报送 && cd ./节能周报送 && bulletin check
+    """
+    import shutil
+
+    from tasks.core.shipped import STARTER
+    target = folder.expanduser().resolve()
+    if (target / "config").exists():
+        raise _err(f"{target / 'config'} 已存在，未改动。It exists; nothing written.")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(STARTER / "config", target / "config")
+    if not (target / ".env.example").exists():
+        shutil.copy(STARTER / "env.example", target / ".env.example")
+    campaign = next((target / "config" / "campaigns").glob("*.yaml")).stem
+    typer.echo(f"已建立项目 {target}：\n  config/units.yaml       报送单位名单\n  config/lists.yaml       简讯分发名单\n"
+               f"  config/campaigns/{campaign}.yaml  一期报送任务\n  .env.example            邮件等设置（复制为环境变量）\n"
+               f"下一步：cd {target} && bulletin check {campaign}")
 
 
 @app.command()
@@ -516,3 +550,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m flows.cli
+    main()

@@ -13,9 +13,10 @@ from pathlib import Path
 from tasks.core.config import Config, load_config
 from tasks.core.ledger import Ledger
 from tasks.core.settings import AppSettings
+from tasks.core.shipped import DEMO_CONFIG
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_CONFIG = PROJECT_ROOT / "config"
+BUNDLED_CONFIG = DEMO_CONFIG  # the demo's configuration, shipped with the code
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -29,12 +30,10 @@ def config_cache(home: Path) -> Path:
 
 
 def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
-    """``--config``, else ``BULLETIN_CONFIG``, else ``./config`` (the bundled one when absent)."""
+    """``--config``, else ``BULLETIN_CONFIG``, else ``./config``. (Only ``demo`` uses the shipped
+    configuration; a folder without one is made by ``bulletin init``.)"""
     chosen = config_dir or os.environ.get("BULLETIN_CONFIG")
-    if chosen:
-        return Path(chosen).expanduser().resolve()
-    local = Path("config").resolve()
-    return local if (local / "campaigns").is_dir() else BUNDLED_CONFIG
+    return Path(chosen or "config").expanduser().resolve()
 
 
 def configure_prefect_home(home: Path) -> None:

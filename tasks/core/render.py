@@ -11,9 +11,14 @@ from pathlib import Path
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
-from .formatting import chinese_date, chinese_datetime, cn_ordinal, escape_markdown, round_down_prose
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+from .formatting import (
+    chinese_date,
+    chinese_datetime,
+    cn_ordinal,
+    escape_markdown,
+    round_down_prose,
+)
+from .shipped import TEMPLATES  # the repository's templates/, or the installed package
 
 
 def _escapes(name: str | None) -> bool:
