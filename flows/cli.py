@@ -215,6 +215,58 @@ def campaign_new(new_id: Annotated[str, typer.Argument(metavar="ID", help="The n
                f"{cal.deadline_at:%Y-%m-%d %H:%M} 截止，第{cfg.campaign.bulletin.issue}期；请运行 bulletin check {new_id}")
 
 
+units_app = typer.Typer(help="The units of config/units.yaml: import the office's roster.", no_args_is_help=True)
+app.add_typer(units_app, name="units")
+
+
+@units_app.command("import")
+def units_import(roster: Annotated[Path, typer.Argument(help="The roster: .xlsx, .xls, .ods or .csv.")],
+                 write: Annotated[bool, typer.Option("--write", help="Write units.yaml (default: show only).")] = False,
+                 config: Conf = None) -> None:
+    """Read the office's roster of units and show what it changes in units.yaml: units added,
+    contacts changed, units the roster lacks (kept). Bad rows are reported by row and left out.
+    With --write, units.yaml is rewritten (its opening comments and order kept) after a check.
+
+    Example: bulletin units import 报送单位名单.xlsx --write
+    """
+    import tempfile
+
+    import yaml as pyyaml
+
+    from tasks.core.config import load_units
+    from tasks.reading.readers import ReturnFileError
+    from tasks.reading.roster import merge_units, read_roster, units_yaml
+    config_dir = resolve_config_dir(config)
+    path = config_dir / "units.yaml"
+    try:
+        found = read_roster(roster)
+    except (ReturnFileError, OSError) as exc:
+        raise _err(f"无法读取 {roster}：{exc}") from None
+    original = path.read_text(encoding="utf-8") if path.exists() else "units:\n"
+    existing = (pyyaml.safe_load(original) or {}).get("units") or []
+    merged = merge_units(existing, found)
+    for label, items in (("新增", merged.added), ("联系人等有变化", merged.changed),
+                         ("名单中没有（保留）", merged.missing), ("提示", merged.notes), ("未导入的行", found.problems)):
+        if items:
+            typer.echo(f"{label} {len(items)}：" + "；".join(items))
+    result = {"units": len(found.units), "added": len(merged.added), "changed": len(merged.changed),
+              "missing": len(merged.missing), "bad_rows": len(found.problems), "written": False}
+    if write and (merged.added or merged.changed):
+        text = units_yaml(original, merged.units)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "units.yaml").write_text(text, encoding="utf-8")
+            try:
+                load_units(Path(tmp))
+            except ConfigError as exc:
+                raise _err(f"导入后的名单未通过检查，units.yaml 未改动：{exc}") from None
+        path.write_text(text, encoding="utf-8")
+        result["written"] = True
+        typer.echo(f"已写入 {path}")
+    elif merged.added or merged.changed:
+        typer.echo("（仅显示差异；加 --write 写入 units.yaml）")
+    _report(result, bool(found.problems))
+
+
 @app.command()
 def demo(home: Home = None) -> None:
     """Run a whole campaign with simulated units (energy-week-2023) in a fresh home.
@@ -352,7 +404,15 @@ def approve(campaign: Campaign, by: Annotated[str, typer.Option("--by", help="Wh
     Example: bulletin approve energy-week-2023 --by 王处长 --note 同意印发
     """
     h, c, moment = _prepare(campaign, home, config, now, prefect=False)
-    from tasks.bulletin.approval import APPROVED, PENDING, REJECTED, ApprovalError, chain_state, decide, find_version
+    from tasks.bulletin.approval import (
+        APPROVED,
+        PENDING,
+        REJECTED,
+        ApprovalError,
+        chain_state,
+        decide,
+        find_version,
+    )
     from tasks.core.ledger import Ledger
     from tasks.core.settings import AppSettings
     cfg = load_config(Path(c), campaign)

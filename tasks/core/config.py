@@ -71,6 +71,7 @@ class Contact(_Model):
     name: str
     email: str
     title: str | None = None
+    phone: str | None = None
 
     @field_validator("email")
     @classmethod
