@@ -42,11 +42,12 @@ test-deps:
 test: $(STAMP) test-deps $(WHEELHOUSE)/.built
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The project's wheel and the wheels of what it needs (pinned by the lock), for
-# tests/test_wheel.py, which installs them into a fresh virtualenv without the network
+# The wheels of what the project needs (pinned by the lock) and of setuptools to build it, for
+# tests/test_wheel.py, which builds the project's wheel and installs it into a fresh virtualenv,
+# both without the network
 $(WHEELHOUSE)/.built: $(STAMP) pyproject.toml requirements.lock $(shell git ls-files flows tasks templates config 2>/dev/null)
 	rm -rf $(WHEELHOUSE)
-	$(BIN)/pip wheel --quiet --disable-pip-version-check -c requirements.lock -w $(WHEELHOUSE) .
+	$(BIN)/pip wheel --quiet --disable-pip-version-check -c requirements.lock -w $(WHEELHOUSE) . "setuptools>=68"
 	touch $@
 
 # The plain-function tests alone (no server, no process): a minute while you work
