@@ -56,7 +56,8 @@ def test_unknown_campaign_and_bad_now_exit_2(tmp_path):
 
 def test_status_json_on_an_empty_ledger(tmp_path):
     out = subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(tmp_path),
-                          "--now", "2023-09-20T10:00:00+08:00"], env=_env(), capture_output=True,
+                          "--config", str(PROJECT_ROOT / "config"), "--now", "2023-09-20T10:00:00+08:00"],
+                         env=_env(), capture_output=True,
                          text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)  # JSON alone on stdout
@@ -80,7 +81,8 @@ def test_demo_runs_a_whole_campaign(tmp_path):
     folder = home / "bulletins" / "energy-week-2023" / "v1"
     for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx"):
         assert (folder / name).stat().st_size > 0
-    status = json.loads(subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(home)],
+    status = json.loads(subprocess.run([str(BIN), "status", "energy-week-2023", "--json", "--home", str(home),
+                                        "--config", str(PROJECT_ROOT / "config")],
                                        env=_env(), capture_output=True, text=True, cwd=tmp_path).stdout)
     assert status["accepted"] == 23 and status["latest_bulletin"]["approved"] is True
 
