@@ -107,6 +107,24 @@ def test_compiling_again_gives_the_same_version(ledger, config, prepared):
     assert ledger.latest_bulletin(config.campaign.id).version == 1
 
 
+def test_only_what_the_bulletin_says_makes_a_new_version(ledger, config, prepared, tmp_path):
+    """A mail template's override or another approver leaves the version as it is; the
+    bulletin's own template makes a new one."""
+    from tasks.bulletin.compile import fingerprint, merge_accepted
+    from tasks.core.config import Approver
+    merged = merge_accepted(ledger, config)
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    first = fingerprint(config, merged, str(overrides), None)
+    (overrides / "receipt.txt.j2").write_text("回执 {{ subject }}", encoding="utf-8")
+    bulletin = config.campaign.bulletin.model_copy(update={"approvers": [Approver(name="赵", email="z@example.org",
+                                                                                  level="审核")]})
+    other = config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
+    assert fingerprint(other, merged, str(overrides), None) == first
+    (overrides / "bulletin.txt.j2").write_text("{{ b.title }}", encoding="utf-8")
+    assert fingerprint(config, merged, str(overrides), None) != first
+
+
 def test_a_rejected_return_changes_nothing(ledger, config, prepared, tmp_path):
     b1, _ = compile_bulletin(ledger, config, COMPILE)
     submit(ledger, config, write_return(tmp_path / "x", config, config.units[5], posters="很多"), T2)

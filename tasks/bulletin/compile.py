@@ -81,13 +81,19 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
 
 
+#: Bulletin settings that do not change what it says: who approves it, how long a run waits.
+_NOT_CONTENT = {"approvers", "approval_timeout_hours"}
+
+
 def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:
-    """What a bulletin depends on: its submissions, templates, settings and lead."""
+    """What a bulletin says depends on: its submissions, its own templates (``bulletin.*``, not
+    the mails'), its settings (not who approves it) and lead."""
     h = hashlib.sha256()
     h.update(json.dumps([(x.id, x.fingerprint) for x in merged.submissions]).encode())
     for path in template_files(override_dir):
-        h.update(path.name.encode() + path.read_bytes())
-    settings = config.campaign.bulletin.model_dump(mode="json")
+        if path.name.startswith("bulletin."):
+            h.update(path.name.encode() + path.read_bytes())
+    settings = config.campaign.bulletin.model_dump(mode="json", exclude=_NOT_CONTENT)
     h.update(json.dumps([settings, config.campaign.form.model_dump(mode="json"), lead,
                          [(u.code, u.name) for u in config.units]], sort_keys=True).encode())
     for name in ("render_docx.py", "compile.py"):
