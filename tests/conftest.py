@@ -62,8 +62,16 @@ def ledger(home):
 def prefect_harness(tmp_path_factory):
     """One Prefect server for every integration test of the session."""
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
+
+    @flow(name="warm-up")
+    def warm_up() -> None:
+        """Prefect's logging is set up by the first flow run and keeps the streams it found: run
+        one here, before any test captures stdout or stderr (capsys), whatever the test order."""
+
     with prefect_test_harness(server_startup_timeout=120):
+        warm_up()
         yield
 
 
