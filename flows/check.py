@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from tasks.core.config import Config, ConfigError, _load_config, _Reading, list_campaigns
+from tasks.core.config import Config, ConfigError, list_campaigns, load_config_afresh
 from tasks.core.settings import AppSettings, ImapSettings, SmtpSettings
 
 
@@ -59,7 +59,7 @@ def config_problems(config_dir: Path, campaign: str | None = None) -> tuple[list
     loaded = []
     for name in [campaign] if campaign else list_campaigns(config_dir):
         try:
-            loaded.append(_load_config(config_dir, name, _Reading(None)))
+            loaded.append(load_config_afresh(config_dir, name))
         except ConfigError as exc:
             for p in exc.every:
                 seen.setdefault((p.file, p.key, p.reason), Problem(p.file, p.key, _line(p), p.reason))

@@ -482,17 +482,10 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
 
 def _tell_rejection(ledger, cfg, row, chain: dict, home: Path) -> None:
     """The coordinators' notice of a rejection (sent once per version; a failure is reported)."""
-    from tasks.mail.delivery import deliver
-    from tasks.mail.mailer import MailError, mailer_from_env
     from tasks.mail.notices import rejection_notice
     notice = rejection_notice(cfg, row.version, row.approved_by, row.approval_note, chain)
-    try:
-        with mailer_from_env(home) as mailer:
-            outcome = deliver(ledger, mailer, notice, campaign=cfg.campaign.id, step="notice")
-    except MailError as exc:
-        outcome = f"failed: {exc}"
-    if outcome not in ("sent", "skipped"):
-        typer.echo(f"驳回通知未能发给协调人（{outcome}）", err=True)
+    if _unsent(_mail_now(ledger, cfg, home, [notice], "notice")):
+        typer.echo("驳回通知未能发给协调人", err=True)
 
 
 @app.command(name="request-approval")

@@ -20,7 +20,6 @@ from the ledger, so a crash anywhere loses none of it and repeats none.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -35,8 +34,17 @@ from sqlalchemy import select
 from ..core.config import Approver, Config
 from ..core.ledger import Bulletin, Delivery, Event, Ledger, audit_event
 from ..core.render import render
-from ..mail.message import Address, Attachment, OutgoingMessage
-from .approval import APPROVED, PENDING, REJECTED, ApprovalError, chain_state, copies_out, decide, levels_of
+from ..mail.message import Address, Attachment, OutgoingMessage, message_digest
+from .approval import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    ApprovalError,
+    chain_state,
+    copies_out,
+    decide,
+    levels_of,
+)
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 ACTION = "approval.mail"  # the event of every reply read, keyed by the raw message's sha256
@@ -73,11 +81,6 @@ def request_key(campaign: str, version: int, level: str, email: str, round_: int
     round 2, 3..."""
     base = f"{request_prefix(campaign)}v{version}/{level}/{email.lower()}"
     return base if round_ == 1 else f"{base}/r{round_}"
-
-
-def message_digest(key: str) -> str:
-    """The part of ``tasks.mail.message.message_id_for(key, ...)`` that does not depend on the domain."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 def request_digests(ledger: Ledger, campaign: str) -> dict[str, int]:
@@ -221,7 +224,6 @@ def record_reply(ledger: Ledger, config: Config, reply: SignoffReply, now) -> di
         return refuse("unreadable", "答复第一行没有“同意”或“不同意”")
     if not approve and not note:
         note = "（未写理由）"
-    before = chain_state(ledger, campaign, reply.version, approvers)
     outcome: dict = {}
 
     def also(s, bulletin: Bulletin, level: str | None) -> None:
@@ -237,7 +239,8 @@ def record_reply(ledger: Ledger, config: Config, reply: SignoffReply, now) -> di
     except ApprovalError as exc:
         return refuse("refused", str(exc))
     if not outcome:  # the same decision was already in the ledger: nothing changed
-        return refuse("unchanged", f"第{reply.version}版此前已有同样的决定（{before['due'] or '审批已完成'}）")
+        due = chain_state(ledger, campaign, reply.version, approvers)["due"]
+        return refuse("unchanged", f"第{reply.version}版此前已有同样的决定（{due or '审批已完成'}）")
     return detail | outcome
 
 

@@ -14,6 +14,13 @@ import yaml
 CALENDAR_MOMENTS = ("opens", "deadline", "closes", "compile_at")
 
 
+def inline_yaml(value: object) -> str:
+    """*value* as YAML on one line (a mapping or a list in flow style, keys in their order): how
+    files this project edits by hand write a value."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, sort_keys=False, width=1 << 16)
+    return text.strip().removesuffix("...").strip()
+
+
 def _mapping_value(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node] | None:
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
@@ -57,9 +64,7 @@ def next_round(text: str, previous_id: str, opens: dt.date | None = None) -> str
             node = found[1] if found else None
         if isinstance(node, yaml.ScalarNode) and years[0] != years[1]:
             moved = re.sub(rf"(?<!\d){years[0]}(?!\d)", str(years[1]), node.value)
-            edits.append((node.start_mark.index, node.end_mark.index, yaml.safe_dump(moved, allow_unicode=True,
-                                                                                       width=1 << 16).strip()
-                          .removesuffix("...").strip()))
+            edits.append((node.start_mark.index, node.end_mark.index, inline_yaml(moved)))
     bulletin = _mapping_value(root, "bulletin")
     day = _mapping_value(bulletin[1], "date") if bulletin else None
     if day is not None and str(day[1].value).strip():

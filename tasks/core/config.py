@@ -25,7 +25,14 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 UNIT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -507,6 +514,11 @@ def load_config(config_dir: Path | str, campaign: str, *, cache_dir: Path | str 
     elif key:
         _loaded.pop(key, None)
     return config
+
+
+def load_config_afresh(config_dir: Path, campaign: str) -> Config:
+    """:func:`load_config` reading every file again: no memo, no disk cache (``bulletin check``)."""
+    return _load_config(Path(config_dir), campaign, _Reading(None))
 
 
 def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:

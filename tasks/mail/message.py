@@ -133,13 +133,17 @@ def _split_type(mime_type: str) -> tuple[str, str]:
     return maintype, subtype
 
 
+def message_digest(key: str) -> str:
+    """The part of a message's Message-ID that comes from its ledger key (not the domain)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
 def message_id_for(key: str, domain: str) -> str:
     """A deterministic ``<hash@domain>`` Message-ID: a resend of *key* gets the same id."""
     _check_line(domain, "Message-ID domain")
     if not domain or any(c in domain for c in "<>@ \t"):
         raise ValueError(f"bad Message-ID domain: {domain!r}")
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-    return f"<bulletin.{digest}@{domain}>"
+    return f"<bulletin.{message_digest(key)}@{domain}>"
 
 
 def recipients(msg: OutgoingMessage) -> list[str]:

@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ..core.campaign_file import inline_yaml
 from ..core.config import EMAIL, UNIT_CODE
 from ..core.labels import normalize_label
 from .readers import read_sheets
@@ -180,16 +179,12 @@ def units_yaml(original: str, units: list[dict]) -> str:
     for u in units:
         out.append(f"  - code: {json.dumps(str(u['code']), ensure_ascii=False)}")
         for key in ("name", "kind"):
-            out.append(f"    {key}: {_flow(u[key])}")
+            out.append(f"    {key}: {inline_yaml(u[key])}")
         for key in ("aliases", "delegates"):
             if u.get(key):
-                out.append(f"    {key}: {_flow(list(u[key]))}")
+                out.append(f"    {key}: {inline_yaml(list(u[key]))}")
         out.append("    contacts:")
-        out += [f"      - {_flow(c)}" for c in u["contacts"]]
-        out.append(f"    supervisor: {_flow(u['supervisor'])}")
+        out += [f"      - {inline_yaml(c)}" for c in u["contacts"]]
+        out.append(f"    supervisor: {inline_yaml(u['supervisor'])}")
     return "\n".join(out) + "\n"
 
-
-def _flow(value: object) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, sort_keys=False, width=1 << 16)
-    return text.strip().removesuffix("...").strip()
