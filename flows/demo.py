@@ -2,8 +2,9 @@
 
 Most units return on time in assorted formats; 鞍山市 sends a broken return and then a
 corrected one; 大连市 sends figures that raise warnings, then explains them; 葫芦岛市 is
-late; 省卫生健康委 never returns. The demo checks the outcome and exits 0 only when the
-campaign ran as designed.
+late; 营口市 corrects its return after the deadline; 省卫生健康委 never returns. In the 2022
+round 省科技馆 did not return and 朝阳市 was late, so the bulletin compares 23 units like for
+like. The demo checks the outcome and exits 0 only when the campaign ran as designed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from .demo_units import (
 CAMPAIGN = "energy-week-2023"
 PREVIOUS = "energy-week-2022"
 NEVER, LATE, BROKEN, WARNS = "SZ008", "211400", "210300", "210200"
+CORRECTS_LATE = "210800"  # an on-time return corrected after the deadline
+NEW_THIS_YEAR, LATE_LAST_YEAR = "SZ007", "211300"  # the 2022 round: missing, late
 FIRST_WAVE = ["210100", BROKEN, WARNS, "210400", "210500", "210600", "210700", "219000",
               "SZ001", "SZ002", "SZ003", "SZ004"]
 
@@ -115,15 +118,18 @@ def run_previous_round(home: Path, config_dir: Path, returns: dict[str, Simulate
     config = load_config(config_dir, PREVIOUS)
     inbox = home / "inbox" / PREVIOUS
     inbox.mkdir(parents=True, exist_ok=True)
-    for code, r in returns.items():
-        if code == NEVER:
-            continue
-        values = {k: int(v * 0.85) for k, v in r.exact.items()}
-        if code == WARNS:
-            values["posters"] = r.exact["posters"] // 4
-        drop(config, inbox, SimulatedReturn(r.unit, values, values, r.narrative), "generated")
-    collect_returns(PREVIOUS, now=config.campaign.calendar.deadline_at - dt.timedelta(days=1),
-                    home=str(home), config_dir=str(config_dir))
+    deadline = config.campaign.calendar.deadline_at
+    for late in (False, True):
+        for code, r in returns.items():
+            if code in (NEVER, NEW_THIS_YEAR) or (code == LATE_LAST_YEAR) != late:
+                continue
+            values = {k: int(v * 0.85) for k, v in r.exact.items()}
+            if code == WARNS:  # far fewer posters, and as many participants as trainings
+                values["posters"] = r.exact["posters"] // 4
+                values["participants"] = max(values["participants"], values["trainings"])
+            drop(config, inbox, SimulatedReturn(r.unit, values, values, r.narrative), "generated")
+        collect_returns(PREVIOUS, now=deadline + dt.timedelta(days=2 if late else -1),
+                        home=str(home), config_dir=str(config_dir))
 
 
 def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
@@ -177,8 +183,11 @@ def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
                          ("逾期督办（抄送分管领导）+2d", 2 * day)):
         _say(label)
         send_reminders(CAMPAIGN, now=at(delta), **args)
-    _say("逾期报表到达 a late return")
+    _say("逾期报表到达，营口市截止后更正 a late return, a correction after the deadline")
     drop(config, inbox, returns[LATE], "generated")
+    fixed = returns[CORRECTS_LATE]
+    fixed.exact["posters"] = fixed.values["posters"] = fixed.exact["posters"] + 120
+    drop(config, inbox, fixed, STYLES.get(CORRECTS_LATE, "generated"), stamp="（更正）")
     collect_returns(CAMPAIGN, now=at(3 * day), **args)
 
     _say(f"{cal.compile_moment:%Y-%m-%d %H:%M} 编制简讯 compile")
@@ -246,6 +255,16 @@ def _deliver_to_maildir(maildir: Path, raw: bytes, tag: str) -> None:
     (maildir / "tmp" / name).rename(maildir / "new" / name)
 
 
+def _bulletin_copies(home: Path) -> dict[str, tuple[Path, str]]:
+    """The bulletin's copies in the file outbox: recipient -> (file, plain text)."""
+    out = {}
+    for path in sorted((home / "outbox").glob("*.eml")) if (home / "outbox").is_dir() else []:
+        msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        if msg["X-Bulletin-Step"] == "bulletin":
+            out[msg["To"].addresses[0].addr_spec] = (path, msg.get_body(("plain",)).get_content())
+    return out
+
+
 def _events(ledger: Ledger, action: str) -> int:
     from sqlalchemy import func, select
 
@@ -259,6 +278,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             sent: dict, resent: dict, seconds: float) -> bool:
     from tasks.bulletin.approval import chain_state
     from tasks.bulletin.compile import merge_accepted, totals
+    from tasks.bulletin.readers import gather
     from tasks.decisions.status import completeness, completeness_line
     ledger = Ledger(home)
     status = completeness(ledger, config, dt.datetime.now(dt.timezone.utc))
@@ -282,10 +302,30 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         "再次发送不重复 nothing sent twice": resent.get("sent", 0) == 0,
     }
     folder = Path(first["folder"])
+    readers = gather(ledger, config, merged.numbers)
+    yoy, states = readers.comparison, readers.states
+    checks.update({
+        "与上年同口径比较 year over year, like for like":
+            yoy is not None and (yoy.both, yoy.new, yoy.dropped) == (len(config.units) - 2, 1, 0),
+        "逾期、截止后更正、未报送 timeliness": (states[LATE].state, states[CORRECTS_LATE].state, states[NEVER].state)
+            == ("late", "corrected", "missing") and readers.previous_round.counts["late"] == 1,
+        "每家单位一份个性化内容 a block per unit": len(list((folder / "personal").glob("*.txt"))) == len(config.units),
+    })
+    copies = _bulletin_copies(home)
+    if copies:  # the file outbox (with an SMTP server the copies are in the recipients' mailboxes)
+        units = {u.contacts[0].email: u.name for u in config.units}
+        checks["各单位收到本单位版本，领导收到通用版 own copy per unit"] = all(
+            (f"{units[to]}：本单位报送情况" in text) if to in units else ("本单位报送情况" not in text)
+            for to, (_path, text) in copies.items())
     _say("演示结果 demo summary")
     print(f"简讯 bulletin: {folder}")
-    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx"):
+    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx", "personal/index.html"):
         print(f"  {folder / name}")
+    for code in (CORRECTS_LATE, NEW_THIS_YEAR):
+        unit = config.unit_by_code[code]
+        path = copies.get(unit.contacts[0].email, (None, ""))[0]
+        if path:
+            print(f"  {unit.name}收到的简讯 copy for {unit.name}: {path}")
     outbox = home / "outbox"
     if outbox.is_dir():
         print(f"发件箱 outbox: {outbox} （{len(list(outbox.glob('*.eml')))} 封邮件）")

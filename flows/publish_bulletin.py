@@ -9,6 +9,7 @@ safe to repeat and the version waited on is pinned in the run's own inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from prefect import flow, get_run_logger, task
@@ -33,7 +34,9 @@ from tasks.bulletin.approval import (
 )
 from tasks.core.ledger import Bulletin
 from tasks.mail.delivery import delivery_states
-from tasks.mail.notices import addressed, bulletin_message, bulletin_recipients, rejection_notice
+from tasks.bulletin.personal import personal_files, splice
+from tasks.mail.message import OutgoingMessage
+from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, rejection_notice
 
 from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
@@ -126,8 +129,20 @@ def _await_decision(ctx: Context, version: int | None) -> Bulletin:
 
 @task(name="build-bulletin-mail", cache_policy=NO_CACHE)
 def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> list:
-    base = bulletin_message(ctx.config, ctx.home / bulletin.folder, bulletin.version)
-    return [(addressed(base, to), None) for to in bulletin_recipients(ctx.config)]
+    """One message per recipient; a unit's contact gets the copy with the unit's own block on
+    top, as compiled (and approved) in the version's folder."""
+    folder = ctx.home / bulletin.folder
+    base = bulletin_message(ctx.config, folder, bulletin.version)
+    return [(addressed(_unit_copy(base, folder, unit) if unit else base, to), None)
+            for to, unit in bulletin_audience(ctx.config)]
+
+
+def _unit_copy(base: OutgoingMessage, folder, unit: str) -> OutgoingMessage:
+    block = personal_files(folder, unit)
+    if block is None:  # compiled without personal copies
+        return base
+    html, text = block
+    return dataclasses.replace(base, html=splice(base.html, html), text=text + base.text)
 
 
 _STATE_LABELS = {"sent": "已发送", "failed": "未发出（将重试）", "undeliverable": "被对方服务器拒收",

@@ -111,18 +111,20 @@ def test_only_what_the_bulletin_says_makes_a_new_version(ledger, config, prepare
     """A mail template's override or another approver leaves the version as it is; the
     bulletin's own template makes a new one."""
     from tasks.bulletin.compile import fingerprint, merge_accepted
+    from tasks.bulletin.readers import gather
     from tasks.core.config import Approver
     merged = merge_accepted(ledger, config)
+    readers = gather(ledger, config, merged.numbers)
     overrides = tmp_path / "templates"
     overrides.mkdir()
-    first = fingerprint(config, merged, str(overrides), None)
+    first = fingerprint(config, merged, str(overrides), None, readers)
     (overrides / "receipt.txt.j2").write_text("回执 {{ subject }}", encoding="utf-8")
     bulletin = config.campaign.bulletin.model_copy(update={"approvers": [Approver(name="赵", email="z@example.org",
                                                                                   level="审核")]})
     other = config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
-    assert fingerprint(other, merged, str(overrides), None) == first
+    assert fingerprint(other, merged, str(overrides), None, readers) == first
     (overrides / "bulletin.txt.j2").write_text("{{ b.title }}", encoding="utf-8")
-    assert fingerprint(config, merged, str(overrides), None) != first
+    assert fingerprint(config, merged, str(overrides), None, readers) != first
 
 
 def test_a_rejected_return_changes_nothing(ledger, config, prepared, tmp_path):

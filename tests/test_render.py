@@ -12,6 +12,8 @@ import pytest
 
 from tasks.bulletin.bulletin_content import BulletinContent, Figure, Recipients, Story, UnitRow
 from tasks.bulletin.compile import Merged, build_content
+from tasks.bulletin.readers import Readers
+from tasks.bulletin.timeliness import LATE, MISSING, ON_TIME, UnitTimeliness, summarize
 from tasks.core.ledger import Submission
 from tasks.core.render import environment, render
 from tasks.decisions.outcome import Outcome
@@ -112,7 +114,16 @@ def built(config) -> BulletinContent:
     subs = [Submission(id=1, unit_code="210100", late=False, fingerprint="a"),
             Submission(id=2, unit_code="SZ001", late=True, fingerprint="b")]
     merged = Merged(subs, numbers, text_frame, [])
-    return build_content(config, merged, 1, dt.date(2023, 10, 9), f"导语{SCRIPT}", ())
+    return build_content(config, merged, 1, dt.date(2023, 10, 9), f"导语{SCRIPT}", (), readers_of(config))
+
+
+def readers_of(config) -> Readers:
+    """沈阳市 on time, the department late, every other unit missing; no previous round."""
+    at = dt.datetime(2023, 9, 20, tzinfo=dt.timezone.utc)
+    states = {u.code: UnitTimeliness(MISSING, None) for u in config.units}
+    states["210100"] = UnitTimeliness(ON_TIME, at)
+    states["SZ001"] = UnitTimeliness(LATE, at + dt.timedelta(days=12), "2天", 48)
+    return Readers(None, None, {}, states, summarize(states), None)
 
 
 def test_build_content_totals_and_prose(built, config):
@@ -122,7 +133,10 @@ def test_build_content_totals_and_prose(built, config):
     assert built.date_text == "2023年10月9日"
     assert (built.expected, built.reported) == (24, 2)
     assert "应报24家，已报2家" in built.completeness_sentence
+    assert config.campaign.bulletin.name_units  # the 2023 campaign names late units (通报 style)
     assert [r.late for r in built.unit_rows] == [False, True]
+    late = config.unit_by_code["SZ001"].name
+    assert "报送率8.3%" in built.completeness_sentence and f"逾期报送：{late}（逾期2天）" in built.completeness_sentence
     assert [s.unit_name for s in built.stories_regions] == ["沈阳市"]
     assert [s.unit_name for s in built.stories_departments] == [config.unit_by_code["SZ001"].name]
 

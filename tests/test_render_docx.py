@@ -44,7 +44,7 @@ def make_content(tmp_path: Path, **overrides) -> BulletinContent:
         figures=FIGURES,
         totals_sentence="全省各级公共机构共张贴宣传画32200余套、节能标识17600余个，举办培训61场。",
         media_sentence="各级媒体刊载、播发各类新闻稿件12篇。",
-        expected=4, reported=3, completeness_sentence="应报4家，已报3家。",
+        expected=4, reported=3, completeness_sentence="应报4家，已报3家。未报送：省科技馆。",
         missing_names=("省科技馆",),
         table_headers=("张贴宣传画（套）", "节能标识（个）", "举办培训（场）"),
         unit_rows=(
@@ -134,7 +134,7 @@ def test_numbered_sections_and_heading_fonts(rendered):
     assert _east_asia(by_text["二、活动成效"].runs[0]) == "黑体"
     assert _east_asia(by_text["（二）省直机关"].runs[0]) == "楷体"
     assert "沈阳市：举办节能宣传周启动仪式。发放节能宣传品3000余件。" in texts
-    assert "未报送单位：省科技馆。" in texts
+    assert "应报4家，已报3家。未报送：省科技馆。" in texts
 
 
 def test_tables_carry_exact_totals(rendered):

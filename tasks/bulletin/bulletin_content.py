@@ -32,6 +32,8 @@ class Figure:
     exact: int
     prose: str  # 32200余
     section: str = "activity"  # activity | media
+    compare: tuple[str, ...] = ()  # cells under BulletinContent.compare_headers (year over year)
+    change: object = None  # its year_over_year.Change (``.short`` for tables, ``.phrase`` for prose)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class UnitRow:
     unit_code: str
     unit_name: str
     values: tuple[int | None, ...]
-    late: bool = False
+    late: bool = False  # marked only in the 通报 style (name_units)
+    changes: dict = field(default_factory=dict)  # key -> year_over_year.Change, for BulletinContent.change_keys
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Photo:
     caption: str
     unit_name: str
     cid: str  # Content-ID used when the HTML goes out by mail
+    unit_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,4 +90,13 @@ class BulletinContent:
     recipients: tuple[Recipients, ...] = ()
     copies: int = 0  # 共印N份
     generated_at: str = ""
+    # year over year (empty when the campaign has no previous round or turns it off)
+    totals_change: str = ""  # 与上年同口径相比（其中23家单位两年均报送），张贴宣传画比上年增长12.3%，……
+    media_change: str = ""
+    compare_headers: tuple[str, ...] = ()  # extra columns of the totals tables
+    change_keys: tuple[str, ...] = ()  # per-unit table: a 比上年 column after each of these
+    # timeliness (empty when switched off)
+    timeliness_headers: tuple[str, ...] = ()
+    timeliness_rows: tuple[tuple[str, ...], ...] = ()
+    personal: tuple = ()  # PersonalBlock per expected unit (tasks.bulletin.personal)
     extra: dict = field(default_factory=dict)

@@ -6,6 +6,7 @@ changed gives version N+1 in ``<home>/bulletins/<campaign>/v<N>/``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,7 +28,13 @@ from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile
 from ..core.render import render, template_files
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
 from .exports import export_frame
+from .personal import Figures, PersonalBlock, build_block, write_blocks
+from .readers import Readers, gather
 from .render_docx import write_docx
+from .timeliness import LATE, MISSING
+from .timeliness import sentence as timeliness_sentence
+from .timeliness import table as timeliness_table
+from .year_over_year import Change, YearOverYear
 
 log = logging.getLogger(__name__)
 PHOTO_SIDES = (1280, 960, 640, 480)  # tried in turn until the bulletin mail fits its budget
@@ -41,6 +48,7 @@ class Merged:
     numbers: pd.DataFrame  # index unit code, one column per count field
     texts: pd.DataFrame  # index unit code, one column per text field
     photos: list[SubmissionFile]
+    held_back: dict[str, list[str]] = None  # unit -> text fields flagged and not yet reviewed
 
 
 def merge_accepted(ledger: Ledger, config: Config) -> Merged:
@@ -68,6 +76,10 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     unit_of = {x.id: x.unit_code for x in latest.values()}
     reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
     # spam-flagged narratives stay out until a coordinator accepted the return by hand
+    held = [r for r in value_rows if r[0] in unit_of and r[4] and r[0] not in reviewed]
+    held_back: dict[str, list[str]] = {}
+    for r in held:
+        held_back.setdefault(unit_of[r[0]], []).append(r[1])
     values = pd.DataFrame([r for r in value_rows if r[0] in unit_of and not (r[4] and r[0] not in reviewed)],
                           columns=["submission_id", "field", "number", "text", "flag"])
     photos = [f for f in photos if f.submission_id in unit_of]
@@ -78,25 +90,33 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
                .reindex(index=order, columns=counts)) if len(values) else pd.DataFrame(index=order, columns=counts, dtype=float)
     text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
                   .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
-    return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos)
+    return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos, held_back)
 
 
 #: Bulletin settings that do not change what it says: who approves it, how long a run waits.
 _NOT_CONTENT = {"approvers", "approval_timeout_hours"}
 
 
-def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None) -> str:
-    """What a bulletin says depends on: its submissions, its own templates (``bulletin.*``, not
-    the mails'), its settings (not who approves it) and lead."""
+#: The modules whose code shapes what a bulletin says.
+_CONTENT_MODULES = ("compile.py", "render_docx.py", "personal.py", "readers.py", "timeliness.py",
+                    "year_over_year.py")
+
+
+def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None,
+                readers: Readers) -> str:
+    """What a bulletin says depends on: its submissions, what its readers are told besides
+    (the previous round, timeliness), its own templates (``bulletin.*``, not the mails'), its
+    settings (not who approves it) and lead."""
     h = hashlib.sha256()
     h.update(json.dumps([(x.id, x.fingerprint) for x in merged.submissions]).encode())
+    h.update(readers.digest().encode())
     for path in template_files(override_dir):
         if path.name.startswith("bulletin."):
             h.update(path.name.encode() + path.read_bytes())
     settings = config.campaign.bulletin.model_dump(mode="json", exclude=_NOT_CONTENT)
     h.update(json.dumps([settings, config.campaign.form.model_dump(mode="json"), lead,
                          [(u.code, u.name) for u in config.units]], sort_keys=True).encode())
-    for name in ("render_docx.py", "compile.py"):
+    for name in _CONTENT_MODULES:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
@@ -107,45 +127,33 @@ def totals(numbers: pd.DataFrame) -> pd.Series:
 
 
 def build_content(config: Config, merged: Merged, version: int, day: dt.date, lead: str,
-                  photos: tuple[Photo, ...]) -> BulletinContent:
+                  photos: tuple[Photo, ...], readers: Readers) -> BulletinContent:
     camp, b = config.campaign, config.campaign.bulletin
     sums = totals(merged.numbers)
+    yoy = readers.comparison
     figures = tuple(Figure(f.key, f.label, f.unit or "", int(sums[f.key]),
-                           round_down_prose(int(sums[f.key]), b.significant_figures), f.section)
+                           round_down_prose(int(sums[f.key]), b.significant_figures), f.section,
+                           _compare_cells(yoy, f.key), yoy.changes.get(f.key) if yoy else None)
                     for f in camp.form.counts)
     phrase = lambda fs: "、".join(f"{x.label}{x.prose}{x.unit}" for x in fs if x.exact)  # noqa: E731
     activity, media = phrase([f for f in figures if f.section == "activity"]), \
         phrase([f for f in figures if f.section == "media"])
+    labels = lambda section: {f.key: f.label for f in camp.form.counts if (f.section == "media") == (section == "media")}  # noqa: E731
     units = config.unit_by_code
-    stories = []
-    first = camp.form.texts[0].key if camp.form.texts else None
-    rest = [t.key for t in camp.form.texts[1:]]
-    for code, row in merged.texts.head(b.max_stories).iterrows():
-        text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
-        if first and text(first):
-            stories.append(Story(code, units[code].name, units[code].kind, text(first),
-                                 "；".join(text(k) for k in rest if text(k))))
-    late = {x.unit_code for x in merged.submissions if x.late}
+    stories = _stories(config, merged)
     shown = merged.numbers.index if len(merged.numbers) <= b.max_table_rows else []
+    change_keys = tuple(b.change_columns) if readers.previous is not None else ()
     rows = tuple(UnitRow(code, units[code].name,
                          tuple(None if pd.isna(v) else int(v) for v in merged.numbers.loc[code]),
-                         code in late) for code in shown)
+                         b.name_units and readers.states[code].state == LATE,
+                         {k: readers.changes[code][k] if code in readers.changes else Change(None, absent=True)
+                          for k in change_keys})
+                 for code in shown)
     reported, expected = len(merged.submissions), len(config.units)
-    reported_codes = set(merged.numbers.index)
-    missing = tuple(u.name for u in config.units if u.code not in reported_codes)
-    completeness = f"本次应报{expected}家，已报{reported}家"
-    if missing:
-        names = "、".join(missing[:b.max_table_rows])
-        more = f"等{len(missing)}家" if len(missing) > b.max_table_rows else ""
-        completeness += f"，未报{len(missing)}家：{names}{more}。"
-    else:
-        completeness += "，全部按要求报送。"
-    if len(merged.texts) > b.max_stories:
-        completeness += f"活动情况摘录前{b.max_stories}家单位，"
-    if not rows and len(merged.numbers):
-        completeness += "各单位明细数据见附件汇总表。"
+    t_headers, t_rows = timeliness_table(readers.this_round, readers.previous_round) if b.timeliness else ((), ())
+    completeness = _completeness(config, merged, readers, bool(rows))
     recipients, copies = _recipients(config)
-    return BulletinContent(
+    content = BulletinContent(
         campaign_id=camp.id, version=version, name=b.name, issue=b.issue, title=b.title,
         issuer=b.issuer, date=day, date_text=chinese_date(day), lead=lead,
         stories_regions=tuple(s for s in stories if s.kind != "department"),
@@ -154,10 +162,100 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         totals_sentence=f"全省各级公共机构共{activity}。" if activity else "",
         media_sentence=f"宣传报道方面，共计{media}。" if media else "",
         expected=expected, reported=reported, completeness_sentence=completeness,
-        missing_names=missing,
+        missing_names=tuple(u.name for u in config.units if readers.states[u.code].state == MISSING)
+        if b.name_units else (),
         table_headers=tuple(f"{f.label}（{f.unit}）" if f.unit else f.label for f in camp.form.counts),
         unit_rows=rows, photos=photos, recipients=recipients, copies=b.copies or copies,
-        generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        totals_change=yoy.sentence(labels("activity")) if yoy else "",
+        media_change=yoy.sentence(labels("media"), coverage=False) if yoy else "",
+        compare_headers=_compare_headers(yoy), change_keys=change_keys,
+        timeliness_headers=t_headers, timeliness_rows=t_rows)
+    if not b.personal_copies:
+        return content
+    return dataclasses.replace(content, personal=_personal_blocks(config, merged, readers, sums, content))
+
+
+def _stories(config: Config, merged: Merged) -> list[Story]:
+    """The narratives quoted, in unit order, up to ``max_stories``."""
+    camp, units = config.campaign, config.unit_by_code
+    first = camp.form.texts[0].key if camp.form.texts else None
+    rest = [t.key for t in camp.form.texts[1:]]
+    stories = []
+    for code, row in merged.texts.head(camp.bulletin.max_stories).iterrows():
+        text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
+        if first and text(first):
+            stories.append(Story(code, units[code].name, units[code].kind, text(first),
+                                 "；".join(text(k) for k in rest if text(k))))
+    return stories
+
+
+def _completeness(config: Config, merged: Merged, readers: Readers, table_shown: bool) -> str:
+    """报送情况: counts (and rates), the 通报 names when the campaign wants them, and notes."""
+    b, units = config.campaign.bulletin, config.unit_by_code
+    this = readers.this_round
+    if b.timeliness:
+        text = timeliness_sentence(this, readers.previous_round)
+    else:
+        text = f"本次应报{this.expected}家，已报{this.reported}家" + ("，全部按要求报送。" if not this.counts[MISSING] else "。")
+    if b.name_units:
+        cap = max(b.max_table_rows, 1)
+        for state, label in ((LATE, "逾期报送"), (MISSING, "未报送")):
+            named = [units[c].name + (f"（逾期{u.late_by}）" if state == LATE else "")
+                     for c, u in readers.states.items() if u.state == state]
+            if named:
+                more = f"等{len(named)}家" if len(named) > cap else ""
+                text += f"{label}：{'、'.join(named[:cap])}{more}。"
+    if len(merged.texts) > b.max_stories:
+        text += f"活动情况摘录前{b.max_stories}家单位。"
+    if not table_shown and len(merged.numbers):
+        text += "各单位明细数据见附件汇总表。"
+    return text
+
+
+def _compare_headers(yoy: YearOverYear | None) -> tuple[str, ...]:
+    if yoy is None:
+        return ()
+    return ("同口径本年", "同口径上年", "比上年") if yoy.basis == "same_units" else ("上年合计", "比上年")
+
+
+def _compare_cells(yoy: YearOverYear | None, key: str) -> tuple[str, ...]:
+    if yoy is None:
+        return ()
+    if key not in yoy.changes:  # a field the previous round did not have
+        return ("—",) * len(_compare_headers(yoy))
+    same = (str(yoy.current[key]),) if yoy.basis == "same_units" else ()
+    return (*same, str(yoy.base[key]), yoy.changes[key].short)
+
+
+def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.Series,
+                     content: BulletinContent) -> tuple[PersonalBlock, ...]:
+    """Every expected unit's block, with what of its return the bulletin left out."""
+    camp = config.campaign
+    figures = Figures(merged.numbers, sums, readers.previous, readers.changes)
+    quoted = {s.unit_code for s in content.stories_regions + content.stories_departments}
+    first = camp.form.texts[0].key if camp.form.texts else None
+    narrated = set(merged.texts.index[merged.texts[first].notna()]) if first and len(merged.texts) else set()
+    unit_of = {x.id: x.unit_code for x in merged.submissions}
+    sent_photos: dict[str, int] = {}
+    for f in merged.photos:
+        sent_photos[unit_of[f.submission_id]] = sent_photos.get(unit_of[f.submission_id], 0) + 1
+    used_photos: dict[str, int] = {}
+    for p in content.photos:
+        used_photos[p.unit_code] = used_photos.get(p.unit_code, 0) + 1
+    labels = {f.key: f.label for f in camp.form.texts}
+    blocks = []
+    for unit in config.units:
+        left_out = [f"“{labels.get(k, k)}”含待人工审核的内容，审核通过前本期简讯暂未收录。"
+                    for k in (merged.held_back or {}).get(unit.code, [])]
+        if unit.code in narrated and unit.code not in quoted:
+            left_out.append(f"本期简讯摘录前{camp.bulletin.max_stories}家单位的活动情况，本单位未摘录。")
+        sent, used = sent_photos.get(unit.code, 0), used_photos.get(unit.code, 0)
+        if used < sent:
+            left_out.append(f"报送照片{sent}张，本期简讯选用{used}张。")
+        blocks.append(build_block(unit.code, unit.name, camp.form.counts, figures, readers.states.get(unit.code),
+                                  camp.calendar.tz, tuple(left_out)))
+    return tuple(blocks)
 
 
 def _sentence(text: str) -> str:
@@ -188,7 +286,7 @@ def mail_size(folder: Path) -> int:
 
 
 def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Path, version: int,
-                          day: dt.date, lead: str, override_dir: str | None) -> BulletinContent:
+                          day: dt.date, lead: str, override_dir: str | None, readers: Readers) -> BulletinContent:
     """Render; while the mail is over ``max_mail_bytes``, shrink the photos, then use fewer."""
     budget = config.campaign.bulletin.max_mail_bytes
     limit = config.campaign.bulletin.max_photos
@@ -196,7 +294,7 @@ def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Pa
         if (folder / "images").exists():
             shutil.rmtree(folder / "images")
         photos = _copy_photos(home, merged, config, folder, side, limit)
-        content = build_content(config, merged, version, day, lead, photos)
+        content = build_content(config, merged, version, day, lead, photos, readers)
         render_files(content, folder, config, override_dir)
         if mail_size(folder) <= budget or not photos:
             return content
@@ -225,8 +323,8 @@ def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path, side:
             log.warning("photo %s of submission %s skipped: %s", f.name, f.submission_id, exc)
             continue
         i = len(out) + 1
-        out.append(Photo(folder / "images" / name, f.caption or "", units[unit_of[f.submission_id]].name,
-                         f"photo-{i:02d}@bulletin"))
+        code = unit_of[f.submission_id]
+        out.append(Photo(folder / "images" / name, f.caption or "", units[code].name, f"photo-{i:02d}@bulletin", code))
     return tuple(out)
 
 
@@ -247,6 +345,7 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     (folder / "mail.html").write_text(mail_html(content, config, override_dir), encoding="utf-8")
     manifest = {"version": content.version, "title": content.title, "date": content.date_text,
                 "attach_table": not content.unit_rows and content.reported > 0,
+                "personal": len(content.personal),
                 "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
                            for p in content.photos]}
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
@@ -254,12 +353,15 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
     (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
     write_docx(content, folder / "bulletin.docx")
+    if (folder / "personal").exists():  # rendered again with other photos: blocks may differ
+        shutil.rmtree(folder / "personal")
+    write_blocks(content.personal, folder, ctx, override_dir)
 
 
 def mail_html(content: BulletinContent, config: Config, override_dir: str | None) -> str:
     """The bulletin's HTML for the email body: inline CSS, images by Content-ID."""
     html = render("bulletin.html.j2", override_dir, b=content, units_label=_units_label(config),
-                  image_src={p.cid: f"cid:{p.cid}" for p in content.photos})
+                  image_src={p.cid: f"cid:{p.cid}" for p in content.photos}, personal_slot=bool(content.personal))
     return css_inline.inline(html)
 
 
@@ -280,7 +382,8 @@ def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: 
     """Return (bulletin, created): the existing version when nothing changed."""
     camp = config.campaign
     merged = merge_accepted(ledger, config)
-    fp = fingerprint(config, merged, override_dir, lead)
+    readers = gather(ledger, config, merged.numbers)
+    fp = fingerprint(config, merged, override_dir, lead, readers)
     latest = ledger.latest_bulletin(camp.id)
     if latest is not None and latest.fingerprint == fp:
         return latest, False
@@ -292,7 +395,7 @@ def compile_bulletin(ledger: Ledger, config: Config, now: dt.datetime, *, lead: 
         _export_table(merged, config, work / "merged.xlsx")
         day = camp.bulletin.date or now.astimezone(camp.calendar.tz).date()
         _render_within_budget(ledger.home, merged, config, work, version, day,
-                              lead or camp.bulletin.lead, override_dir)
+                              lead or camp.bulletin.lead, override_dir, readers)
         row = Bulletin(campaign=camp.id, version=version, fingerprint=fp,
                        submission_ids=[x.id for x in merged.submissions],
                        folder=str(final.relative_to(ledger.home)), created_at=now)

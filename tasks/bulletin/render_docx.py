@@ -69,7 +69,7 @@ def _sections(c: BulletinContent) -> list[tuple[str, Callable[..., None]]]:
         ("各地区各部门开展活动情况", _activities, c.stories_regions or c.stories_departments),
         ("活动成效", _results, c.totals_sentence or _figures(c, "activity") or c.unit_rows),
         ("宣传报道", _media, c.media_sentence or _figures(c, "media")),
-        ("报送情况", _completeness, c.completeness_sentence or c.missing_names),
+        ("报送情况", _completeness, c.completeness_sentence or c.timeliness_rows),
         ("活动图片", _gallery, c.photos),
     ]
     return [(title, build) for title, build, present in candidates if present]
@@ -86,8 +86,8 @@ def _activities(doc, c: BulletinContent) -> None:
 
 
 def _results(doc, c: BulletinContent) -> None:
-    _text(doc, c.totals_sentence)
-    _figure_table(doc, "全省活动情况汇总", _figures(c, "activity"))
+    _text(doc, c.totals_sentence + c.totals_change)
+    _figure_table(doc, "全省活动情况汇总", _figures(c, "activity"), c.compare_headers)
     if not c.unit_rows:
         return
     # one table per kind of figure (activities, media) so the columns fit the type area
@@ -98,25 +98,33 @@ def _results(doc, c: BulletinContent) -> None:
     else:  # columns that are not the figures: one table
         groups["activity"] = list(range(len(c.table_headers)))
     titles = {"activity": "各单位活动情况", "media": "各单位宣传报道情况"}
+    keys = [f.key for f in c.figures] if len(c.figures) == len(c.table_headers) else []
     for section, idx in groups.items():
-        headers = ["单位", *(c.table_headers[i] for i in idx)]
-        rows = [[r.unit_name + ("（逾期）" if r.late else ""),
-                 *("—" if r.values[i] is None else str(r.values[i]) for i in idx)] for r in c.unit_rows]
+        changed = lambda i: i < len(keys) and keys[i] in c.change_keys  # noqa: E731 - a 比上年 column follows
+        headers = ["单位"] + [h for i in idx for h in ((c.table_headers[i], "比上年") if changed(i) else (c.table_headers[i],))]
+        rows = [[r.unit_name + ("（逾期）" if r.late else "")]
+                + [cell for i in idx for cell in (("—" if r.values[i] is None else str(r.values[i]),)
+                                                  + ((r.changes[keys[i]].short,) if changed(i) else ()))]
+                for r in c.unit_rows]
         first = Mm(34)
-        rest = Emu((_TYPE_WIDTH - first) // max(len(idx), 1))
-        size = Pt(10.5) if len(idx) <= 6 else Pt(9)
-        _table(doc, titles.get(section, "各单位情况"), headers, rows, size, [first] + [rest] * len(idx))
+        columns = len(headers) - 1
+        rest = Emu((_TYPE_WIDTH - first) // max(columns, 1))
+        size = Pt(10.5) if columns <= 6 else Pt(9)
+        _table(doc, titles.get(section, "各单位情况"), headers, rows, size, [first] + [rest] * columns)
 
 
 def _media(doc, c: BulletinContent) -> None:
-    _text(doc, c.media_sentence)
-    _figure_table(doc, "宣传报道情况", _figures(c, "media"))
+    _text(doc, c.media_sentence + c.media_change)
+    _figure_table(doc, "宣传报道情况", _figures(c, "media"), c.compare_headers)
 
 
 def _completeness(doc, c: BulletinContent) -> None:
+    """The sentence (it names late and missing units in the 通报 style) and the timeliness table."""
     _text(doc, c.completeness_sentence)
-    if c.missing_names:
-        _text(doc, "未报送单位：" + "、".join(c.missing_names) + "。")
+    if c.timeliness_rows:
+        columns = len(c.timeliness_headers)
+        _table(doc, "报送及时情况", list(c.timeliness_headers), [list(r) for r in c.timeliness_rows], Pt(12),
+               [Mm(56)] + [Emu((_TYPE_WIDTH - Mm(56)) // max(columns - 1, 1))] * (columns - 1))
 
 
 def _gallery(doc, c: BulletinContent) -> None:
@@ -165,10 +173,17 @@ def _text(doc, text: str) -> None:
             _run(_para(doc), line.strip())
 
 
-def _figure_table(doc, title: str, figures: list[Figure]) -> None:
-    if figures:
-        rows = [[f.label, f.unit, str(f.exact)] for f in figures]
+def _figure_table(doc, title: str, figures: list[Figure], compare_headers: tuple[str, ...] = ()) -> None:
+    """项目 / 单位 / 合计, and the year-over-year columns when there are any."""
+    if not figures:
+        return
+    rows = [[f.label, f.unit, str(f.exact), *f.compare] for f in figures]
+    if not compare_headers:
         _table(doc, title, ["项目", "单位", "合计"], rows, Pt(12), [Mm(76), Mm(30), Mm(50)])
+        return
+    rest = Emu((_TYPE_WIDTH - Mm(52) - Mm(14)) // (1 + len(compare_headers)))
+    _table(doc, title, ["项目", "单位", "合计", *compare_headers], rows, Pt(10.5),
+           [Mm(52), Mm(14)] + [rest] * (1 + len(compare_headers)))
 
 
 def _table(doc, title: str, headers, rows, size: Length, widths: list[int]) -> None:

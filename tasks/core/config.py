@@ -257,6 +257,13 @@ class BulletinSettings(_Model):
     approval_timeout_hours: float = 48
     # who decides, level by level in the order of their first approver; none: anyone named
     approvers: list[Approver] = Field(default_factory=list)
+    # what the readers get beyond the totals (README "What the bulletin tells its readers")
+    year_over_year: bool = True  # compare with the campaign's `previous` round, when it names one
+    compare_basis: Literal["same_units", "all_units"] = "same_units"  # like-for-like by default
+    change_columns: list[str] = Field(default_factory=list)  # count keys with a 比上年 column per unit
+    timeliness: bool = True  # the section on time / late / missing with 报送率 and 及时率
+    name_units: bool = False  # 通报 style: late and missing units named in the bulletin
+    personal_copies: bool = True  # each unit's copy opens with its own figures
 
     @property
     def approval_levels(self) -> list[str]:
@@ -285,6 +292,15 @@ class Campaign(_Model):
         if not CAMPAIGN_ID.match(v):
             raise ValueError(f"campaign id '{v}' must be lowercase letters, digits and dashes")
         return v
+
+    @model_validator(mode="after")
+    def _change_columns(self) -> "Campaign":
+        counts = {f.key for f in self.form.counts}
+        unknown = [k for k in self.bulletin.change_columns if k not in counts]
+        if unknown:
+            raise ValueError(f"bulletin.change_columns: {', '.join(unknown)} not among the form's counted "
+                             f"fields ({', '.join(sorted(counts))})")
+        return self
 
 
 class Config(BaseModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import cn2an
 
@@ -24,6 +26,21 @@ def round_down_prose(value: int | float, significant: int = 3) -> str:
     step = 10 ** (digits - significant)
     floored = n // step * step
     return f"{floored}余" if floored != n else str(n)
+
+
+def percent_half_up(part: int | float, whole: int | float) -> Decimal:
+    """``100 × part / whole`` to one decimal, halves rounded away from zero (四舍五入), exactly:
+    ``percent_half_up(1, 8)`` is ``12.5``, ``percent_half_up(-1, 16)`` is ``-6.3``."""
+    if not whole:
+        raise ValueError("a percentage of nothing")
+    q = Fraction(100) * Fraction(part) / Fraction(whole)
+    tenths = int(abs(q) * 10 + Fraction(1, 2))
+    return Decimal(tenths if q >= 0 else -tenths).scaleb(-1)
+
+
+def percent_text(part: int | float, whole: int | float) -> str:
+    """``12.3%`` (never with 余: a percentage is already rounded); ``—`` of nothing."""
+    return f"{percent_half_up(part, whole):.1f}%" if whole else "—"
 
 
 def cn_ordinal(n: int) -> str:

@@ -36,6 +36,7 @@ from ..core.ledger import (
     db_rows,
     db_value,
 )
+from ..core.rounds import latest_accepted_numbers
 from ..reading.parsing import Parsed, Progress, parse_all, received_jobs
 from ..reading.photos import check_photos
 from .outcome import Outcome
@@ -116,14 +117,7 @@ def previous_figures(ledger: Ledger, config: Config) -> Previous | None:
     camp = config.campaign
     if not camp.previous:
         return None
-    with ledger.reading() as s:
-        rows = s.execute(select(Submission.unit_code, Submission.id, Value.field, Value.number)
-                         .join(Value, Value.submission_id == Submission.id)
-                         .where(Submission.campaign == camp.previous, Submission.state == ACCEPTED,
-                                Value.number.is_not(None))).all()
-    frame = pd.DataFrame(rows, columns=["unit", "sid", "field", "number"])
-    latest = frame.sort_values("sid").groupby(["unit", "field"])["number"].last().unstack()
-    return Previous(camp.previous, latest.astype("float64"), camp.change_factor)
+    return Previous(camp.previous, latest_accepted_numbers(ledger, camp.previous), camp.change_factor)
 
 
 def _claim_received(s, ids: list[int]) -> set[int]:

@@ -143,15 +143,22 @@ def coordinator_notice(config: Config, key: str, subject: str, intro: str, lines
         html=_html("notice.html.j2", override, **ctx), headers=_headers(camp, "notice"))
 
 
-def bulletin_recipients(config: Config) -> list[Address]:
-    """Everyone on the campaign's distribution lists, once each (first list wins)."""
-    seen: dict[str, Address] = {}
+def bulletin_audience(config: Config) -> list[tuple[Address, str | None]]:
+    """Everyone on the campaign's distribution lists, once each (first list wins), with the
+    unit whose contact they are on an ``all_units`` list (their copy is the unit's own)."""
+    seen: dict[str, tuple[Address, str | None]] = {}
     for list_id in config.campaign.bulletin.distribution:
         lst = config.lists[list_id]
-        people = [u.contacts[0] for u in config.units] if lst.all_units else lst.members
-        for c in people:
-            seen.setdefault(c.email, _addr(c))
+        people = [(u.contacts[0], u.code) for u in config.units] if lst.all_units else \
+            [(m, None) for m in lst.members]
+        for c, unit in people:
+            seen.setdefault(c.email, (_addr(c), unit))
     return list(seen.values())
+
+
+def bulletin_recipients(config: Config) -> list[Address]:
+    """Everyone on the campaign's distribution lists, once each (first list wins)."""
+    return [a for a, _unit in bulletin_audience(config)]
 
 
 def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMessage:

@@ -1,0 +1,117 @@
+"""A unit's own copy of the bulletin: a short block on top with its figures, its share of the
+province total, its change against its own previous return, whether it was on time, and
+what of its return the bulletin left out.
+
+The blocks are rendered when the version is compiled, into ``personal/<unit-code>.{html,txt}``
+of the version's folder (and all of them in ``personal/index.html`` for the coordinator), so
+approving the version approves them; sending only splices a unit's block into its copy.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.formatting import chinese_datetime, percent_text
+from ..core.render import render
+from .timeliness import UnitTimeliness
+from .year_over_year import Change
+
+#: Where the block goes in the bulletin's mail HTML (``bulletin.html.j2`` writes it).
+SLOT = "<!--bulletin:personal-->"
+FOLDER = "personal"
+
+
+@dataclass(frozen=True)
+class PersonalLine:
+    label: str
+    unit: str
+    value: str  # exact figure, or — when left blank
+    share: str  # 9.9% of the province total, or —
+    change: Change | None  # against the unit's own previous return; None without one
+
+
+@dataclass(frozen=True)
+class PersonalBlock:
+    unit_code: str
+    unit_name: str
+    timeliness: str  # 按时报送 / 逾期3天报送 / 截止后更正 / 未报送
+    received: str  # 2023年9月25日10:00 (the return that counts), or empty
+    lines: tuple[PersonalLine, ...]
+    compared: bool  # the change column applies (the unit returned in the previous round)
+    previous_note: str  # why there is no change column, when a previous round exists
+    left_out: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What every block is computed from."""
+
+    numbers: pd.DataFrame  # this round, index unit code
+    totals: pd.Series  # province totals by key
+    previous: pd.DataFrame | None  # the previous round's latest accepted, index unit code
+    changes: dict[str, dict[str, Change]]  # unit -> key -> change against its own previous return
+
+
+def build_block(code: str, name: str, fields: list, figures: Figures, when: UnitTimeliness | None,
+                tz, left_out: tuple[str, ...]) -> PersonalBlock:
+    """One unit's block; *fields* are the form's counted fields (key, label, unit)."""
+    returned = code in figures.numbers.index
+    compared = returned and figures.previous is not None and code in figures.previous.index
+    lines = []
+    for f in fields if returned else []:
+        value = figures.numbers.at[code, f.key]
+        blank = pd.isna(value)
+        total = int(figures.totals.get(f.key, 0))
+        lines.append(PersonalLine(
+            f.label, f.unit or "", "—" if blank else str(int(value)),
+            "—" if blank else percent_text(int(value), total),
+            figures.changes.get(code, {}).get(f.key, Change(None)) if compared else None))
+    note = ""
+    if returned and figures.previous is not None and not compared:
+        note = "本单位上年未报送，不作比较。"
+    return PersonalBlock(code, name, when.label if when else "", chinese_datetime(when.received.astimezone(tz))
+                         if when and when.received else "", tuple(lines), compared, note, left_out)
+
+
+def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict, override_dir: str | None) -> None:
+    """``personal/<code>.html`` (the fragment spliced into the mail), ``.txt``, and an index
+    page with every block for the coordinator to read before approving."""
+    if not blocks:
+        return
+    out = folder / FOLDER
+    out.mkdir(parents=True, exist_ok=True)
+    fragments = []
+    for block in blocks:
+        fragment = render("bulletin.personal.html.j2", override_dir, p=block, **context)
+        (out / f"{block.unit_code}.html").write_text(fragment, encoding="utf-8")
+        (out / f"{block.unit_code}.txt").write_text(
+            render("bulletin.personal.txt.j2", override_dir, p=block, **context), encoding="utf-8")
+        fragments.append(fragment)
+    title = html_lib.escape(f"{context['b'].title}（第{context['b'].version}版）各单位个性化内容，共{len(blocks)}份")
+    (out / "index.html").write_text(
+        f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title></head>'
+        f'<body style="max-width:760px;margin:0 auto"><h1 style="font-size:20px">{title}</h1>\n'
+        + "\n".join(fragments) + "\n</body></html>\n", encoding="utf-8")
+
+
+def personal_files(folder: Path, code: str) -> tuple[str, str] | None:
+    """(html fragment, text) of one unit's block in a compiled version, if it has one."""
+    html_path, text_path = folder / FOLDER / f"{code}.html", folder / FOLDER / f"{code}.txt"
+    if not (html_path.is_file() and text_path.is_file()):
+        return None
+    return html_path.read_text(encoding="utf-8"), text_path.read_text(encoding="utf-8")
+
+
+def splice(mail_html: str, fragment: str) -> str:
+    """The bulletin's mail HTML with *fragment* at its slot (a template without the slot:
+    right after ``<body>``)."""
+    if SLOT in mail_html:
+        return mail_html.replace(SLOT, fragment, 1)
+    lower = mail_html.lower()
+    at = lower.find("<body")
+    end = lower.find(">", at) + 1 if at >= 0 else 0
+    return mail_html[:end] + fragment + mail_html[end:]
