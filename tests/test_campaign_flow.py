@@ -113,6 +113,16 @@ def test_whole_campaign_over_smtp(database, tmp_path, config, config_dir, smtp_e
     for part in one.walk():
         if part.get("Content-ID"):
             assert f"cid:{part['Content-ID'].strip('<>')}" in html
+    # a unit's contact gets its own copy (its block on top); leaders and press the bulletin alone
+    contacts = {u.contacts[0].email: u.name for u in config.units}
+    for m in mails:
+        to = m["To"].addresses[0].addr_spec
+        mine = m.get_body(preferencelist=("plain",)).get_content()
+        mine_html = m.get_body(preferencelist=("html",)).get_content()
+        if to in contacts:
+            assert mine.startswith(f"【{contacts[to]}：本单位报送情况】") and f"{contacts[to]}：本单位报送情况" in mine_html
+        else:
+            assert "本单位报送情况" not in mine and "本单位报送情况" not in mine_html
     # the totals in the mail equal the sums of the accepted returns
     posters = sum(returns[c].exact["posters"] for c in good)
     assert f";\">{posters}</td>" in html.replace("\r\n", "")

@@ -167,9 +167,13 @@ def test_two_levels_signed_off_by_mail_then_sent_once(campaign, mailbox):
     assert compiled["version"] == 1
     [request] = campaign.mails("approval-request")
     assert request["To"].addresses[0].addr_spec == LI and subject_tag(CAMPAIGN, 1) in str(request["Subject"])
-    assert [p.get_filename() for p in request.iter_attachments()] == [
-        f"{campaign.config.campaign.bulletin.title}（第1版）.docx"]
-    assert "这是本期简讯的第一版" in request.get_body(("plain",)).get_content()
+    attachments = list(request.iter_attachments())
+    assert [p.get_filename() for p in attachments] == [
+        f"{campaign.config.campaign.bulletin.title}（第1版）.docx", "各单位个性化内容（第1版）.html"]
+    blocks = attachments[1].get_content()  # the units' blocks go with the version they are part of
+    assert blocks.count("本单位报送情况") == len(campaign.config.units)
+    text = request.get_body(("plain",)).get_content()
+    assert "这是本期简讯的第一版" in text and f"共{len(campaign.config.units)}份，随本版一并审批" in text
 
     ooo = reply(request, LI, "我正在休假，同意请找办公室。", Auto_Submitted="auto-replied")
     forged = reply(request, WANG, "同意", Authentication_Results="mx.example.gov.cn; dmarc=fail header.from=example.gov.cn")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.formatting import chinese_datetime, percent_text
 from ..core.render import render
-from .timeliness import UnitTimeliness
+from .timeliness import CORRECTED, UnitTimeliness
 from .year_over_year import Change
 
 #: Where the block goes in the bulletin's mail HTML (``bulletin.html.j2`` writes it).
@@ -39,7 +39,7 @@ class PersonalBlock:
     unit_code: str
     unit_name: str
     timeliness: str  # 按时报送 / 逾期3天报送 / 截止后更正 / 未报送
-    received: str  # 2023年9月25日10:00 (the return that counts), or empty
+    received: str  # 2023年9月25日10:00收到 (the return that counts), or empty
     lines: tuple[PersonalLine, ...]
     compared: bool  # the change column applies (the unit returned in the previous round)
     previous_note: str  # why there is no change column, when a previous round exists
@@ -73,8 +73,10 @@ def build_block(code: str, name: str, fields: list, figures: Figures, when: Unit
     note = ""
     if returned and figures.previous is not None and not compared:
         note = "本单位上年未报送，不作比较。"
-    return PersonalBlock(code, name, when.label if when else "", chinese_datetime(when.received.astimezone(tz))
-                         if when and when.received else "", tuple(lines), compared, note, left_out)
+    received = ""
+    if when and when.received:
+        received = ("更正稿" if when.state == CORRECTED else "") + chinese_datetime(when.received.astimezone(tz)) + "收到"
+    return PersonalBlock(code, name, when.label if when else "", received, tuple(lines), compared, note, left_out)
 
 
 def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict, override_dir: str | None) -> None:

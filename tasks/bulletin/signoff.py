@@ -120,6 +120,10 @@ def version_changes(previous: Path | None, current: Path, config: Config) -> lis
     return lines or ["数据未变，仅文字或版式有调整。"]
 
 
+#: The units' blocks go with the approval request up to this size (else the request says where they are).
+MAX_BLOCKS_ATTACHED = 2 * 1024 * 1024
+
+
 def request_message(config: Config, bulletin: Bulletin, folder: Path, approver: Approver,
                     changes: list[str], round_: int = 1, override: str | None = None) -> OutgoingMessage:
     """The approval request to one approver: the bulletin (DOCX) attached, what changed, and
@@ -127,13 +131,20 @@ def request_message(config: Config, bulletin: Bulletin, folder: Path, approver: 
     camp = config.campaign
     subject = (f"{'【再次提请】' if round_ > 1 else ''}【请审批】{camp.bulletin.title} "
                f"{subject_tag(camp.id, bulletin.version)}")
+    personal = folder / "personal" / "index.html"
+    blocks = len(list(personal.parent.glob("*.txt"))) if personal.is_file() else 0
+    attach_blocks = blocks and personal.stat().st_size <= MAX_BLOCKS_ATTACHED
     text = render("approval_request.txt.j2", override, campaign=camp, approver=approver, version=bulletin.version,
-                  changes=changes, subject_tag=subject_tag(camp.id, bulletin.version))
+                  changes=changes, subject_tag=subject_tag(camp.id, bulletin.version), personal_blocks=blocks,
+                  blocks_attached=attach_blocks, blocks_path=personal)
+    attachments = (Attachment(f"{camp.bulletin.title}（第{bulletin.version}版）.docx",
+                              (folder / "bulletin.docx").read_bytes(), DOCX),)
+    if attach_blocks:
+        attachments += (Attachment(f"各单位个性化内容（第{bulletin.version}版）.html", personal.read_bytes(), "text/html"),)
     return OutgoingMessage(
         key=request_key(camp.id, bulletin.version, approver.level, approver.email, round_),
         to=(Address(approver.name, approver.email),), subject=subject, text=text,
-        attachments=(Attachment(f"{camp.bulletin.title}（第{bulletin.version}版）.docx",
-                                (folder / "bulletin.docx").read_bytes(), DOCX),),
+        attachments=attachments,
         headers=(("X-Bulletin-Campaign", camp.id), ("X-Bulletin-Step", "approval-request")))
 
 

@@ -35,8 +35,10 @@ class UnitTimeliness:
 
     @property
     def label(self) -> str:
-        """按时报送 / 逾期3天报送 / 截止后更正 / 未报送."""
-        return f"逾期{self.late_by}报送" if self.state == LATE else LABELS[self.state]
+        """按时报送 / 逾期3天报送 / 截止前已报送，截止后更正 / 未报送."""
+        if self.state == LATE:
+            return f"逾期{self.late_by}报送"
+        return "截止前已报送，截止后更正" if self.state == CORRECTED else LABELS[self.state]
 
 
 def late_by(received: dt.datetime, deadline: dt.datetime, tz: ZoneInfo) -> str:

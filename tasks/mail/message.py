@@ -204,6 +204,7 @@ def build_mime(msg: OutgoingMessage, sender: Address, date: datetime | None = No
         mime.add_attachment(
             att.data, maintype, subtype,
             filename=_check_line(att.filename, "attachment file name"),
+            params={"charset": "utf-8"} if maintype == "text" else None,  # our text files are UTF-8
         )
     # The stdlib stamps "MIME-Version" on sub-parts it creates; only the root needs it.
     for part in mime.walk():
