@@ -32,9 +32,9 @@ from tasks.bulletin.approval import (
     decide,
     find_version,
 )
+from tasks.bulletin.personal import personal_files, splice
 from tasks.core.ledger import Bulletin
 from tasks.mail.delivery import delivery_states
-from tasks.bulletin.personal import personal_files, splice
 from tasks.mail.message import OutgoingMessage
 from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, rejection_notice
 

@@ -335,3 +335,21 @@ def test_copies_of_a_message_with_attachments_share_its_rendered_content():
     assert rendered[0][1] != rendered[1][1]
     odd = dataclasses.replace(base, to=(Address("x", '"a,b"@example.org'),))  # headers by the stdlib
     assert summary(mime_bytes(odd, SENDER, WHEN)[0]) == summary(build_mime(odd, SENDER, WHEN).as_bytes())
+
+
+def test_a_copy_with_its_own_text_shares_the_images_and_attachments():
+    """A unit's copy of the bulletin: its own text and HTML (a block on top) in the content
+    rendered once for the photos and the DOCX; it reads exactly as the stdlib would write it."""
+    base = rich_message(key="energy-week-2023/bulletin/v1", cc=())
+    boundary_like = "--=_part \r\n--" + "x" * 10
+    variants = [("【沈阳市：本单位报送情况】\n张贴宣传画：1123套\n" + TEXT, "<div>沈阳市</div>" + HTML),
+                ("plain ascii\nshort lines\n", HTML + "\n<p>ascii</p>"),
+                (boundary_like + TEXT, HTML)]
+    for i, (text, html) in enumerate(variants):
+        msg = dataclasses.replace(base, key=f"{base.key}/{i}@example.org", text=text, html=html)
+        raw, _ = mime_bytes(msg, SENDER, WHEN)
+        assert raw.isascii() and b"bulletin-text-slot" not in raw and b"bulletin-html-slot" not in raw
+        assert summary(raw) == summary(build_mime(msg, SENDER, WHEN).as_bytes())
+    unreferenced = dataclasses.replace(base, html="<p>no images</p>")
+    with pytest.raises(ValueError, match="not referenced"):
+        mime_bytes(unreferenced, SENDER, WHEN)

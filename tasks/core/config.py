@@ -293,15 +293,6 @@ class Campaign(_Model):
             raise ValueError(f"campaign id '{v}' must be lowercase letters, digits and dashes")
         return v
 
-    @model_validator(mode="after")
-    def _change_columns(self) -> "Campaign":
-        counts = {f.key for f in self.form.counts}
-        unknown = [k for k in self.bulletin.change_columns if k not in counts]
-        if unknown:
-            raise ValueError(f"bulletin.change_columns: {', '.join(unknown)} not among the form's counted "
-                             f"fields ({', '.join(sorted(counts))})")
-        return self
-
 
 class Config(BaseModel):
     """Units, lists and one campaign, cross-checked.
@@ -560,6 +551,9 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
         if not previous.is_file():
             problems.append(ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}"))
     keys = {f.key for f in camp.form.counts}
+    problems += [ConfigError(path, f"bulletin.change_columns.{i}",
+                             f"'{key}' is not a counted field of the form ({', '.join(sorted(keys))})")
+                 for i, key in enumerate(camp.bulletin.change_columns) if key not in keys]
     for i, check in enumerate(camp.form.checks):
         names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}
         unknown = names - keys

@@ -314,12 +314,13 @@ def _address_list(name: str, addrs: tuple[Address, ...], what: str) -> str:
     return _fold(name, tokens)
 
 
-def _text_part(text: str, boundary: bytes) -> tuple[str, bytes]:
+def _text_part(text: str, *delimiters: bytes) -> tuple[str, bytes]:
     """(transfer encoding, body) as ``set_content`` makes them: line ends made CRLF and a
-    final CRLF; 7bit when ASCII with lines <= 78, else base64 in 76-column lines."""
+    final CRLF; 7bit when ASCII with lines <= 78 and no delimiter in it, else base64 in
+    76-column lines."""
     lines = text.encode("utf-8").splitlines()
     body = b"\r\n".join(lines) + b"\r\n"
-    if body.isascii() and max(map(len, lines), default=0) <= _MAX_LINE and boundary not in body:
+    if body.isascii() and max(map(len, lines), default=0) <= _MAX_LINE and not any(d in body for d in delimiters):
         return "7bit", body
     b64 = binascii.b2a_base64(body, newline=False)
     return "base64", b"\r\n".join([b64[i:i + 76] for i in range(0, len(b64), 76)]) + b"\r\n"
@@ -375,19 +376,46 @@ def _fast_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[
 _SKELETON_SENDER = Address("", "body@localhost.invalid")
 
 
+_TEXT_SLOT, _HTML_SLOT = "bulletin-text-slot-3f9c", "bulletin-html-slot-3f9c"
+
+
 @lru_cache(maxsize=4)
-def _rendered_content(text: str, html: str | None, inline_images: tuple[InlineImage, ...],
-                      attachments: tuple[Attachment, ...]) -> bytes:
+def _content_frame(has_html: bool, inline_images: tuple[InlineImage, ...],
+                   attachments: tuple[Attachment, ...]) -> bytes:
     """The content headers and body of a message with attachments or inline images, rendered
-    once by the standard library: every copy of a bulletin (same content, another recipient)
-    reuses them. Its boundaries are fixed at the first rendering, which is what a copy needs."""
-    skeleton = OutgoingMessage(key="content", to=(_SKELETON_SENDER,), subject="", text=text, html=html,
+    once by the standard library with a short ASCII slot where the text and the HTML go: every
+    copy of a bulletin (the same photos and DOCX; a unit's copy has its own text) reuses it.
+    Its boundaries are fixed at the first rendering, which is what a copy needs."""
+    html = "\n".join([_HTML_SLOT] + [f"cid:{img.cid}" for img in inline_images]) if has_html else None
+    skeleton = OutgoingMessage(key="content", to=(_SKELETON_SENDER,), subject="", text=_TEXT_SLOT, html=html,
                                inline_images=inline_images, attachments=attachments, auto_generated=False)
     raw = build_mime(skeleton, _SKELETON_SENDER, datetime(2000, 1, 1, tzinfo=timezone.utc)).as_bytes()
     head, body = raw.split(b"\r\n\r\n", 1)
     content = [line for line in re.split(rb"\r\n(?![ \t])", head)
                if line.lower().startswith((b"content-type:", b"content-transfer-encoding:"))]
     return b"\r\n".join(content) + b"\r\n\r\n" + body
+
+
+def _fill_slot(frame: bytes, slot: str, text: str) -> bytes:
+    """*frame* with the part that holds *slot* carrying *text* instead (its own encoding)."""
+    found = re.search(rb"Content-Transfer-Encoding: 7bit\r\n\r\n" + re.escape(slot.encode()) + rb".*?(?=\r\n--)",
+                      frame, re.S)
+    if found is None:
+        raise RuntimeError(f"no {slot} in the rendered content")  # the stdlib changed how it writes parts
+    cte, body = _text_part(text, *(b"--" + b for b in re.findall(rb'boundary="([^"]+)"', frame)))
+    return (frame[:found.start()] + f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii") + body
+            + frame[found.end():])
+
+
+def _rendered_content(text: str, html: str | None, inline_images: tuple[InlineImage, ...],
+                      attachments: tuple[Attachment, ...]) -> bytes:
+    """The content headers and body of a message with attachments or inline images: its text
+    and HTML in the frame rendered once for its images and attachments (:func:`_content_frame`)."""
+    for img in inline_images:
+        if f"cid:{img.cid}" not in (html or ""):
+            raise ValueError(f"inline image cid {img.cid!r} is not referenced in the HTML")
+    frame = _fill_slot(_content_frame(html is not None, inline_images, attachments), _TEXT_SLOT, text)
+    return frame if html is None else _fill_slot(frame, _HTML_SLOT, html)
 
 
 def _copy_bytes(msg: OutgoingMessage, sender: Address, when: datetime) -> tuple[bytes, str]:

@@ -26,13 +26,12 @@ import html
 import io
 import re
 import xml.etree.ElementTree as ET
-
-import defusedxml.ElementTree as SafeET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import charset_normalizer
+import defusedxml.ElementTree as SafeET
 import python_calamine as pc
 
 WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods")
