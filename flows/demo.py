@@ -2,7 +2,8 @@
 
 Most units return on time in assorted formats; 鞍山市 sends a broken return and then a
 corrected one; 大连市 sends figures that raise warnings, then explains them; 葫芦岛市 is
-late; 营口市 corrects its return after the deadline; 省卫生健康委 never returns. In the 2022
+late; 营口市 corrects its return after the deadline; 阜新市's highlights carry pasted spam (held
+back for review, and its own copy says so); 省卫生健康委 never returns. In the 2022
 round 省科技馆 did not return and 朝阳市 was late, so the bulletin compares 23 units like for
 like. The demo checks the outcome and exits 0 only when the campaign ran as designed.
 """
@@ -39,6 +40,7 @@ PREVIOUS = "energy-week-2022"
 NEVER, LATE, BROKEN, WARNS = "SZ008", "211400", "210300", "210200"
 CORRECTS_LATE = "210800"  # an on-time return corrected after the deadline
 NEW_THIS_YEAR, LATE_LAST_YEAR = "SZ007", "211300"  # the 2022 round: missing, late
+SPAM = "210900"  # 阜新市: its highlights carry injected spam
 FIRST_WAVE = ["210100", BROKEN, WARNS, "210400", "210500", "210600", "210700", "219000",
               "SZ001", "SZ002", "SZ003", "SZ004"]
 
@@ -76,6 +78,8 @@ def build_returns(config: Config) -> dict[str, SimulatedReturn]:
     out["210500"].values.update(posters=_fullwidth(exact_of(out, "210500", "posters")))
     out["210400"].values.update(banners=f"{exact_of(out, '210400', 'banners')}条")
     out["210100"].narrative["activities"] += "活动报道见 http://news.example.com/energy-week。"
+    # text pasted from a hijacked page (as in the reference): held back for review, the unit told
+    out[SPAM].narrative["highlights"] = "球盟会(中国)唯一官方网站"
     dalian = out[WARNS]  # fewer participants than trainings: a warning the unit must explain
     dalian.exact["participants"] = dalian.values["participants"] = max(1, dalian.exact["trainings"] - 2)
     return out
@@ -310,6 +314,9 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         "逾期、截止后更正、未报送 timeliness": (states[LATE].state, states[CORRECTS_LATE].state, states[NEVER].state)
             == ("late", "corrected", "missing") and readers.previous_round.counts["late"] == 1,
         "每家单位一份个性化内容 a block per unit": len(list((folder / "personal").glob("*.txt"))) == len(config.units),
+        "疑似垃圾信息未收录且告知本单位 spam held back, its unit told":
+            "球盟会" not in (folder / "bulletin.txt").read_text(encoding="utf-8")
+            and "待人工审核" in (folder / "personal" / f"{SPAM}.txt").read_text(encoding="utf-8"),
     })
     copies = _bulletin_copies(home)
     if copies:  # the file outbox (with an SMTP server the copies are in the recipients' mailboxes)
@@ -321,7 +328,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
     print(f"简讯 bulletin: {folder}")
     for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx", "personal/index.html"):
         print(f"  {folder / name}")
-    for code in (CORRECTS_LATE, NEW_THIS_YEAR):
+    for code in (CORRECTS_LATE, NEW_THIS_YEAR, SPAM):
         unit = config.unit_by_code[code]
         path = copies.get(unit.contacts[0].email, (None, ""))[0]
         if path:

@@ -125,6 +125,7 @@ def _completeness(doc, c: BulletinContent) -> None:
         columns = len(c.timeliness_headers)
         _table(doc, "报送及时情况", list(c.timeliness_headers), [list(r) for r in c.timeliness_rows], Pt(12),
                [Mm(56)] + [Emu((_TYPE_WIDTH - Mm(56)) // max(columns - 1, 1))] * (columns - 1))
+        _text(doc, "及时率＝截止前报送单位数÷应报单位数；截止前报送、截止后又更正的，计入“截止后更正”。")
 
 
 def _gallery(doc, c: BulletinContent) -> None:
