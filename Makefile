@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WHEELHOUSE := .wheelhouse
 
-.PHONY: demo test test-fast test-deps install bench faults lock clean serve prefect-yaml migration
+.PHONY: demo test test-fast test-deps system-deps view-deps install bench faults lock clean serve prefect-yaml migration
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,28 @@ $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/bulletin demo $(if $(HOME_DIR),--home $(HOME_DIR),)
+
+# What the bulletin's outputs need from the system, installed as root from Debian's packages:
+# a CJK font for the charts and the PDF (fonts-noto-cjk), and Pango for WeasyPrint. Without
+# root the bulletin goes without charts (the log says so) and the PDF uses whatever is there.
+SYSTEM_PACKAGES := fonts-noto-cjk libpango-1.0-0 libpangoft2-1.0-0
+# What the tests add to look at the outputs as a reader would: Chromium (the mail at phone and
+# desktop widths), LibreOffice (the DOCX as pages) and poppler (pdftotext, pdftoppm).
+VIEW_PACKAGES := chromium poppler-utils libreoffice-writer-nogui
+system-deps:
+	@$(call apt_install,$(SYSTEM_PACKAGES))
+view-deps:
+	@$(call apt_install,$(VIEW_PACKAGES))
+define apt_install
+missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -z "$$missing" ]; then :; \
+elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+  echo "installing$$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+else echo "missing Debian packages:$$missing (run make as root, or install them)"; fi
+endef
 
 # The IMAP tests run a real dovecot on 127.0.0.1 (tests/imap_server.py), the PostgreSQL tests a
 # real postgres (tests/pg_server.py: its own cluster in a temp folder). Installed here as root;
@@ -39,7 +59,7 @@ test-deps:
 	  { systemctl disable --now postgresql >/dev/null 2>&1 || service postgresql stop >/dev/null 2>&1 || true; }; \
 	else echo "test-deps: PostgreSQL missing and not root (or no apt-get): the PostgreSQL tests skip, or fail when CI is set"; fi
 
-test: $(STAMP) test-deps $(WHEELHOUSE)/.built
+test: $(STAMP) system-deps view-deps test-deps $(WHEELHOUSE)/.built
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The wheels of what the project needs (pinned by the lock) and of setuptools to build it, for

@@ -99,4 +99,5 @@ class BulletinContent:
     timeliness_headers: tuple[str, ...] = ()
     timeliness_rows: tuple[tuple[str, ...], ...] = ()
     personal: tuple = ()  # PersonalBlock per expected unit (tasks.bulletin.personal)
+    charts: tuple = ()  # tasks.bulletin.charts.Chart, each placed where its section says
     extra: dict = field(default_factory=dict)

@@ -27,10 +27,12 @@ from ..core.formatting import chinese_date, defang_links, round_down_prose
 from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_rows
 from ..core.render import render, template_files
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
+from .charts import Chart, NoCJKFont, totals_chart, units_chart
 from .exports import export_frame
 from .personal import Figures, PersonalBlock, build_block, write_blocks
 from .readers import Readers, gather
 from .render_docx import write_docx
+from .render_pdf import write_pdf
 from .timeliness import LATE, MISSING
 from .timeliness import sentence as timeliness_sentence
 from .timeliness import table as timeliness_table
@@ -99,7 +101,7 @@ _NOT_CONTENT = {"approvers", "approval_timeout_hours"}
 
 #: The modules whose code shapes what a bulletin says.
 _CONTENT_MODULES = ("compile.py", "render_docx.py", "personal.py", "readers.py", "timeliness.py",
-                    "year_over_year.py")
+                    "year_over_year.py", "charts.py", "render_pdf.py")
 
 
 def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: str | None,
@@ -127,7 +129,7 @@ def totals(numbers: pd.DataFrame) -> pd.Series:
 
 
 def build_content(config: Config, merged: Merged, version: int, day: dt.date, lead: str,
-                  photos: tuple[Photo, ...], readers: Readers) -> BulletinContent:
+                  photos: tuple[Photo, ...], readers: Readers, charts: tuple[Chart, ...] = ()) -> BulletinContent:
     camp, b = config.campaign, config.campaign.bulletin
     sums = totals(merged.numbers)
     yoy = readers.comparison
@@ -170,7 +172,7 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         totals_change=yoy.sentence(labels("activity")) if yoy else "",
         media_change=yoy.sentence(labels("media"), coverage=False) if yoy else "",
         compare_headers=_compare_headers(yoy), change_keys=change_keys,
-        timeliness_headers=t_headers, timeliness_rows=t_rows)
+        timeliness_headers=t_headers, timeliness_rows=t_rows, charts=charts)
     if not b.personal_copies:
         return content
     return dataclasses.replace(content, personal=_personal_blocks(config, merged, readers, sums, content))
@@ -280,8 +282,9 @@ def mail_size(folder: Path) -> int:
     """What the bulletin email will weigh: body, inline photos and DOCX, base64-encoded."""
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     parts = [folder / "mail.html", folder / "bulletin.txt", folder / "bulletin.docx",
-             *sorted((folder / "images").glob("*.jpg")),
-             *([folder / "merged.xlsx"] if manifest.get("attach_table") else [])]
+             *sorted((folder / "images").glob("*.jpg")), *sorted((folder / "charts").glob("*.png")),
+             *([folder / "merged.xlsx"] if manifest.get("attach_table") else []),
+             *([folder / "bulletin.pdf"] if manifest.get("attach_pdf") else [])]
     return int(sum(p.stat().st_size for p in parts if p.exists()) * 4 / 3) + 4096
 
 
@@ -290,11 +293,12 @@ def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Pa
     """Render; while the mail is over ``max_mail_bytes``, shrink the photos, then use fewer."""
     budget = config.campaign.bulletin.max_mail_bytes
     limit = config.campaign.bulletin.max_photos
+    charts = draw_charts(config, merged, readers, folder)
     for side in PHOTO_SIDES + (PHOTO_SIDES[-1],) * 8:
         if (folder / "images").exists():
             shutil.rmtree(folder / "images")
         photos = _copy_photos(home, merged, config, folder, side, limit)
-        content = build_content(config, merged, version, day, lead, photos, readers)
+        content = build_content(config, merged, version, day, lead, photos, readers, charts)
         render_files(content, folder, config, override_dir)
         if mail_size(folder) <= budget or not photos:
             return content
@@ -302,6 +306,46 @@ def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Pa
             limit = len(photos) // 2
     log.warning("bulletin v%s is %d bytes, over max_mail_bytes %d", version, mail_size(folder), budget)
     return content
+
+
+def draw_charts(config: Config, merged: Merged, readers: Readers, folder: Path) -> tuple[Chart, ...]:
+    """charts/chart-N.png: the totals against the previous round (when there is one), then one
+    chart per ``chart_fields`` key, regions and departments apart. None when switched off, or
+    when no font on the machine draws Chinese (the log says how to install one)."""
+    b = config.campaign.bulletin
+    if not b.charts or not len(merged.numbers):
+        return ()
+    out: list[Chart] = []
+    (folder / "charts").mkdir(parents=True, exist_ok=True)
+    path = lambda: folder / "charts" / f"chart-{len(out) + 1}.png"  # noqa: E731
+    cid = lambda: f"chart-{len(out) + 1}@bulletin"  # noqa: E731
+    try:
+        yoy = readers.comparison
+        if yoy is not None:
+            items = [(f.label, f.unit or "", yoy.base[f.key], yoy.current[f.key], yoy.changes[f.key].short)
+                     for f in config.campaign.form.counts if f.key in yoy.changes]
+            scope = "同口径" if yoy.basis == "same_units" else "全部单位"
+            out.append(Chart(path(), cid(), f"全省主要指标与上年对比（{scope}）",
+                             totals_chart(path(), items, yoy.basis), "totals"))
+        units = config.unit_by_code
+        for key in b.chart_fields:
+            f = config.campaign.form.field(key)
+            values = merged.numbers[key].rename(index=lambda c: units[c].name)
+            kinds = pd.Series([units[c].kind for c in merged.numbers.index], index=values.index)
+            panels = [(_region_group(config), values[kinds != "department"]), ("省直机关", values[kinds == "department"])]
+            title = f"各单位{f.label}（{f.unit}）" if f.unit else f"各单位{f.label}"
+            alt, note = units_chart(path(), f.label, f.unit or "", panels)
+            out.append(Chart(path(), cid(), title, alt, "units", note))
+    except NoCJKFont as exc:
+        log.warning("%s", exc)
+        shutil.rmtree(folder / "charts", ignore_errors=True)
+        return ()
+    return tuple(out)
+
+
+def _region_group(config: Config) -> str:
+    zones = [u.name for u in config.units if u.kind == "zone"]
+    return "各市" + (f"及{'、'.join(zones)}" if 0 < len(zones) <= 2 else "及各示范区" if zones else "")
 
 
 def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path, side: int,
@@ -339,20 +383,23 @@ def _one_per_unit_first(photos: list[SubmissionFile], unit_of: dict[int, str]) -
 def render_files(content: BulletinContent, folder: Path, config: Config, override_dir: str | None) -> None:
     """Write bulletin.{html,txt,md,docx}, the mail body and a manifest into ``folder``."""
     ctx = dict(b=content, units_label=_units_label(config))
-    html = render("bulletin.html.j2", override_dir, image_src={p.cid: f"images/{p.path.name}"
-                                                               for p in content.photos}, **ctx)
+    html = render("bulletin.html.j2", override_dir, image_src={x.cid: str(x.path.relative_to(folder))
+                                                               for x in content.photos + content.charts}, **ctx)
     (folder / "bulletin.html").write_text(css_inline.inline(html), encoding="utf-8")
     (folder / "mail.html").write_text(mail_html(content, config, override_dir), encoding="utf-8")
     manifest = {"version": content.version, "title": content.title, "date": content.date_text,
                 "attach_table": not content.unit_rows and content.reported > 0,
                 "personal": len(content.personal),
+                "attach_pdf": config.campaign.bulletin.attach_pdf,
                 "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
-                           for p in content.photos]}
+                           for p in content.photos],
+                "charts": [{"file": f"charts/{c.path.name}", "cid": c.cid, "title": c.title} for c in content.charts]}
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
                                           encoding="utf-8")
     (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
     (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
     write_docx(content, folder / "bulletin.docx")
+    write_pdf(content, folder, ctx, override_dir)
     if (folder / "personal").exists():  # rendered again with other photos: blocks may differ
         shutil.rmtree(folder / "personal")
     write_blocks(content.personal, folder, ctx, override_dir)
@@ -361,7 +408,8 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
 def mail_html(content: BulletinContent, config: Config, override_dir: str | None) -> str:
     """The bulletin's HTML for the email body: inline CSS, images by Content-ID."""
     html = render("bulletin.html.j2", override_dir, b=content, units_label=_units_label(config),
-                  image_src={p.cid: f"cid:{p.cid}" for p in content.photos}, personal_slot=bool(content.personal))
+                  image_src={x.cid: f"cid:{x.cid}" for x in content.photos + content.charts},
+                  personal_slot=bool(content.personal))
     return css_inline.inline(html)
 
 

@@ -88,6 +88,8 @@ def _activities(doc, c: BulletinContent) -> None:
 def _results(doc, c: BulletinContent) -> None:
     _text(doc, c.totals_sentence + c.totals_change)
     _figure_table(doc, "全省活动情况汇总", _figures(c, "activity"), c.compare_headers)
+    for chart in c.charts:
+        _chart(doc, chart)
     if not c.unit_rows:
         return
     # one table per kind of figure (activities, media) so the columns fit the type area
@@ -205,6 +207,16 @@ def _table(doc, title: str, headers, rows, size: Length, widths: list[int]) -> N
             p.paragraph_format.line_spacing = 1.0
             _run(p, _one_line(text), HEITI if head else FANGSONG, size)
     _para(doc, indent=None, line=Pt(12))  # breathing space after the table
+
+
+def _chart(doc, chart) -> None:
+    """A chart at type-area width (a tall one capped by the type area's height), its title below."""
+    p = _para(doc, align=_CENTER, indent=None, line=None)
+    p.paragraph_format.space_before, p.paragraph_format.keep_with_next = Pt(6), True
+    stream, (w, h) = _image(Path(chart.path))
+    p.add_run().add_picture(stream, width=min(_TYPE_WIDTH, int(Mm(200) * w / h)))
+    _run(_para(doc, align=_CENTER, indent=None, line=None),
+         _one_line(chart.title + (f"（{chart.note}）" if chart.note else "")), KAITI, Pt(14))
 
 
 def _photo(doc, photo: Photo) -> None:

@@ -264,6 +264,9 @@ class BulletinSettings(_Model):
     timeliness: bool = True  # the section on time / late / missing with 报送率 and 及时率
     name_units: bool = False  # 通报 style: late and missing units named in the bulletin
     personal_copies: bool = True  # each unit's copy opens with its own figures
+    charts: bool = True  # the totals against the previous round, and chart_fields per unit
+    chart_fields: list[str] = Field(default_factory=list, max_length=2)  # count keys charted unit by unit
+    attach_pdf: bool = False  # bulletin.pdf goes with the mail too (it is always in the version's folder)
 
     @property
     def approval_levels(self) -> list[str]:
@@ -554,6 +557,9 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
     problems += [ConfigError(path, f"bulletin.change_columns.{i}",
                              f"'{key}' is not a counted field of the form ({', '.join(sorted(keys))})")
                  for i, key in enumerate(camp.bulletin.change_columns) if key not in keys]
+    problems += [ConfigError(path, f"bulletin.chart_fields.{i}",
+                             f"'{key}' is not a counted field of the form ({', '.join(sorted(keys))})")
+                 for i, key in enumerate(camp.bulletin.chart_fields) if key not in keys]
     for i, check in enumerate(camp.form.checks):
         names = set(re.findall(r"[a-z_][a-z0-9_]*", check.rule)) - {"and", "or", "not"}
         unknown = names - keys

@@ -169,6 +169,8 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     images = tuple(InlineImage(p["cid"], Path(p["file"]).name, (folder / p["file"]).read_bytes(),
                                "image/jpeg") for p in manifest["photos"])
+    images += tuple(InlineImage(c["cid"], Path(c["file"]).name, (folder / c["file"]).read_bytes(), "image/png")
+                    for c in manifest.get("charts", []))
     title = manifest["title"]
     return OutgoingMessage(
         key=f"{camp.id}/bulletin/v{version}", to=(),
@@ -177,7 +179,9 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
         html=(folder / "mail.html").read_text(encoding="utf-8"),
         attachments=(Attachment(f"{title}.docx", (folder / "bulletin.docx").read_bytes(), DOCX),)
         + ((Attachment(f"{title}-各单位汇总表.xlsx", (folder / "merged.xlsx").read_bytes(), XLSX),)
-           if manifest.get("attach_table") else ()),
+           if manifest.get("attach_table") else ())
+        + ((Attachment(f"{title}.pdf", (folder / "bulletin.pdf").read_bytes(), "application/pdf"),)
+           if manifest.get("attach_pdf") else ()),
         inline_images=images, auto_generated=False, reply_to=_addr(camp.coordinators[0]),
         headers=_headers(camp, "bulletin"))
 
