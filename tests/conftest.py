@@ -41,8 +41,12 @@ def config_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def config(config_dir):
+    """The 2023 campaign without charts and PDF, which cost a second or two per compile; the
+    tests of those (test_outputs_as_read, and every flow test, which reads the files) have them."""
     from tasks.core.config import load_config
-    return load_config(config_dir, "energy-week-2023")
+    config = load_config(config_dir, "energy-week-2023")
+    bulletin = config.campaign.bulletin.model_copy(update={"charts": False, "pdf": False})
+    return config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tasks.bulletin import charts as charts_module
 from tasks.mail.message import Address, mime_bytes
 from tasks.mail.notices import bulletin_message
 
-SETTINGS = dict(chart_fields=["posters", "trainings"], attach_pdf=True)
+SETTINGS = dict(charts=True, pdf=True, chart_fields=["posters", "trainings"], attach_pdf=True)
 
 
 def _tool(name: str) -> str:
@@ -60,6 +60,10 @@ def test_charts_are_drawn_with_every_character_and_described(version, config):
     tables = re.sub(r"<img[^>]*>", "", html)  # every number a chart shows is also in a table
     for alt in alts:
         assert _numbers(alt) <= _numbers(tables), alt
+    from docx import Document
+    assert len(Document(str(version / "bulletin.docx")).inline_shapes) == 3  # the DOCX carries them too
+    md = (version / "bulletin.md").read_text(encoding="utf-8")
+    assert md.count("](charts/chart-") == 3
 
 
 def test_a_font_without_chinese_gives_no_chart_and_says_why(two_rounds, config, monkeypatch, caplog):  # noqa: F811
@@ -118,7 +122,9 @@ def test_the_mail_reads_on_a_phone_and_a_desktop(version, config, tmp_path):
 
 def _read_on_two_widths(message, tmp_path) -> None:
     raw, _ = mime_bytes(dict_copy(message), Address("简讯", "bulletin@example.org"))
+    assert len(raw) <= 10 * 1024 * 1024  # the campaign's max_mail_bytes
     msg = email.message_from_bytes(raw, policy=policy.default)
+    assert [p.get_filename() for p in msg.iter_attachments()][1:] == [f"{message.subject.split('（')[0]}.pdf"]
     html = msg.get_body(("html",)).get_content()
     parts = {p["Content-ID"].strip("<>"): p for p in msg.walk() if p.get("Content-ID")}
     assert len(parts) == html.count('src="cid:')

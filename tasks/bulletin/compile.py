@@ -390,7 +390,7 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     manifest = {"version": content.version, "title": content.title, "date": content.date_text,
                 "attach_table": not content.unit_rows and content.reported > 0,
                 "personal": len(content.personal),
-                "attach_pdf": config.campaign.bulletin.attach_pdf,
+                "attach_pdf": config.campaign.bulletin.pdf and config.campaign.bulletin.attach_pdf,
                 "photos": [{"file": f"images/{p.path.name}", "cid": p.cid, "caption": p.caption}
                            for p in content.photos],
                 "charts": [{"file": f"charts/{c.path.name}", "cid": c.cid, "title": c.title} for c in content.charts]}
@@ -399,7 +399,8 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
     (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
     write_docx(content, folder / "bulletin.docx")
-    write_pdf(content, folder, ctx, override_dir)
+    if config.campaign.bulletin.pdf:
+        write_pdf(content, folder, ctx, override_dir)
     if (folder / "personal").exists():  # rendered again with other photos: blocks may differ
         shutil.rmtree(folder / "personal")
     write_blocks(content.personal, folder, ctx, override_dir)

@@ -266,7 +266,8 @@ class BulletinSettings(_Model):
     personal_copies: bool = True  # each unit's copy opens with its own figures
     charts: bool = True  # the totals against the previous round, and chart_fields per unit
     chart_fields: list[str] = Field(default_factory=list, max_length=2)  # count keys charted unit by unit
-    attach_pdf: bool = False  # bulletin.pdf goes with the mail too (it is always in the version's folder)
+    pdf: bool = True  # bulletin.pdf in the official look beside the DOCX
+    attach_pdf: bool = False  # bulletin.pdf goes with the mail too
 
     @property
     def approval_levels(self) -> list[str]:
