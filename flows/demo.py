@@ -314,6 +314,8 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         "逾期、截止后更正、未报送 timeliness": (states[LATE].state, states[CORRECTS_LATE].state, states[NEVER].state)
             == ("late", "corrected", "missing") and readers.previous_round.counts["late"] == 1,
         "每家单位一份个性化内容 a block per unit": len(list((folder / "personal").glob("*.txt"))) == len(config.units),
+        "图表与公文样式 PDF charts and the PDF": len(list((folder / "charts").glob("*.png"))) == 2
+            and (folder / "bulletin.pdf").is_file(),
         "疑似垃圾信息未收录且告知本单位 spam held back, its unit told":
             "球盟会" not in (folder / "bulletin.txt").read_text(encoding="utf-8")
             and "待人工审核" in (folder / "personal" / f"{SPAM}.txt").read_text(encoding="utf-8"),
@@ -326,7 +328,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             for to, (_path, text) in copies.items())
     _say("演示结果 demo summary")
     print(f"简讯 bulletin: {folder}")
-    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx", "personal/index.html"):
+    for name in ("bulletin.html", "bulletin.txt", "bulletin.md", "bulletin.docx", "bulletin.pdf", "personal/index.html"):
         print(f"  {folder / name}")
     for code in (CORRECTS_LATE, NEW_THIS_YEAR, SPAM):
         unit = config.unit_by_code[code]

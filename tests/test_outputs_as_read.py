@@ -85,6 +85,12 @@ def test_the_pdf_embeds_its_fonts_and_says_what_the_text_says(version):
     assert _numbers(text) == _numbers((version / "bulletin.txt").read_text(encoding="utf-8"))
     last = [p for p in pages if p.strip()][-1]
     assert "共印" in last and "发：" in last and re.search(r"—\s*1\s*—", pages[0])
+    # the 报尾 sits at the foot of the last page: its last line ends near the type area's bottom
+    # (841.9 pt high, 35 mm = 99.2 pt of bottom margin)
+    boxes = subprocess.run([_tool("pdftotext"), "-f", str(len(pages) - 1), "-l", str(len(pages) - 1), "-bbox",
+                            str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    bottom = float(re.search(r'yMax="([\d.]+)">共印', boxes).group(1))
+    assert 841.9 - 99.2 - 50 < bottom <= 841.9 - 99.2, bottom
 
 
 def _rendered(html: str, width: int, tmp_path: Path) -> dict:

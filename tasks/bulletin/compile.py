@@ -50,7 +50,7 @@ class Merged:
     numbers: pd.DataFrame  # index unit code, one column per count field
     texts: pd.DataFrame  # index unit code, one column per text field
     photos: list[SubmissionFile]
-    held_back: dict[str, list[str]] = None  # unit -> text fields flagged and not yet reviewed
+    held_back: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # unit -> text fields flagged, not yet reviewed
 
 
 def merge_accepted(ledger: Ledger, config: Config) -> Merged:
@@ -249,7 +249,7 @@ def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.
     blocks = []
     for unit in config.units:
         left_out = [f"“{labels.get(k, k)}”含待人工审核的内容，审核通过前本期简讯暂未收录。"
-                    for k in (merged.held_back or {}).get(unit.code, [])]
+                    for k in merged.held_back.get(unit.code, [])]
         if unit.code in narrated and unit.code not in quoted:
             left_out.append(f"本期简讯摘录前{camp.bulletin.max_stories}家单位的活动情况，本单位未摘录。")
         sent, used = sent_photos.get(unit.code, 0), used_photos.get(unit.code, 0)
