@@ -591,7 +591,7 @@ def serve(home: Home = None, config: Conf = None,
         raise _err(str(exc)) from None
     home_dir = resolve_home(home)
     _check_ledger(home_dir)
-    configure_prefect_home(home_dir)
+    configure_prefect_home(home_dir, use_running_server=False)
     try:
         serve_all(home_dir, resolve_config_dir(config), host=host)
     except ConfigError as exc:

@@ -7,7 +7,9 @@ loads, and ``status`` never loads it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 from tasks.core.config import Config, load_config
@@ -36,18 +38,50 @@ def resolve_config_dir(config_dir: str | os.PathLike | None = None) -> Path:
     return Path(chosen or "config").expanduser().resolve()
 
 
-def configure_prefect_home(home: Path) -> None:
-    """Use ``<home>/prefect`` as PREFECT_HOME unless a Prefect home or API is already set.
+#: Where ``serve`` records the Prefect server it started, for the CLI to use instead of its own.
+SERVER_RECORD = "server.json"
+
+
+def configure_prefect_home(home: Path, use_running_server: bool = True) -> None:
+    """Use ``<home>/prefect`` as PREFECT_HOME unless a Prefect home or API is already set; and
+    when ``serve`` is running on this home (:func:`running_server`), its API, so a step from
+    the command line starts no temporary server and shows in the UI like a scheduled run.
 
     Must run before Prefect is imported, so the CLI, ``serve`` and ``approve`` share one
     Prefect database."""
     if not os.environ.get("PREFECT_HOME") and not os.environ.get("PREFECT_API_URL"):
         (home / "prefect").mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home / "prefect")
+        api = running_server(home) if use_running_server else None
+        if api:
+            os.environ["PREFECT_API_URL"] = api
+            if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+                os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a new Prefect database migrates at first start: on a busy 2-core machine that can
     # take longer than Prefect's 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def record_server(home: Path, api: str) -> Path:
+    """Note the API of the server ``serve`` started (removed when it stops)."""
+    path = home / "prefect" / SERVER_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"api": api, "pid": os.getpid()}), encoding="utf-8")
+    return path
+
+
+def running_server(home: Path) -> str | None:
+    """The API recorded by a ``serve`` still running on *home* and answering its health check
+    within a second; None otherwise (no record, its process gone, or no answer)."""
+    path = home / "prefect" / SERVER_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        os.kill(int(record["pid"]), 0)
+        with urllib.request.urlopen(f"{record['api']}/health", timeout=1) as answer:
+            return str(record["api"]) if answer.status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_now(now: dt.datetime | str | None, config: Config) -> dt.datetime:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .context import record_server
+
 DEFAULT_PORT = 4200
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -130,7 +132,11 @@ def serve_all(home: Path, config_dir: Path, host: str = "127.0.0.1") -> None:
         if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):  # this process's clients log in too
             os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
         print(f"Prefect 界面 UI: {api.removesuffix('/api')}", flush=True)
-        _serve(home, config_dir)
+        record = record_server(home, api)  # the CLI's steps use this server while it runs
+        try:
+            _serve(home, config_dir)
+        finally:
+            record.unlink(missing_ok=True)
 
 
 def _serve(home: Path, config_dir: Path) -> None:

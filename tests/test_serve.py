@@ -60,3 +60,31 @@ def test_serve_on_the_network_registers_and_runs_behind_the_password(tmp_path, c
     finally:
         served.stop()
     assert (tmp_path / "home" / "ledger.db").exists()
+
+
+def test_a_step_from_the_command_line_uses_the_running_serve(tmp_path, config_dir):
+    """With ``serve`` running on a home, a CLI step runs against its server (no temporary API,
+    the run in the UI beside the scheduled ones); the record goes when serve stops, and a record
+    left by a serve that died is ignored."""
+    import json
+    import subprocess
+
+    from serve_process import BIN, ServeProcess, clean_env
+
+    from flows.context import running_server
+    home = tmp_path / "home"
+    served = ServeProcess(home, config_dir, clean_env()).start()
+    try:
+        assert json.loads((home / "prefect" / "server.json").read_text())["api"] == served.api
+        done = subprocess.run([str(BIN / "bulletin"), "collect", "energy-week-2023", "--home", str(home),
+                               "--config", str(config_dir), "--now", "2023-09-20T10:00:00"],
+                              env=clean_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "temporary server" not in done.stderr, done.stderr[-2000:]
+        names = [r["name"] for r in served.post("/flow_runs/filter", {"limit": 50})]
+        assert any(n.startswith("collect energy-week-2023") for n in names), names
+    finally:
+        served.stop()
+    assert not (home / "prefect" / "server.json").exists()
+    (home / "prefect" / "server.json").write_text(json.dumps({"api": "http://127.0.0.1:9/api", "pid": 2 ** 22 + 1}))
+    assert running_server(home) is None
