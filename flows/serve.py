@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .context import record_server
+from .watch import start_watching
 
 DEFAULT_PORT = 4200
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -145,4 +146,9 @@ def _serve(home: Path, config_dir: Path) -> None:
     os.environ["BULLETIN_HOME"], os.environ["BULLETIN_CONFIG"] = str(home), str(config_dir)
     deployments = build_deployments(config_dir)
     print(f"主目录 home: {home}；已注册 {len(deployments)} 个部署 deployments", flush=True)
-    serve(*deployments)
+    stop = start_watching(home, config_dir) if os.environ.get("BULLETIN_WATCH", "1") != "0" else None
+    try:
+        serve(*deployments)
+    finally:
+        if stop is not None:
+            stop.set()

@@ -88,3 +88,20 @@ def test_a_step_from_the_command_line_uses_the_running_serve(tmp_path, config_di
     assert not (home / "prefect" / "server.json").exists()
     (home / "prefect" / "server.json").write_text(json.dumps({"api": "http://127.0.0.1:9/api", "pid": 2 ** 22 + 1}))
     assert running_server(home) is None
+
+
+def test_receipts_come_within_a_minute_of_arrival():
+    """``bench/receipts.py`` in a small burst: serve's watcher starts a collect as returns
+    arrive by IMAP APPEND and by renames into the drop folder; every receipt within 60 s."""
+    import importlib.util
+    from pathlib import Path
+
+    from imap_server import dovecot_or_skip
+    dovecot_or_skip()
+    path = Path(__file__).resolve().parent.parent / "bench" / "receipts.py"
+    spec = importlib.util.spec_from_file_location("bench_receipts", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(returns=6, bursts=2, gap=3)
+    assert result["missing"] == 0 and result["max"] <= bench.TARGET, result
+    assert 1 <= result["runs_started_by_arrivals"] <= 6, result  # the watcher's runs, debounced

@@ -173,6 +173,12 @@ def _connect(settings: ImapSettings):
         raise MailboxError(f"无法连接或登录收件邮箱 {where}：{reason}") from None
 
 
+def open_mailbox(settings: ImapSettings):
+    """A logged-in mailbox on ``settings.folder`` (imap_tools; use it as a context manager);
+    raises :class:`MailboxError` saying where and why, never with the password."""
+    return _connect(settings)
+
+
 def _refresh_capabilities(box) -> None:
     """Read the capabilities again after login: imaplib keeps those announced before it, which
     on dovecot lack MOVE, and imap_tools then moves a message by COPY + delete + EXPUNGE, which a
