@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,18 +36,26 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def config_dir() -> Path:
-    return ROOT / "config"
+def config_dir(tmp_path_factory) -> Path:
+    """The repository's configuration, with the 2023 campaign's charts and PDF turned off: they
+    cost two or three seconds a compile, and the flow tests compile a few dozen times. They are
+    tested where they are read (tests/test_outputs_as_read.py) and by the demo's test, which
+    runs on the repository's own files."""
+    copy = tmp_path_factory.mktemp("config") / "config"
+    shutil.copytree(ROOT / "config", copy)
+    campaign = copy / "campaigns" / "energy-week-2023.yaml"
+    text = campaign.read_text(encoding="utf-8")
+    assert "\n  attach_pdf: true\n" in text
+    campaign.write_text(text.replace("\n  attach_pdf: true\n", "\n  attach_pdf: false\n  pdf: false\n  charts: false\n"),
+                        encoding="utf-8")
+    return copy
 
 
 @pytest.fixture(scope="session")
 def config(config_dir):
-    """The 2023 campaign without charts and PDF, which cost a second or two per compile; the
-    tests of those (test_outputs_as_read, and every flow test, which reads the files) have them."""
+    """The 2023 campaign (without charts and PDF: see ``config_dir``)."""
     from tasks.core.config import load_config
-    config = load_config(config_dir, "energy-week-2023")
-    bulletin = config.campaign.bulletin.model_copy(update={"charts": False, "pdf": False})
-    return config.model_copy(update={"campaign": config.campaign.model_copy(update={"bulletin": bulletin})})
+    return load_config(config_dir, "energy-week-2023")
 
 
 @pytest.fixture

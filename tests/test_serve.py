@@ -5,6 +5,7 @@ Prefect's API authentication."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def test_serve_on_the_network_registers_and_runs_behind_the_password(tmp_path, c
     per campaign under the brief's names, and a run created through the API completes."""
     from serve_process import ServeProcess, clean_env
 
+    from flows.context import running_server
     from tasks.core.config import list_campaigns
     served = ServeProcess(tmp_path / "home", config_dir, clean_env(PREFECT_SERVER_API_AUTH_STRING="office:s3cret"),
                           "--host", "0.0.0.0").start()
@@ -57,37 +59,24 @@ def test_serve_on_the_network_registers_and_runs_behind_the_password(tmp_path, c
         names = {f"{flows[d['flow_id']]}/{d['name']}" for d in served.post("/deployments/filter", {"limit": 200})}
         assert len(names) == 5 * len(list_campaigns(config_dir))
         assert {"collect-returns/energy-week-2027", "publish-bulletin/energy-week-2023"} <= names
-    finally:
-        served.stop()
-    assert (tmp_path / "home" / "ledger.db").exists()
-
-
-def test_a_step_from_the_command_line_uses_the_running_serve(tmp_path, config_dir):
-    """With ``serve`` running on a home, a CLI step runs against its server (no temporary API,
-    the run in the UI beside the scheduled ones); the record goes when serve stops, and a record
-    left by a serve that died is ignored."""
-    import json
-    import subprocess
-
-    from serve_process import BIN, ServeProcess, clean_env
-
-    from flows.context import running_server
-    home = tmp_path / "home"
-    served = ServeProcess(home, config_dir, clean_env()).start()
-    try:
+        # a step from the command line on this home runs against serve's server (logging in
+        # with the same password), not a temporary API of its own
+        home = tmp_path / "home"
         assert json.loads((home / "prefect" / "server.json").read_text())["api"] == served.api
         done = subprocess.run([str(BIN / "bulletin"), "collect", "energy-week-2023", "--home", str(home),
                                "--config", str(config_dir), "--now", "2023-09-20T10:00:00"],
-                              env=clean_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert "temporary server" not in done.stderr, done.stderr[-2000:]
-        names = [r["name"] for r in served.post("/flow_runs/filter", {"limit": 50})]
-        assert any(n.startswith("collect energy-week-2023") for n in names), names
+                              env=clean_env(PREFECT_SERVER_API_AUTH_STRING="office:s3cret"),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "temporary server" not in done.stderr, done.stderr[-2000:]
+        runs = [r["name"] for r in served.post("/flow_runs/filter", {"limit": 50})]
+        assert any(n.startswith("collect energy-week-2023") for n in runs), runs
     finally:
         served.stop()
-    assert not (home / "prefect" / "server.json").exists()
-    (home / "prefect" / "server.json").write_text(json.dumps({"api": "http://127.0.0.1:9/api", "pid": 2 ** 22 + 1}))
-    assert running_server(home) is None
+    assert (tmp_path / "home" / "ledger.db").exists()
+    assert not (tmp_path / "home" / "prefect" / "server.json").exists()  # gone with serve
+    (tmp_path / "home" / "prefect" / "server.json").write_text(
+        json.dumps({"api": "http://127.0.0.1:9/api", "pid": 2 ** 22 + 1}))
+    assert running_server(tmp_path / "home") is None  # a record left by a serve that died
 
 
 def test_receipts_come_within_a_minute_of_arrival():
@@ -102,6 +91,6 @@ def test_receipts_come_within_a_minute_of_arrival():
     spec = importlib.util.spec_from_file_location("bench_receipts", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.measure(returns=6, bursts=2, gap=3)
+    result = bench.measure(returns=4, bursts=1, gap=0)
     assert result["missing"] == 0 and result["max"] <= bench.TARGET, result
-    assert 1 <= result["runs_started_by_arrivals"] <= 6, result  # the watcher's runs, debounced
+    assert 1 <= result["runs_started_by_arrivals"] <= 4, result  # the watcher's runs, debounced
