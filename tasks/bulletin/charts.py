@@ -85,6 +85,17 @@ def _save(fig: Figure, path: Path) -> None:
         raise NoCJKFont(f"图表字体缺字，简讯不含图表：{missing[0]}")
 
 
+def _bare(ax, value_axis: str, family: str, size: float) -> None:
+    """Values are written on the bars: no value axis, no frame but the baseline; category
+    labels in the CJK font."""
+    (ax.set_yticks if value_axis == "y" else ax.set_xticks)([])
+    for side in ("top", "right", "left" if value_axis == "y" else "bottom"):
+        ax.spines[side].set_visible(False)
+    for tick in (ax.get_xticklabels() if value_axis == "y" else ax.get_yticklabels()):
+        tick.set_fontfamily(family)
+        tick.set_fontsize(size)
+
+
 def totals_chart(path: Path, items: list[tuple[str, str, int, int, str]], basis: str) -> str:
     """Small multiples, one pair of bars (上年, 本年) per field, each on its own scale.
 
@@ -107,12 +118,7 @@ def totals_chart(path: Path, items: list[tuple[str, str, int, int, str]], basis:
         for bar, value in zip(bars, (before, now)):
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + top * 0.03, f"{value}",
                     ha="center", va="bottom", fontsize=7.5, family=family)
-        ax.set_yticks([])
-        for side in ("top", "right", "left"):
-            ax.spines[side].set_visible(False)
-        for tick in ax.get_xticklabels():
-            tick.set_fontfamily(family)
-            tick.set_fontsize(8)
+        _bare(ax, "y", family, 8)
     scope = "同口径" if basis == "same_units" else "全部单位"
     fig.suptitle(f"全省主要指标与上年对比（{scope}）", fontsize=11, family=family)
     _save(fig, path)
@@ -152,12 +158,7 @@ def units_chart(path: Path, label: str, unit: str, panels: list[tuple[str, pd.Se
             ax.text(bar.get_width() + top * 0.01, bar.get_y() + bar.get_height() / 2, f"{int(value)}",
                     va="center", fontsize=7, family=family)
         ax.set_title(name, fontsize=9.5, family=family, loc="left")
-        ax.set_xticks([])
-        for side in ("top", "right", "bottom"):
-            ax.spines[side].set_visible(False)
-        for tick in ax.get_yticklabels():
-            tick.set_fontfamily(family)
-            tick.set_fontsize(7.5)
+        _bare(ax, "x", family, 7.5)
     fig.suptitle(f"各单位{label}（{unit}）" if unit else f"各单位{label}", fontsize=11, family=family)
     _save(fig, path)
     alt = "；".join(f"{name}：" + "、".join(f"{n}{int(v)}" for n, v in shown.items()) for name, shown, _ in cut) + "。"
