@@ -54,6 +54,10 @@ def test_charts_are_drawn_with_every_character_and_described(version, config):
     for c in manifest["charts"]:
         with Image.open(version / c["file"]) as im:
             assert im.width == 1080 and im.getcolors(1 << 16) is not None and len(im.getcolors(1 << 16)) > 2
+    with Image.open(version / "charts" / "chart-1.png") as im:  # printed in greyscale, the rounds stay apart
+        grey = dict((level, n) for n, level in im.convert("L").getcolors(256))
+        dark, light = (sum(grey.get(v, 0) for v in range(c - 6, c + 7)) for c in (0x2B, 0xC8))
+        assert dark > 2000 and light > 1000, (dark, light)
     html = (version / "bulletin.html").read_text(encoding="utf-8")
     alts = re.findall(r'<img src="charts/[^"]+" alt="([^"]+)"', html)
     assert len(alts) == 3 and "张贴宣传画上年3000套、本年3123套（增长4.1%）" in alts[0]
