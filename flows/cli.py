@@ -12,7 +12,7 @@ import typer
 
 from tasks.core.config import ConfigError, load_config
 
-from .context import config_cache, configure_prefect_home, resolve_home, resolve_now
+from .context import config_cache, configure_prefect_home, resolve_home, resolve_now, running_server
 from .context import resolve_config_dir as _resolve_config_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -591,6 +591,10 @@ def serve(home: Home = None, config: Conf = None,
         raise _err(str(exc)) from None
     home_dir = resolve_home(home)
     _check_ledger(home_dir)
+    running = running_server(home_dir)
+    if running:
+        raise _err(f"serve 已在此主目录运行（{running.removesuffix('/api')}），不能再启动一个。"
+                   f"serve is already running on {home_dir}.")
     configure_prefect_home(home_dir, use_running_server=False)
     try:
         serve_all(home_dir, resolve_config_dir(config), host=host)

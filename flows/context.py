@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from tasks.core.config import Config, load_config
@@ -51,16 +52,25 @@ def configure_prefect_home(home: Path, use_running_server: bool = True) -> None:
     Prefect database."""
     if not os.environ.get("PREFECT_HOME") and not os.environ.get("PREFECT_API_URL"):
         (home / "prefect").mkdir(parents=True, exist_ok=True)
-        os.environ["PREFECT_HOME"] = str(home / "prefect")
+    os.environ.update(prefect_environment(home, os.environ, use_running_server))
+
+
+def prefect_environment(home: Path, env: Mapping[str, str], use_running_server: bool = True) -> dict[str, str]:
+    """The Prefect settings a step on *home* runs with, from the environment *env* it was
+    started with (see :func:`configure_prefect_home`)."""
+    env = dict(env)
+    if not env.get("PREFECT_HOME") and not env.get("PREFECT_API_URL"):
+        env["PREFECT_HOME"] = str(home / "prefect")
         api = running_server(home) if use_running_server else None
         if api:
-            os.environ["PREFECT_API_URL"] = api
-            if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
-                os.environ.setdefault("PREFECT_API_AUTH_STRING", os.environ["PREFECT_SERVER_API_AUTH_STRING"])
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            env["PREFECT_API_URL"] = api
+            if env.get("PREFECT_SERVER_API_AUTH_STRING"):
+                env.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a new Prefect database migrates at first start: on a busy 2-core machine that can
     # take longer than Prefect's 20 s default
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
 
 
 def record_server(home: Path, api: str) -> Path:

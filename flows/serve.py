@@ -147,8 +147,20 @@ def _serve(home: Path, config_dir: Path) -> None:
     deployments = build_deployments(config_dir)
     print(f"主目录 home: {home}；已注册 {len(deployments)} 个部署 deployments", flush=True)
     stop = start_watching(home, config_dir) if os.environ.get("BULLETIN_WATCH", "1") != "0" else None
+    warm = start_warm_process(home) if os.environ.get("BULLETIN_WARM", "1") != "0" else None
     try:
         serve(*deployments)
     finally:
         if stop is not None:
             stop.set()
+        if warm is not None:
+            warm.terminate()  # it stops taking commands; those under way finish
+
+
+def start_warm_process(home: Path) -> subprocess.Popen:
+    """Serve's warm process (:mod:`flows.warm`), in this environment, logging to
+    ``<home>/prefect/warm.log``; it ends with serve."""
+    with open(home / "prefect" / "warm.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "flows.warm", "--home", str(home)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_stop_with_parent, start_new_session=True)

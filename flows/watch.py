@@ -124,7 +124,7 @@ class FolderSentinel:
 
 def imap_sentinel(settings: ImapSettings, campaigns: list[str], trigger: Trigger, stop: threading.Event) -> None:
     """Wait on the folder with IDLE (or poll its message count) and report new mail."""
-    from tasks.intake.mailbox import MailboxError, open_mailbox
+    from tasks.intake.mailbox import open_mailbox
     backoff = 5.0
     while not stop.is_set():
         try:
@@ -146,7 +146,7 @@ def imap_sentinel(settings: ImapSettings, campaigns: list[str], trigger: Trigger
                     if new:
                         for c in campaigns:
                             trigger.arrived(c)
-        except (MailboxError, OSError, Exception) as exc:  # noqa: BLE001 - reconnect, never die
+        except Exception as exc:  # noqa: BLE001 - reconnect, never die
             log.warning("邮箱监视中断（%s），%0.f 秒后重连", exc, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 300)

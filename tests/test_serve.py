@@ -94,3 +94,93 @@ def test_receipts_come_within_a_minute_of_arrival():
     result = bench.measure(returns=4, bursts=1, gap=0)
     assert result["missing"] == 0 and result["max"] <= bench.TARGET, result
     assert 1 <= result["runs_started_by_arrivals"] <= 4, result  # the watcher's runs, debounced
+
+
+def test_command_line_steps_run_in_serves_warm_process(tmp_path, config_dir):
+    """With serve running, a step from the command line is forked from serve's warm process
+    (flows/warm.py): same answer as run in its own process, its exit status comes back (2 for
+    bad input; SIGKILL for a step a fault killed, whose return the next run takes in); Ctrl+C
+    reaches the step; a command killed takes its step with it; a command with other Prefect
+    settings runs the step itself."""
+    import signal
+    import socket
+    import time
+
+    from serve_process import ServeProcess, clean_env
+
+    from tasks.core.config import load_config
+    from tasks.mail.workbook import build_request_workbook, fill_workbook
+    home, campaign, now = tmp_path / "home", "energy-week-2023", "2023-09-20T10:00:00"
+    served = ServeProcess(home, config_dir, clean_env(BULLETIN_WATCH="0")).start()
+    log = home / "prefect" / "warm.log"
+
+    def warm_lines() -> list[str]:
+        return log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+
+    def args(*step: str) -> list[str]:
+        return [str(BIN / "bulletin"), *step, "--home", str(home), "--config", str(config_dir)]
+
+    def cli(*step: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args(*step), env=clean_env(**extra), capture_output=True, text=True, timeout=300)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not any("ready on" in line for line in warm_lines()):
+            assert time.monotonic() < deadline, "the warm process did not start"
+            time.sleep(0.2)
+        warm = cli("collect", campaign, "--now", now)
+        assert warm.returncode == 0, warm.stderr[-2000:]
+        assert any(line.endswith("started: collect energy-week-2023") for line in warm_lines())
+        here = cli("collect", campaign, "--now", now, BULLETIN_WARM="0")
+        assert here.returncode == 0, here.stderr[-2000:]
+        assert json.loads(warm.stdout) == json.loads(here.stdout)
+        assert "Beginning flow run" in warm.stderr  # the step's log reaches the terminal
+
+        second = cli("serve")  # one serve per home
+        assert second.returncode == 2 and "already running" in second.stderr, second.stderr[-2000:]
+        bad = cli("status", "no-such-campaign")
+        assert bad.returncode == 2 and "no-such-campaign" in bad.stderr
+        handed = len(warm_lines())
+        other = cli("status", campaign, "--json", PREFECT_LOGGING_LEVEL="WARNING")
+        assert other.returncode == 0 and len(warm_lines()) == handed  # ran in its own process
+
+        config = load_config(config_dir, campaign)
+        unit = config.units[0]
+        values = {f.key: (7 if f.kind == "count" else "开展了节能宣传活动。") for f in config.campaign.form.fields}
+        inbox = home / "inbox" / campaign
+        inbox.mkdir(parents=True, exist_ok=True)
+        (inbox / f"{unit.name}报表.xlsx").write_bytes(fill_workbook(build_request_workbook(config.campaign, unit), values))
+        killed = cli("collect", campaign, "--now", now, BULLETIN_FAULT="move:1")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert warm_lines()[-1].endswith("killed by signal 9")
+        status = json.loads(cli("status", campaign, "--json").stdout)
+        again = cli("collect", campaign, "--now", now)
+        assert again.returncode == 0, again.stderr[-2000:]
+        after = json.loads(cli("status", campaign, "--json").stdout)
+        assert after["accepted"] == status["accepted"] + 1, (status, after)
+
+        with socket.socket() as silent:  # a mailbox that never answers: the step waits on it
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(4)
+            silent.settimeout(120)
+            imap = {"BULLETIN_IMAP_HOST": "127.0.0.1", "BULLETIN_IMAP_PORT": str(silent.getsockname()[1]),
+                    "BULLETIN_IMAP_SECURITY": "none"}
+            waiting = subprocess.Popen(args("collect", campaign, "--now", now), env=clean_env(**imap),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            first = silent.accept()[0]
+            waiting.send_signal(signal.SIGINT)  # Ctrl+C
+            assert waiting.wait(timeout=60) == 130
+            gone = subprocess.Popen(args("collect", campaign, "--now", now), env=clean_env(**imap),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            held = silent.accept()[0]
+            step = int(warm_lines()[-1].split()[2])
+            gone.kill()
+            gone.wait(timeout=30)
+            deadline = time.monotonic() + 30
+            while not any(line.endswith(f" {step} killed by signal 9") for line in warm_lines()):
+                assert time.monotonic() < deadline, warm_lines()[-3:]
+                time.sleep(0.2)
+            first.close()
+            held.close()
+    finally:
+        served.stop()

@@ -33,8 +33,8 @@ def _plan() -> tuple[str, int] | None:
     return (phase, int(count or 1)) if phase in PHASES else None
 
 
-_PLAN = _plan()
-_TALLY = os.environ.get("BULLETIN_FAULT_TALLY")  # a file: how often each phase was reached
+_PLAN: tuple[str, int] | None = None
+_TALLY: str | None = None  # a file: how often each phase was reached
 _seen = 0
 _tally: Counter[str] = Counter()
 
@@ -44,8 +44,18 @@ def _write_tally() -> None:
         json.dump(_tally, fh)
 
 
-if _TALLY:
-    atexit.register(_write_tally)
+def configure_from_env() -> None:
+    """Read ``BULLETIN_FAULT`` and ``BULLETIN_FAULT_TALLY`` (at import, and again in a step
+    forked from serve's warm process with the command line's environment)."""
+    global _PLAN, _TALLY, _seen
+    _PLAN, _TALLY, _seen = _plan(), os.environ.get("BULLETIN_FAULT_TALLY"), 0
+    _tally.clear()
+    atexit.unregister(_write_tally)
+    if _TALLY:
+        atexit.register(_write_tally)
+
+
+configure_from_env()
 
 
 _hooks: dict[str, list] = {}  # phase → [arrivals left, action] (tests, in this process)
