@@ -150,11 +150,16 @@ def mail_problems() -> list[Problem]:
         except ValidationError as exc:
             problems += [_env(prefix + str(e["loc"][0]).upper(), e["msg"]) for e in exc.errors()]
             continue
-        if isinstance(settings, SmtpSettings) and settings.host and settings.user and settings.password is None:
-            problems.append(_env("BULLETIN_SMTP_PASSWORD", "设置了 BULLETIN_SMTP_USER 但没有密码"))
+        if isinstance(settings, (SmtpSettings, ImapSettings)) and settings.password and settings.password_block:
+            problems.append(_env(f"{prefix}PASSWORD_BLOCK", f"与 {prefix}PASSWORD 只能设置一个"))
+        has_password = getattr(settings, "password", None) is not None or getattr(settings, "password_block", None)
+        if isinstance(settings, SmtpSettings) and settings.host and settings.user and not has_password:
+            problems.append(_env("BULLETIN_SMTP_PASSWORD", "设置了 BULLETIN_SMTP_USER 但没有密码（或 BULLETIN_SMTP_PASSWORD_BLOCK）"))
         if isinstance(settings, ImapSettings) and settings.host:
-            problems += [_env(f"BULLETIN_IMAP_{name.upper()}", "设置了 BULLETIN_IMAP_HOST 但缺少此项")
-                         for name in ("user", "password") if getattr(settings, name) is None]
+            if settings.user is None:
+                problems.append(_env("BULLETIN_IMAP_USER", "设置了 BULLETIN_IMAP_HOST 但缺少此项"))
+            if not has_password:
+                problems.append(_env("BULLETIN_IMAP_PASSWORD", "设置了 BULLETIN_IMAP_HOST 但缺少此项（或 BULLETIN_IMAP_PASSWORD_BLOCK）"))
         if isinstance(settings, AppSettings) and "@" not in settings.mail_from:
             problems.append(_env("BULLETIN_MAIL_FROM", f"'{settings.mail_from}' 不是邮件地址"))
     return problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -465,13 +466,17 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
 
     from tasks.mail.delivery import deliver_many
     from tasks.mail.mailer import MailError, mailer_from_env
+
+    from .robots import tell_robots
+    from .secrets import smtp_settings
     counts: Counter[str] = Counter()
     if not messages:
         return {}
     try:
-        with mailer_from_env(home) as mailer:
-            counts.update(deliver_many(ledger, mailer, [(m, None) for m in messages], campaign=cfg.campaign.id,
-                                       step=step))
+        with mailer_from_env(home, smtp_settings()) as mailer:
+            outcomes = deliver_many(ledger, mailer, [(m, None) for m in messages], campaign=cfg.campaign.id, step=step)
+        counts.update(outcomes)
+        tell_robots(cfg, ledger, list(dict.fromkeys(m.subject for m, o in zip(messages, outcomes) if o == "sent")))
     except MailError as exc:
         typer.echo(f"邮件未能发出：{exc}", err=True)
         counts["failed"] += 1
@@ -545,6 +550,44 @@ def send(campaign: Campaign, dry_run: DryRun = False,
         typer.echo(f"第{result['version']}版简讯尚未批准（{result['approval']}），未发送。"
                    f"请先运行 bulletin approve {campaign} --by 姓名", err=True)
     _report(result, result["approval"] != "approved" and not dry_run or _unsent(result))
+
+
+@app.command(name="mail-test")
+def mail_test(to: Annotated[Optional[str], typer.Option(
+                  "--to", help="Send the test message here (default: BULLETIN_MAIL_FROM itself).")] = None,
+              no_send: Annotated[bool, typer.Option("--no-send", help="Check the settings; send nothing.")] = False,
+              folder: Annotated[Optional[str], typer.Option(
+                  "--folder", help="The IMAP folder collect reads (default: BULLETIN_IMAP_FOLDER).")] = None,
+              home: Home = None) -> None:
+    """Try the mail settings: send one test message through SMTP, list the IMAP folders, and
+    say what is wrong (port and security, password, certificate, host, folder). Exit 1 on a failure.
+
+    Example: bulletin mail-test --to me@example.org
+    """
+    from tasks.core.settings import AppSettings
+    from tasks.mail.diagnose import Check, check_imap, check_smtp
+    from tasks.mail.message import Address
+    app_settings = AppSettings()
+    needs_prefect = any(os.environ.get(f"BULLETIN_{s}_PASSWORD_BLOCK") for s in ("SMTP", "IMAP"))
+    if needs_prefect:  # a Secret block is read from the Prefect server of this home
+        configure_prefect_home(resolve_home(home))
+    from .secrets import SecretError, imap_settings, smtp_settings
+    checks: list[Check] = []
+    for service, settings_of, check in (("SMTP", smtp_settings, None), ("IMAP", imap_settings, None)):
+        try:
+            settings = settings_of()
+        except SecretError as exc:
+            checks.append(Check(service, "密码", False, str(exc)))
+            continue
+        if service == "SMTP":
+            sender = Address(app_settings.mail_from_name, app_settings.mail_from)
+            checks += check_smtp(settings, sender, None if no_send else (to or app_settings.mail_from))
+        else:
+            checks += check_imap(settings, folder=folder)
+    for c in checks:
+        typer.echo(c.line())
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +27,8 @@ from tasks.reading.parsing import Preparser
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
 from .context import Context, open_context
+from .robots import robots_on_failure
+from .secrets import SecretError, imap_settings
 from .signoff import follow_up_signoff, publish_approved
 
 
@@ -79,13 +82,19 @@ def take_in_mailbox(ctx: Context) -> tuple[list, list, list[str]]:
     """Archive and record every message of the campaign's IMAP folder (when a host is set) and
     of ``BULLETIN_MAILDIR`` (when set): (taken-in submissions, replies carrying explanations,
     problems for the coordinators). Replies to approval requests are decided on the way."""
-    settings, maildir = ImapSettings(), AppSettings().maildir
-    if ctx.config.campaign.mailbox_folder:
-        settings = settings.model_copy(update={"folder": ctx.config.campaign.mailbox_folder})
     log = get_run_logger()
     common = dict(now=ctx.now, max_file_bytes=ctx.config.campaign.max_file_bytes, signoff=signoff_hook(ctx))
     found: list[tuple[str, MailboxResult]] = []
     problems: list[str] = []
+    maildir = AppSettings().maildir
+    try:
+        settings = imap_settings()
+    except SecretError as exc:  # the drop folder and the Maildir are still taken in
+        log.error("%s", exc)
+        problems.append(f"无法读取邮箱：{exc}")
+        settings = ImapSettings(host=None)
+    if ctx.config.campaign.mailbox_folder:
+        settings = settings.model_copy(update={"folder": ctx.config.campaign.mailbox_folder})
     if settings.host:
         try:
             found.append((settings.folder, collect_mailbox(ctx.ledger, ctx.campaign_id, settings,
@@ -186,8 +195,10 @@ def _notify_coordinators(ctx: Context, problems: list[str], resend_uncertain: bo
     lines = problems + [r.payload["line"] for r in rows]
     if not lines:
         return
-    ids = [r.id for r in rows]
-    key = f"intake/{ids[0]}-{ids[-1]}-{len(ids)}" if ids else f"mailbox/{int(ctx.now.timestamp())}"
+    # named by the owed lines' own keys (a submission's), never by row ids: a database may give
+    # a deleted row's id again, and the new notice would then pass for the one already sent
+    digest = hashlib.sha256("\n".join(r.key for r in rows).encode()).hexdigest()[:16]
+    key = f"intake/{digest}-{len(rows)}" if rows else f"mailbox/{int(ctx.now.timestamp())}"
     notice = coordinator_notice(ctx.config, key, "有报送材料需要人工处理",
                                 "以下报送材料无法自动处理（已归档，未丢失），请核实：", lines, ctx.override_dir)
     send_messages(ctx, [(notice, None)], "notice", resend_uncertain=resend_uncertain)
@@ -195,7 +206,7 @@ def _notify_coordinators(ctx: Context, problems: list[str], resend_uncertain: bo
         forgive(ctx.ledger, [r.key for r in rows])
 
 
-@flow(name="collect-returns", flow_run_name=run_name("collect"), log_prints=True)
+@flow(name="collect-returns", flow_run_name=run_name("collect"), log_prints=True, on_failure=[robots_on_failure])
 def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | None = None,
                     home: str | None = None, config_dir: str | None = None,
                     resend_uncertain: bool = False) -> dict:

@@ -21,6 +21,8 @@ from tasks.mail.message import OutgoingMessage
 from tasks.mail.notices import coordinator_notice
 
 from .context import Context
+from .robots import ROBOT_STEPS, tell_robots
+from .secrets import smtp_settings
 
 PROGRESS_EVERY = 500  # messages between progress lines in send_messages
 
@@ -102,7 +104,7 @@ def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | No
             log.info("已处理 %d/%d", done, total)
         logged = done
 
-    with mailer_from_env(ctx.home) as mailer:
+    with mailer_from_env(ctx.home, smtp_settings()) as mailer:
         if not dry_run:
             log.info("发送 %d 封 %s 邮件，经由 %s", len(messages), step, mailer.description)
         outcomes = deliver_many(ctx.ledger, mailer, messages, campaign=ctx.campaign_id, step=step,
@@ -113,6 +115,9 @@ def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | No
             log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
         elif outcome in ("failed", "uncertain", "undeliverable"):
             log.warning("%s：%s → %s", OUTCOME_LABELS[outcome], msg.subject, ", ".join(a.email for a in msg.to))
+    if step in ROBOT_STEPS and not dry_run:
+        sent = [m.subject for (m, _), outcome in zip(messages, outcomes) if outcome == "sent"]
+        tell_robots(ctx.config, ctx.ledger, list(dict.fromkeys(sent)))
     return dict(counts)
 
 

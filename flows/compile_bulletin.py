@@ -13,6 +13,7 @@ from tasks.bulletin.compile import compile_bulletin as compile_version
 from .approval import retire_superseded_runs
 from .common import publish_completeness, run_name
 from .context import Context, open_context
+from .robots import robots_on_failure
 from .signoff import follow_up_signoff
 
 
@@ -26,7 +27,7 @@ def render_bulletin(ctx: Context, lead: str | None) -> dict:
             "approval": bulletin.approval}
 
 
-@flow(name="compile-bulletin", flow_run_name=run_name("compile"), log_prints=True)
+@flow(name="compile-bulletin", flow_run_name=run_name("compile"), log_prints=True, on_failure=[robots_on_failure])
 def compile_bulletin(campaign: str, lead: str | None = None, now: dt.datetime | None = None,
                      home: str | None = None, config_dir: str | None = None) -> dict:
     """Compile the bulletin; the same inputs give the existing version, not a new one."""

@@ -41,6 +41,7 @@ from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, r
 from .approval import pause_key
 from .common import check_uncertain, run_name, send_messages
 from .context import Context, open_context
+from .robots import robots_on_failure
 from .signoff import publish_chain
 
 #: Answers a run takes that name another version or no approver before it stops waiting.
@@ -161,7 +162,7 @@ def _deliveries_artifact(ctx: Context, bulletin: Bulletin, messages: list, count
                           description=f"第{bulletin.version}版简讯分发：{counts}")
 
 
-@flow(name="publish-bulletin", flow_run_name=run_name("publish"), log_prints=True)
+@flow(name="publish-bulletin", flow_run_name=run_name("publish"), log_prints=True, on_failure=[robots_on_failure])
 def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = False,
                      wait_for_approval: bool = False, resend_uncertain: bool = False,
                      now: dt.datetime | None = None, home: str | None = None,

@@ -16,6 +16,7 @@ from tasks.mail.workbook import build_request_workbook
 
 from .common import check_uncertain, run_name, send_messages
 from .context import Context, open_context
+from .robots import robots_on_failure
 
 
 def _select_units(ctx: Context, codes: list[str] | None):
@@ -71,7 +72,7 @@ def _asked(s, campaign: str) -> dict[str, int]:
                           .group_by(RequestRecord.unit_code)).all())
 
 
-@flow(name="request-returns", flow_run_name=run_name("request"), log_prints=True)
+@flow(name="request-returns", flow_run_name=run_name("request"), log_prints=True, on_failure=[robots_on_failure])
 def request_returns(campaign: str, units: list[str] | None = None, force: bool = False,
                     dry_run: bool = False, now: dt.datetime | None = None,
                     home: str | None = None, config_dir: str | None = None,

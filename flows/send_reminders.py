@@ -13,6 +13,7 @@ from tasks.mail.notices import reminder_message
 
 from .common import check_uncertain, run_name, send_messages
 from .context import open_context
+from .robots import robots_on_failure
 
 
 @task(name="build-reminders", cache_policy=NO_CACHE)
@@ -27,7 +28,7 @@ def build_reminders(ctx, codes: list[str] | None) -> list:
             for unit, note in targets]
 
 
-@flow(name="send-reminders", flow_run_name=run_name("remind"), log_prints=True)
+@flow(name="send-reminders", flow_run_name=run_name("remind"), log_prints=True, on_failure=[robots_on_failure])
 def send_reminders(campaign: str, units: list[str] | None = None, dry_run: bool = False,
                    now: dt.datetime | None = None, home: str | None = None,
                    config_dir: str | None = None, resend_uncertain: bool = False) -> dict:

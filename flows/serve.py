@@ -9,6 +9,8 @@ approvals.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -47,10 +49,12 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host
 
 
-def _free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", preferred)) != 0:
-            return preferred
+def _free_port(preferred: int | None) -> int:
+    """*preferred* when nothing listens there, else (or with None) a port the system gives."""
+    if preferred is not None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", preferred)) != 0:
+                return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,41 +71,66 @@ def _stop_with_parent() -> None:
 def local_prefect_server(home: Path, port: int = DEFAULT_PORT, timeout: float = 120,
                          host: str = "127.0.0.1") -> Iterator[str]:
     """Start ``prefect server start`` on *host* (see :func:`check_exposure`); yield its API URL;
-    stop it afterwards."""
+    stop it afterwards. The preferred port is used when free; when another server (of another
+    home) takes it meanwhile, this one starts again on a port the system gives."""
     check_exposure(host)
-    port = _free_port(port)
-    env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(home / "prefect")),
+    prefect_home = os.environ.get("PREFECT_HOME", str(home / "prefect"))
+    env = {**os.environ, "PREFECT_HOME": prefect_home,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
            # show a campaign's runs up to a year ahead (Prefect's default horizon is 100 days)
            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_SCHEDULED_TIME": os.environ.get(
                "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_SCHEDULED_TIME", "P400D")}
     log = open(home / "prefect-server.log", "ab")
-    # its own session: Ctrl+C in the terminal reaches serve alone, whose runner still needs the
-    # server to wind down; the server is stopped below, or when this process dies (Linux)
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=_stop_with_parent)
-    api = f"http://{_client_host(host)}:{port}/api"
+    proc: subprocess.Popen | None = None
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prefect server did not start; see {home / 'prefect-server.log'}")
-            time.sleep(0.5)
+        for attempt in range(3):
+            port = _free_port(port if attempt == 0 else None)
+            # its own session: Ctrl+C in the terminal reaches serve alone, whose runner still needs
+            # the server to wind down; the server is stopped below, or when this process dies (Linux)
+            proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
+                                     "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_stop_with_parent)
+            api = f"http://{_client_host(host)}:{port}/api"
+            answer = _wait_for_server(api, proc, prefect_home, deadline)
+            if answer == "ours":
+                break
+            _stop(proc)  # the port went to another server before ours could take it
+        else:
+            raise RuntimeError(f"Prefect server did not start; see {home / 'prefect-server.log'}")
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc is not None:
+            _stop(proc)
         log.close()
+
+
+def _wait_for_server(api: str, proc: subprocess.Popen, prefect_home: str, deadline: float) -> str:
+    """``ours`` once the API answers with our Prefect home, ``other`` when a server of another
+    home answers there; RuntimeError when ours died or the time is up."""
+    headers = {}
+    if os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        token = base64.b64encode(os.environ["PREFECT_SERVER_API_AUTH_STRING"].encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    while True:
+        try:
+            request = urllib.request.Request(f"{api}/admin/settings", headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as r:
+                home = json.load(r).get("home")
+            return "ours" if home and Path(home).resolve() == Path(prefect_home).resolve() else "other"
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"Prefect server did not start (exit {proc.poll()})")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def build_deployments(config_dir: Path) -> list:

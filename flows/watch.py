@@ -30,6 +30,8 @@ from typing import Callable
 from tasks.core.config import Config, ConfigError, list_campaigns, load_config
 from tasks.core.settings import ImapSettings
 
+from .secrets import SecretError, imap_settings
+
 log = logging.getLogger("bulletin.watch")
 QUIET, MAX_WAIT = 3.0, 15.0  # seconds: a burst's end; the longest an arrival waits for its run
 STABLE = 2.0  # a drop-folder entry unchanged this long is complete
@@ -185,7 +187,11 @@ def start_watching(home: Path, config_dir: Path, trigger: Trigger | None = None)
             stop.wait(POLL)
 
     threading.Thread(target=loop, name="bulletin-watch", daemon=True).start()
-    settings = ImapSettings()
+    try:
+        settings = imap_settings()
+    except SecretError as exc:
+        log.warning("不监视邮箱：%s", exc)
+        return stop
     if settings.host:
         by_folder: dict[str, list[str]] = {}
         for c in configs:

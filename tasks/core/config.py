@@ -274,6 +274,35 @@ class BulletinSettings(_Model):
         return list(dict.fromkeys(a.level for a in self.approvers))
 
 
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class Robot(_Model):
+    """A WeCom (企业微信) or DingTalk (钉钉) group robot that also gets the coordinators' notices.
+    The config names where its webhook URL and signing secret are (an environment variable or a
+    Prefect Secret block), never the values themselves."""
+
+    kind: Literal["wecom", "dingtalk"]
+    url_env: str | None = None
+    url_block: str | None = None
+    secret_env: str | None = None  # DingTalk's 加签 secret (WeCom's robots sign nothing)
+    secret_block: str | None = None
+
+    @model_validator(mode="after")
+    def _where(self) -> Robot:
+        if (self.url_env is None) == (self.url_block is None):
+            raise ValueError("name exactly one of url_env (an environment variable) or url_block (a Prefect Secret block)")
+        if self.secret_env and self.secret_block:
+            raise ValueError("name at most one of secret_env or secret_block")
+        if self.kind == "wecom" and (self.secret_env or self.secret_block):
+            raise ValueError("WeCom group robots have no signing secret: leave secret_env/secret_block out")
+        for name in (self.url_env, self.secret_env):
+            if name is not None and not _ENV_NAME.match(name):
+                raise ValueError(f"'{name}' is not an environment variable name: put the URL or secret in the "
+                                 f"environment and name the variable here, e.g. BULLETIN_DINGTALK_URL")
+        return self
+
+
 class Campaign(_Model):
     id: str
     name: str
@@ -285,6 +314,7 @@ class Campaign(_Model):
     english: bool = False  # add English beside the Chinese in messages
     previous: str | None = None  # an earlier campaign id: jumps and drops against it are warnings
     mailbox_folder: str | None = None  # IMAP folder of this campaign (default BULLETIN_IMAP_FOLDER)
+    robots: list[Robot] = []  # group robots that also get the coordinators' notices
     change_factor: float = Field(default=3.0, gt=1)
     max_return_bytes: int = 20 * 1024 * 1024  # a return file above this is refused (kept in the archive)
     max_photo_bytes: int = 10 * 1024 * 1024

@@ -16,6 +16,7 @@ class SmtpSettings(BaseSettings):
     port: int | None = None
     user: str | None = None
     password: SecretStr | None = None
+    password_block: str | None = None  # the name of a Prefect Secret block holding the password
     security: Literal["ssl", "starttls", "none"] = "starttls"
     rate: float | None = None  # messages per minute; None = as fast as the server takes them
 
@@ -34,6 +35,7 @@ class ImapSettings(BaseSettings):
     port: int | None = None
     user: str | None = None
     password: SecretStr | None = None
+    password_block: str | None = None  # the name of a Prefect Secret block holding the password
     security: Literal["ssl", "starttls", "none"] = "ssl"
     folder: str = "INBOX"
     done_folder: str = "Processed"

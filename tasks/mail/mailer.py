@@ -162,7 +162,8 @@ class SmtpMailer(_ContextMixin):
         if not settings.host:
             raise MailError("SmtpMailer needs BULLETIN_SMTP_HOST")
         if settings.user and settings.password is None:
-            raise MailError("BULLETIN_SMTP_USER is set but BULLETIN_SMTP_PASSWORD is not")
+            raise MailError("BULLETIN_SMTP_USER is set but neither BULLETIN_SMTP_PASSWORD nor "
+                            "BULLETIN_SMTP_PASSWORD_BLOCK (read by flows.secrets) gives the password")
         if settings.rate is not None and settings.rate <= 0:
             raise MailError(f"BULLETIN_SMTP_RATE must be > 0 messages per minute, not {settings.rate}")
         self.settings, self.sender, self.timeout = settings, sender, timeout
@@ -306,9 +307,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def mailer_from_env(home: Path) -> Mailer:
-    """SMTP when ``BULLETIN_SMTP_HOST`` is set, else the file outbox ``<home>/outbox``."""
-    smtp, app = SmtpSettings(), AppSettings()
+def mailer_from_env(home: Path, smtp: SmtpSettings | None = None) -> Mailer:
+    """SMTP when ``BULLETIN_SMTP_HOST`` is set, else the file outbox ``<home>/outbox``
+    (*smtp*: the settings with their password already read, see ``flows.secrets``)."""
+    smtp, app = smtp or SmtpSettings(), AppSettings()
     sender = Address(app.mail_from_name, app.mail_from)
     if smtp.host:
         return SmtpMailer(smtp, sender)
