@@ -40,13 +40,14 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return log
 
 
-def tell_robots(config: Config, ledger: Ledger | None, subjects: list[str]) -> int:
-    """Post each subject to each of the campaign's robots; how many posts failed."""
+def tell_robots(config: Config, ledger: Ledger | None, subjects: list[str], mailed: bool = True) -> int:
+    """Post each subject to each of the campaign's robots (*mailed*: the coordinators also had
+    a mail about it); how many posts failed."""
     failed = 0
     for robot in config.campaign.robots:
         for subject in subjects:
             try:
-                post_one(robot, robot_text(config.campaign.name, subject))
+                post_one(robot, robot_text(config.campaign.name, subject, mailed))
             except (RobotError, SecretError) as exc:
                 failed += 1
                 _logger().warning("群机器人未收到通知 robot notice failed: %s", exc)
@@ -71,4 +72,4 @@ def robots_on_failure(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect'
         ctx = open_context(params["campaign"], params.get("home"), params.get("config_dir"))
     except Exception:  # noqa: BLE001 - no config, no robots to tell
         return
-    tell_robots(ctx.config, ctx.ledger, [f"步骤 {flow.name} 运行失败，请在 Prefect 界面查看运行记录"])
+    tell_robots(ctx.config, ctx.ledger, [f"步骤 {flow.name} 运行失败，请在 Prefect 界面查看运行记录"], mailed=False)

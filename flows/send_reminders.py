@@ -13,7 +13,7 @@ from tasks.mail.notices import reminder_message
 
 from .common import check_uncertain, run_name, send_messages
 from .context import open_context
-from .robots import robots_on_failure
+from .robots import robots_on_failure, tell_robots
 
 
 @task(name="build-reminders", cache_policy=NO_CACHE)
@@ -37,4 +37,8 @@ def send_reminders(campaign: str, units: list[str] | None = None, dry_run: bool 
     check_uncertain(ctx)
     messages = build_reminders(ctx, units)
     counts = send_messages(ctx, quote(messages), "reminder", dry_run=dry_run, resend_uncertain=resend_uncertain)
+    tier = due_tier(ctx.config.campaign.calendar, ctx.now)
+    if tier is not None and tier.escalate and counts.get("sent") and not dry_run:  # the group hears of escalations
+        tell_robots(ctx.config, ctx.ledger, [f"已向 {counts['sent']} 家单位发出督办（{tier.name}，抄送其分管负责同志）"],
+                    mailed=False)
     return {"campaign": ctx.campaign_id, "reminders": len(messages), **counts}

@@ -140,8 +140,15 @@ def test_a_notice_reaches_both_robots_and_a_failing_robot_never_stops_the_step(
     collect_returns("energy-week-2023", now=now, home=str(home), config_dir=config)
     texts = [text for _, text in robot_server.received]
     assert [kind for kind, _ in robot_server.received] == ["dingtalk", "wecom"], robot_server.received
+    robot_server.received.clear()
     assert "需要人工处理" in texts[0] and texts[0] == texts[1]
     assert "来路不明" not in texts[0] and "script" not in texts[0] and "http" not in texts[0]
+
+    from flows.send_reminders import send_reminders
+    escalated = send_reminders("energy-week-2023", units=["210100", "210200"], now=dt.datetime(
+        2023, 9, 30, 18, tzinfo=now.tzinfo), home=str(home), config_dir=config)  # 逾期督办 is due
+    assert escalated["sent"] == 2, escalated
+    assert robot_server.received[-1][1].endswith("已向 2 家单位发出督办（逾期督办，抄送其分管负责同志）。")
 
     robot_server.mode = "hang"  # longer than the 5 s a post waits
     (inbox / "又一个.txt").write_text("也不是报表", encoding="utf-8")
@@ -163,3 +170,23 @@ def test_robots_config_errors_name_the_line(config_dir, tmp_path):
                     encoding="utf-8")
     with pytest.raises(ConfigError, match="robots"):
         load_config(copy, "energy-week-2023")
+
+
+def test_a_failed_step_is_told_to_the_robots_without_its_error(prefect_harness, robot_server, config_dir, tmp_path,
+                                                               monkeypatch):
+    from flows.request_returns import request_returns
+    from tasks.mail.mailer import MailError
+    config = _campaign_with_robots(config_dir, tmp_path)
+    monkeypatch.setenv("TEST_DINGTALK_URL", f"{robot_server.base}/robot/send?access_token=abc")
+    monkeypatch.setenv("TEST_DINGTALK_SECRET", SECRET)
+    monkeypatch.setenv("TEST_WECOM_URL", f"{robot_server.base}/cgi-bin/webhook/send?key={KEY}")
+    monkeypatch.setenv("BULLETIN_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("BULLETIN_SMTP_USER", "someone")  # and no password: the send fails
+    for name in ("BULLETIN_SMTP_PASSWORD", "BULLETIN_SMTP_PASSWORD_BLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(MailError):
+        request_returns("energy-week-2023", units=["210100"], now="2023-09-18T09:00:00+08:00",
+                        home=str(tmp_path / "home"), config_dir=config)
+    texts = [text for _, text in robot_server.received]
+    assert len(texts) == 2 and "步骤 request-returns 运行失败" in texts[0], texts
+    assert "PASSWORD" not in texts[0] and "someone" not in texts[0]

@@ -34,9 +34,10 @@ def dingtalk_signed(url: str, secret: str, timestamp_ms: int) -> str:
     return f"{url}{joiner}timestamp={timestamp_ms}&sign={urllib.parse.quote_plus(sign)}"
 
 
-def robot_text(campaign_name: str, subject: str) -> str:
-    """``【报送系统】<campaign>：<subject>。详情见发给协调人的邮件。``, cut to the robots' limit."""
-    text = f"【报送系统】{campaign_name}：{subject}。详情见发给协调人的邮件。"
+def robot_text(campaign_name: str, subject: str, mailed: bool = True) -> str:
+    """``【报送系统】<campaign>：<subject>。详情见发给协调人的邮件。`` (the last sentence when the
+    coordinators were mailed about it), cut to the robots' limit."""
+    text = f"【报送系统】{campaign_name}：{subject}。" + ("详情见发给协调人的邮件。" if mailed else "")
     data = text.encode()
     return text if len(data) <= MAX_TEXT_BYTES else data[:MAX_TEXT_BYTES].decode("utf-8", "ignore") + "…"
 
