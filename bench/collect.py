@@ -595,8 +595,8 @@ def report(results: list[dict]) -> str:
                      f"the target ≤ {TARGET_RATIO}; to the bare baseline {r['ratio']:.2f}"
                      f"{' (profiled run: timings inflated by cProfile)' if p['profiled'] else ''}; "
                      f"same decisions and totals as both baselines: {'yes' if r['same_result'] else 'NO'}")
-        lines.append(f"  memory: product process + parsing workers {p['tree_peak_mb']:.0f} MB at peak (sampled "
-                     f"every 0.1 s; the process alone {p['peak_rss_mb']:.0f} MB), Prefect server apart "
+        lines.append(f"  memory: product process + parsing workers {p['tree_peak_mb']:.0f} MB at peak (PSS summed, "
+                     f"sampled every 0.1 s; the process's own peak RSS {p['peak_rss_mb']:.0f} MB), Prefect server apart "
                      f"{p['server_peak_rss_mb']:.0f} MB; baselines {b['peak_rss_mb']:.0f} MB (bare), "
                      f"{e['peak_rss_mb']:.0f} MB (equal); target < {MEMORY_TARGET_MB} MB at 100,000")
         lines.append(f"  product: {p['workers']} worker process(es) for parsing (the baselines use one "
