@@ -160,3 +160,23 @@ def test_heading_ordinals_in_code_and_in_templates(n, text):
     from tasks.core.render import environment
     assert cn_ordinal(n) == text
     assert environment().from_string("{{ n | cn }}、").render(n=n) == f"{text}、"
+
+
+def test_percent_half_up_on_integers_rounds_as_the_exact_fraction_does():
+    """The integer fast path against the exact rational computation, on random and edge cases."""
+    import random
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from tasks.core.formatting import percent_half_up
+
+    def exact(part, whole):
+        q = Fraction(100) * Fraction(part) / Fraction(whole)
+        tenths = int(abs(q) * 10 + Fraction(1, 2))
+        return Decimal(tenths if q >= 0 else -tenths).scaleb(-1)
+
+    rng = random.Random(7)
+    cases = [(rng.randint(-10**7, 10**7), rng.choice([-1, 1]) * rng.randint(1, 10**7)) for _ in range(20000)]
+    cases += [(1, 8), (-1, 8), (1, -8), (-1, 16), (0, 3), (0, -3), (1, 2000), (-1, 2000), (3, 2000), (1, 3)]
+    for part, whole in cases:
+        assert str(percent_half_up(part, whole)) == str(exact(part, whole)), (part, whole)

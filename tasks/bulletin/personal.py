@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html as html_lib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -55,17 +56,28 @@ class Figures:
     previous: pd.DataFrame | None  # the previous round's latest accepted, index unit code
     changes: dict[str, dict[str, Change]]  # unit -> key -> change against its own previous return
 
+    @cached_property
+    def rows(self) -> dict[str, dict[str, object]]:
+        """``numbers`` as plain dicts, once: a block per unit would otherwise look each figure up
+        in the frame (about 6 s of pandas indexing at 10,000 units)."""
+        return self.numbers.to_dict("index")
+
+    @cached_property
+    def total_of(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.totals.items()}
+
 
 def build_block(code: str, name: str, fields: list, figures: Figures, when: UnitTimeliness | None,
                 tz, left_out: tuple[str, ...]) -> PersonalBlock:
     """One unit's block; *fields* are the form's counted fields (key, label, unit)."""
-    returned = code in figures.numbers.index
+    row = figures.rows.get(code)
+    returned = row is not None
     compared = returned and figures.previous is not None and code in figures.previous.index
     lines = []
     for f in fields if returned else []:
-        value = figures.numbers.at[code, f.key]
+        value = row[f.key]
         blank = pd.isna(value)
-        total = int(figures.totals.get(f.key, 0))
+        total = figures.total_of.get(f.key, 0)
         lines.append(PersonalLine(
             f.label, f.unit or "", "—" if blank else str(int(value)),
             "—" if blank else percent_text(int(value), total),

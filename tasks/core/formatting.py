@@ -33,6 +33,9 @@ def percent_half_up(part: int | float, whole: int | float) -> Decimal:
     ``percent_half_up(1, 8)`` is ``12.5``, ``percent_half_up(-1, 16)`` is ``-6.3``."""
     if not whole:
         raise ValueError("a percentage of nothing")
+    if isinstance(part, int) and isinstance(whole, int):  # integers: the same rounding, about 10x faster
+        tenths = (2000 * abs(part) + abs(whole)) // (2 * abs(whole))  # floor(|1000 p / w| + 1/2)
+        return Decimal(tenths if (part >= 0) == (whole > 0) or tenths == 0 else -tenths).scaleb(-1)
     q = Fraction(100) * Fraction(part) / Fraction(whole)
     tenths = int(abs(q) * 10 + Fraction(1, 2))
     return Decimal(tenths if q >= 0 else -tenths).scaleb(-1)
