@@ -82,7 +82,7 @@ def send_messages(ctx: Context, messages, step: str, dry_run: bool = False,
     counts = outcome.counts if isinstance(outcome, SendFailed) else outcome
     listed = messages.unquote() if isinstance(messages, quote) else messages
     if listed and not dry_run:  # over every attempt of the batch, not only the last one
-        counts = outcomes_since(ctx.ledger, [m.key for m, _ in listed], started)
+        counts = outcomes_since(ctx.ledger, [m.key for m, _ in listed], started, sent_here=ctx.sent_keys)
     if counts.get("undeliverable") and step != "notice":
         _notify_undeliverable(ctx, step)
     return counts
@@ -109,6 +109,7 @@ def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | No
             log.info("发送 %d 封 %s 邮件，经由 %s", len(messages), step, mailer.description)
         outcomes = deliver_many(ctx.ledger, mailer, messages, campaign=ctx.campaign_id, step=step,
                                 dry_run=dry_run, resend_uncertain=resend_uncertain, progress=progress)
+    ctx.sent_keys.update(m.key for (m, _), outcome in zip(messages, outcomes) if outcome == "sent")
     for (msg, _unit), outcome in zip(messages, outcomes):
         counts[outcome] += 1
         if dry_run:

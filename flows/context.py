@@ -112,6 +112,7 @@ class Context:
 
     def __init__(self, config: Config, ledger: Ledger, home: Path, now: dt.datetime):
         self.config, self.ledger, self.home, self.now = config, ledger, home, now
+        self.sent_keys: set[str] = set()  # messages this run handed to the server, over every attempt
 
     def __repr__(self) -> str:
         return f"Context({self.campaign_id}, {self.home}, {self.now.isoformat()})"

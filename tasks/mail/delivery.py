@@ -331,16 +331,22 @@ def undeliverable(ledger: Ledger, campaign: str, step: str | None = None) -> lis
         return [(k, list(r or []), e or "") for k, r, e in s.execute(q.order_by(Delivery.key))]
 
 
-def outcomes_since(ledger: Ledger, keys: list[str], since: dt.datetime) -> dict[str, int]:
+def outcomes_since(ledger: Ledger, keys: list[str], since: dt.datetime,
+                   sent_here: set[str] | None = None) -> dict[str, int]:
     """What became of each key of a run that started at *since*, however many attempts it took:
     sent (by this run), skipped (sent before it, or being sent by another run), failed (also a
-    key never claimed: the server was unreachable), uncertain, undeliverable."""
+    key never claimed: the server was unreachable), uncertain, undeliverable. *sent_here*: the
+    keys this run itself sent; without it, a key sent since *since* counts as this run's, which
+    over-counts when another run overlapped it."""
     found = delivery_states(ledger, keys)
     counts: dict[str, int] = {}
     for key in keys:
         state, sent_at, _ = found.get(key, (FAILED, None, None))
-        outcome = ("sent" if sent_at is not None and sent_at >= since else "skipped") if state == SENT \
-            else "skipped" if state == SENDING else state
+        if state == SENT:
+            ours = key in sent_here if sent_here is not None else sent_at is not None and sent_at >= since
+            outcome = "sent" if ours else "skipped"
+        else:
+            outcome = "skipped" if state == SENDING else state
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
