@@ -467,7 +467,7 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
     from tasks.mail.delivery import deliver_many
     from tasks.mail.mailer import MailError, mailer_from_env
 
-    from .robots import tell_robots
+    from .robots import tell_robots_of_sent
     from .secrets import smtp_settings
     counts: Counter[str] = Counter()
     if not messages:
@@ -476,7 +476,7 @@ def _mail_now(ledger, cfg, home: Path, messages: list, step: str) -> dict[str, i
         with mailer_from_env(home, smtp_settings()) as mailer:
             outcomes = deliver_many(ledger, mailer, [(m, None) for m in messages], campaign=cfg.campaign.id, step=step)
         counts.update(outcomes)
-        tell_robots(cfg, ledger, list(dict.fromkeys(m.subject for m, o in zip(messages, outcomes) if o == "sent")))
+        tell_robots_of_sent(cfg, ledger, step, [m for m, o in zip(messages, outcomes) if o == "sent"])
     except MailError as exc:
         typer.echo(f"邮件未能发出：{exc}", err=True)
         counts["failed"] += 1
@@ -572,18 +572,15 @@ def mail_test(to: Annotated[Optional[str], typer.Option(
     if needs_prefect:  # a Secret block is read from the Prefect server of this home
         configure_prefect_home(resolve_home(home))
     from .secrets import SecretError, imap_settings, smtp_settings
+    sender = Address(app_settings.mail_from_name, app_settings.mail_from)
+    services = (("SMTP", smtp_settings, lambda s: check_smtp(s, sender, None if no_send else (to or sender.email))),
+                ("IMAP", imap_settings, lambda s: check_imap(s, folder=folder)))
     checks: list[Check] = []
-    for service, settings_of, check in (("SMTP", smtp_settings, None), ("IMAP", imap_settings, None)):
+    for service, settings_of, check in services:
         try:
-            settings = settings_of()
+            checks += check(settings_of())
         except SecretError as exc:
             checks.append(Check(service, "密码", False, str(exc)))
-            continue
-        if service == "SMTP":
-            sender = Address(app_settings.mail_from_name, app_settings.mail_from)
-            checks += check_smtp(settings, sender, None if no_send else (to or app_settings.mail_from))
-        else:
-            checks += check_imap(settings, folder=folder)
     for c in checks:
         typer.echo(c.line())
     if not all(c.ok for c in checks):

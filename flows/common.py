@@ -21,7 +21,7 @@ from tasks.mail.message import OutgoingMessage
 from tasks.mail.notices import coordinator_notice
 
 from .context import Context
-from .robots import ROBOT_STEPS, tell_robots
+from .robots import tell_robots_of_sent
 from .secrets import smtp_settings
 
 PROGRESS_EVERY = 500  # messages between progress lines in send_messages
@@ -109,16 +109,15 @@ def deliver_counted(ctx: Context, messages: list[tuple[OutgoingMessage, str | No
             log.info("发送 %d 封 %s 邮件，经由 %s", len(messages), step, mailer.description)
         outcomes = deliver_many(ctx.ledger, mailer, messages, campaign=ctx.campaign_id, step=step,
                                 dry_run=dry_run, resend_uncertain=resend_uncertain, progress=progress)
-    ctx.sent_keys.update(m.key for (m, _), outcome in zip(messages, outcomes) if outcome == "sent")
+    sent = [m for (m, _), outcome in zip(messages, outcomes) if outcome == "sent"]
+    ctx.sent_keys.update(m.key for m in sent)
     for (msg, _unit), outcome in zip(messages, outcomes):
         counts[outcome] += 1
         if dry_run:
             log.info("[dry-run] %s → %s", msg.subject, ", ".join(a.email for a in msg.to))
         elif outcome in ("failed", "uncertain", "undeliverable"):
             log.warning("%s：%s → %s", OUTCOME_LABELS[outcome], msg.subject, ", ".join(a.email for a in msg.to))
-    if step in ROBOT_STEPS and not dry_run:
-        sent = [m.subject for (m, _), outcome in zip(messages, outcomes) if outcome == "sent"]
-        tell_robots(ctx.config, ctx.ledger, list(dict.fromkeys(sent)))
+    tell_robots_of_sent(ctx.config, ctx.ledger, step, sent)
     return dict(counts)
 
 

@@ -18,13 +18,10 @@ from tasks.core.ledger import Ledger
 from tasks.core.settings import AppSettings
 from tasks.core.shipped import DEMO_CONFIG
 
+from .home import resolve_home  # noqa: F401 - re-exported: the CLI and the flows import it from here
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CONFIG = DEMO_CONFIG  # the demo's configuration, shipped with the code
-
-
-def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """``--home``, else ``BULLETIN_HOME``, else ``./var``; absolute."""
-    return Path(home or os.environ.get("BULLETIN_HOME") or "var").expanduser().resolve()
 
 
 def config_cache(home: Path) -> Path:

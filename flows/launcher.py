@@ -14,6 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
+from .home import resolve_home
+
 #: Commands that run in the warm process when there is one (the others always run here).
 WARM_COMMANDS = frozenset({"request", "remind", "collect", "status", "review", "compile", "approve",
                            "request-approval", "send"})
@@ -21,14 +23,14 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def home_of(args: list[str]) -> Path:
-    """The home a command acts on, as :func:`flows.context.resolve_home` finds it."""
+    """The home a command acts on: its ``--home`` read from *args*, as click would."""
     home = None
     for i, arg in enumerate(args):
         if arg == "--home" and i + 1 < len(args):
             home = args[i + 1]
         elif arg.startswith("--home="):
             home = arg.partition("=")[2]
-    return Path(home or os.environ.get("BULLETIN_HOME") or "var").expanduser().resolve()
+    return resolve_home(home)
 
 
 def hand_over(args: list[str]) -> int | None:

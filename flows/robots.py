@@ -57,6 +57,13 @@ def tell_robots(config: Config, ledger: Ledger | None, subjects: list[str], mail
     return failed
 
 
+def tell_robots_of_sent(config: Config, ledger: Ledger | None, step: str, sent: list) -> None:
+    """The subjects of the coordinators' messages (*step* a :data:`ROBOT_STEPS` one) just sent,
+    each once (an approval request goes to several approvers under one subject)."""
+    if step in ROBOT_STEPS and sent and config.campaign.robots:
+        tell_robots(config, ledger, list(dict.fromkeys(m.subject for m in sent)))
+
+
 def post_one(robot: Robot, text: str) -> None:
     url = _value(robot.url_env, robot.url_block, "机器人地址 webhook URL")
     secret = _value(robot.secret_env, robot.secret_block, "机器人加签密钥 signing secret")
