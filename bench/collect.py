@@ -424,8 +424,27 @@ class TreeMemory:
             self.peak_mb = max(self.peak_mb, sum(_pss_mb(pid) for pid in self._tree()))
 
 
-def run_product(folder: Path, profile: bool) -> dict:
+def run_product(folder: Path, profile: bool, dask: bool = False) -> dict:
     _prefect_env(folder)
+    cluster = _local_dask_cluster() if dask else contextlib.nullcontext()
+    with cluster:
+        return _run_product(folder, profile, cluster if dask else None)
+
+
+def _local_dask_cluster():
+    """A Dask cluster on this machine (one single-threaded worker process per CPU the product's
+    own path would use), named to the product through ``BULLETIN_DASK_ADDRESS``."""
+    import distributed
+
+    from tasks.reading.parallel import workers_wanted
+    say(f"  product: starting a local Dask cluster of {workers_wanted()} worker processes")
+    cluster = distributed.LocalCluster(n_workers=workers_wanted(), threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    os.environ["BULLETIN_DASK_ADDRESS"] = cluster.scheduler_address
+    return cluster
+
+
+def _run_product(folder: Path, profile: bool, cluster) -> dict:
     sys.path.insert(0, str(ROOT))
     t = time.perf_counter()
     from prefect import flow
@@ -446,7 +465,7 @@ def run_product(folder: Path, profile: bool) -> dict:
     warm_up()
     trivial_flow = time.perf_counter() - t
 
-    home = folder / "home"
+    home = folder / ("home-dask" if cluster else "home")
     shutil.rmtree(home, ignore_errors=True)
     inbox = home / "inbox" / CAMPAIGN
     inbox.mkdir(parents=True)
@@ -485,7 +504,8 @@ def run_product(folder: Path, profile: bool) -> dict:
             "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "states": collected["decided"], "receipts": collected["receipts"], "eml_files": eml,
             "bulletin_version": compiled["version"],
-            "totals": {k: int(v) for k, v in totals(merged.numbers).items()}, "profiled": profile}
+            "totals": {k: int(v) for k, v in totals(merged.numbers).items()}, "profiled": profile,
+            "dask": cluster.scheduler_address if cluster else None}
 
 
 @contextlib.contextmanager
@@ -513,7 +533,7 @@ def child_main(role: str, folder: Path, profile: bool, progress_fd: int | None) 
     global _progress
     if progress_fd is not None:
         _progress = os.fdopen(progress_fd, "w", buffering=1)
-    result = (run_product(folder, profile) if role == "product"
+    result = (run_product(folder, profile, dask=role == "product-dask") if role.startswith("product")
               else run_baseline(folder, equal=role == "baseline-equal"))
     (folder / f"{role}.json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
 
@@ -535,7 +555,7 @@ def run_child(role: str, folder: Path, profile: bool) -> dict:
     return json.loads((folder / f"{role}.json").read_text(encoding="utf-8"))
 
 
-def bench_one(base: Path, n: int, xlsx_share: float, profile: bool) -> dict:
+def bench_one(base: Path, n: int, xlsx_share: float, profile: bool, dask: bool = False) -> dict:
     folder = base / f"n{n}"
     folder.mkdir(parents=True, exist_ok=True)
     say(f"N={n:,}: generating config ({n:,} units) and returns ({xlsx_share:.0%} .xlsx) in {folder}")
@@ -554,7 +574,12 @@ def bench_one(base: Path, n: int, xlsx_share: float, profile: bool) -> dict:
     prod_r = run_child("product", folder, profile)
     same = base_r["states"] == prod_r["states"] and base_r["totals"] == prod_r["totals"]
     same = same and equal_r["states"] == base_r["states"] and equal_r["totals"] == base_r["totals"]
-    return {"n": n, "generated": made, "baseline": base_r, "baseline_equal": equal_r,
+    dask_r = None
+    if dask:
+        say(f"N={n:,}: product reading on a local Dask cluster (logs: {folder / 'product-dask.log'})")
+        dask_r = run_child("product-dask", folder, False)
+        same = same and dask_r["states"] == prod_r["states"] and dask_r["totals"] == prod_r["totals"]
+    return {"dask": dask_r, "n": n, "generated": made, "baseline": base_r, "baseline_equal": equal_r,
             "fields": len(form_fields(folder / "config")),
             "product": prod_r, "ratio_equal": prod_r["seconds"] / equal_r["seconds"],
             "load_average": [load_before, os.getloadavg()[0]],
@@ -608,6 +633,13 @@ def report(results: list[dict]) -> str:
         for name, x in (("bare", b), ("equal", e)):
             lines.append(f"  {name} baseline phases: " + ", ".join(f"{k.strip()} {v:.2f} s"
                                                                   for k, v in x["phases"].items()))
+        if r.get("dask"):
+            d = r["dask"]
+            lines.append(f"  on a local Dask cluster ({d['workers']} single-threaded worker processes): collect "
+                         f"{d['collect']:.2f} s against {p['collect']:.2f} s with forked workers "
+                         f"({d['collect'] / p['collect']:.2f}x), compile {d['compile']:.2f} s; memory "
+                         f"{d['tree_peak_mb']:.0f} MB (this process, the scheduler and the Dask workers); "
+                         f"same decisions and totals: {'yes' if d['states'] == p['states'] and d['totals'] == p['totals'] else 'NO'}")
         g = r["generated"]
         lines.append(f"  1-min load average before the baselines {r['load_average'][0]:.2f}, "
                      f"after the product {r['load_average'][1]:.2f} (other work on the machine skews both)")
@@ -630,7 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, help="work folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
-    ap.add_argument("--child", choices=["baseline", "baseline-equal", "product"], help=argparse.SUPPRESS)
+    ap.add_argument("--dask", action="store_true",
+                    help="also run the product reading on a local Dask cluster (BULLETIN_DASK_ADDRESS) and compare")
+    ap.add_argument("--child", choices=["baseline", "baseline-equal", "product", "product-dask"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--progress-fd", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -643,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for n, share in sizes:
-            results.append(bench_one(base, n, share, a.profile))
+            results.append(bench_one(base, n, share, a.profile, a.dask))
             say(f"N={n:,}: product {results[-1]['product']['seconds']:.2f} s, "
                 f"ratio {results[-1]['ratio_equal']:.2f} (equal obligations), {results[-1]['ratio']:.2f} (bare)")
     finally:

@@ -23,10 +23,11 @@ from tasks.intake.mailbox import CONNECTION_ERRORS, MailboxError, MailboxResult,
 from tasks.mail.delivery import state_of
 from tasks.mail.notices import coordinator_notice, receipt_messages
 from tasks.reading.parallel import PARALLEL_FROM
-from tasks.reading.parsing import Preparser
+from tasks.reading.parsing import Preparser, received_jobs
 
 from .common import check_uncertain, publish_completeness, run_name, send_messages
 from .context import Context, open_context
+from .dask_parsing import dask_address, parse_on_dask
 from .robots import robots_on_failure
 from .secrets import SecretError, imap_settings
 from .signoff import follow_up_signoff, publish_approved
@@ -43,7 +44,8 @@ def take_in_drop_folder(ctx: Context, inbox: str | None) -> tuple[list, dict]:
     log.info("收件目录 %s：%d 份待处理", folder, len(entries))
 
     camp = ctx.config.campaign
-    big = len(entries) >= PARALLEL_FROM  # read in workers while the intake goes on
+    # read in local workers while the intake goes on; with a Dask cluster, after it (decide_returns)
+    big = len(entries) >= PARALLEL_FROM and not dask_address()
     with Preparser(ctx.ledger, ctx.config) if big else contextlib.nullcontext() as pre:
 
         def progress(done: int, total: int) -> None:
@@ -217,6 +219,10 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     taken, preparsed = take_in_drop_folder(ctx, inbox)
     mailed, replies, mailbox_problems = take_in_mailbox(ctx)
     taken = taken + mailed
+    if (address := dask_address()) and not preparsed:  # here, not in a task: see parse_on_dask
+        jobs = received_jobs(ctx.ledger, ctx.campaign_id)
+        if len(jobs) >= PARALLEL_FROM:
+            preparsed = parse_on_dask(ctx, jobs, address)
     outcomes = decide_returns(ctx, quote(preparsed))
     explained = apply_explanations(ctx, replies) if replies else []
     decided_now = {o.submission_id for o in outcomes} | set(explained)

@@ -52,3 +52,7 @@ class AppSettings(BaseSettings):
     # seconds before each retry of a batch of messages of which some failed for a reason that
     # may pass (server down, 4xx); BULLETIN_SEND_RETRY_DELAYS='[10, 60]'
     send_retry_delays: list[float] = [10, 60]
+    # a Dask scheduler that reads the returns of large runs (flows/dask_parsing.py), e.g.
+    # BULLETIN_DASK_ADDRESS=tcp://10.0.0.5:8786; unset, forked processes on this machine do
+    dask_address: str | None = None
+    dask_chunk: int = 500  # returns per Dask task

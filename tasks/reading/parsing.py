@@ -122,7 +122,7 @@ def _parse_one(home: Path, config: Config, sub: Job) -> Parsed:
     return p
 
 
-def _parse_safely(home: Path, config: Config, sub: Job) -> Parsed:
+def parse_one_safely(home: Path, config: Config, sub: Job) -> Parsed:
     """Parse one submission; an unexpected error makes it a rejected one, never stops the rest."""
     try:
         return _parse_one(home, config, sub)
@@ -140,7 +140,7 @@ def parse_all(home: Path, config: Config, jobs: list[Job], progress: Progress | 
     """Parse every job, in order: in forked worker processes when there are many (reading
     and matching cells is CPU-bound Python), else here."""
     unit_index(config.units)  # built once here, inherited by the workers
-    parsed = map_forked(_parse_safely, jobs, (home, config), progress=progress, workers=workers)
+    parsed = map_forked(parse_one_safely, jobs, (home, config), progress=progress, workers=workers)
     return [p.reattach(job, config) for p, job in zip(parsed, jobs)]
 
 
@@ -194,7 +194,7 @@ class Preparser:
         unit_index(config.units)  # built once here, inherited by the workers
         self.ledger, self.config, self.jobs = ledger, config, []
         self.broken: Exception | None = None
-        self.pool = ForkedPool(_parse_safely, (ledger.home, config), workers)
+        self.pool = ForkedPool(parse_one_safely, (ledger.home, config), workers)
 
     def add(self, ids: list[int]) -> None:
         """Queue these submissions; never raises into the intake (a broken pool is reported
