@@ -32,47 +32,11 @@ def clean_env(**extra: str) -> dict:
     return {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
 
-class ServeProcess:
-    def __init__(self, home: Path, config_dir: Path, env: dict, *args: str):
-        self.home, self.config_dir, self.env, self.args = home, config_dir, env, args
-        self.proc: subprocess.Popen | None = None
-        self.api = ""
-        self.starts = 0
+class PrefectRest:
+    """The Prefect REST API at ``api`` (``http://127.0.0.1:PORT/api``), spoken as the UI does."""
 
-    def start(self, timeout: float = 240) -> "ServeProcess":
-        self.starts += 1
-        log = self.home.parent / f"serve-{self.starts}.log"
-        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [str(BIN / "bulletin"), "serve", "--home", str(self.home), "--config", str(self.config_dir), *self.args],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log.read_text(encoding="utf-8", errors="replace")
-            found = re.search(r"UI: (http://127\.0\.0\.1:\d+)", text)
-            if found and "已注册" in text:
-                self.api = found.group(1) + "/api"
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited: {text[-3000:]}")
-            time.sleep(0.5)
-        raise AssertionError(f"serve did not start: {log.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        """Ctrl+C (SIGINT to the group), as in a terminal; then make sure nothing is left."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self.proc = None
+    def __init__(self, api: str = "", env: dict | None = None):
+        self.api, self.env = api, env or {}
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
         data = None if body is None else json.dumps(body).encode()
@@ -135,6 +99,48 @@ class ServeProcess:
         while not any(text in line for line in self.logs(run_id)):
             assert time.monotonic() < deadline, f"no log line with {text!r}: {self.logs(run_id)[-10:]}"
             time.sleep(0.5)
+
+class ServeProcess(PrefectRest):
+    def __init__(self, home: Path, config_dir: Path, env: dict, *args: str):
+        super().__init__("", env)
+        self.home, self.config_dir, self.args = home, config_dir, args
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 240) -> "ServeProcess":
+        self.starts += 1
+        log = self.home.parent / f"serve-{self.starts}.log"
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [str(BIN / "bulletin"), "serve", "--home", str(self.home), "--config", str(self.config_dir), *self.args],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(encoding="utf-8", errors="replace")
+            found = re.search(r"UI: (http://127\.0\.0\.1:\d+)", text)
+            if found and "已注册" in text:
+                self.api = found.group(1) + "/api"
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {text[-3000:]}")
+            time.sleep(0.5)
+        raise AssertionError(f"serve did not start: {log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        """Ctrl+C (SIGINT to the group), as in a terminal; then make sure nothing is left."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.proc = None
 
     def flow_processes(self) -> list[int]:
         """Processes below ``serve`` that run a flow (``python -m prefect.engine``, or a spawned

@@ -369,6 +369,22 @@ def test_a_large_file_is_archived_by_the_hash_of_the_bytes_copied(home, tmp_path
     assert [p.name for p in (home / "archive").rglob(".incoming-*")] == []
 
 
+def test_temp_names_differ_between_hosts_sharing_the_home(home, monkeypatch):
+    """Two hosts on one shared home may run the same pid: a temp file of one is never taken
+    (and unlinked as a leftover) by the other."""
+    import tasks.core.durable as durable
+    from tasks.intake.archive import _new_temp
+
+    names = []
+    for host in ("host-a", "host-b"):
+        monkeypatch.setattr(durable, "_HOST", host)
+        fd, tmp = _new_temp(str(home / "archive" / ".incoming"), "stream")
+        os.write(fd, host.encode())
+        os.close(fd)
+        names.append(tmp)
+    assert names[0] != names[1] and [Path(n).read_bytes() for n in names] == [b"host-a", b"host-b"]
+
+
 def test_the_duplicate_lookup_uses_the_fingerprint_index(ledger, inbox):
     """Each chunk looks its fingerprints up through their index, never by walking the
     campaign's submissions (that made the intake of 100,000 entries quadratic)."""

@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from .durable import temp_tag
+
 CAMPAIGN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 UNIT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 FIELD_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -399,7 +401,7 @@ class _Reading:
     def store(self) -> None:
         """Write the pending parsed-data cache files (best effort: a failure costs a re-parse)."""
         for target, text in self.to_store:
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp = target.with_name(f".{target.name}.{temp_tag()}.tmp")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_text(text, encoding="utf-8")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
@@ -71,6 +72,15 @@ def forget_folder(folder: str) -> None:
     _folders_made.discard(folder)
 
 
+_HOST = socket.gethostname() or "host"
+
+
+def temp_tag() -> str:
+    """``host-pid-thread``: part of every temp name of ours, unique on a home folder that
+    several hosts share (a pid alone is not: another host may run the same one)."""
+    return f"{_HOST}-{os.getpid()}-{threading.get_ident()}"
+
+
 def open_new(path: str, mode: int) -> int:
     """Create *path* for writing, exclusively, and give its descriptor. *path* is a temp name
     of ours: one left by a crashed process with the same id is replaced."""
@@ -101,7 +111,7 @@ def replace_file(target: str | Path, data: bytes, mode: int = 0o600) -> None:
     temp name of ours beside it, then renamed over it. No fsync: see :func:`sync_folder`."""
     target = os.fspath(target)
     tmp = os.path.join(os.path.dirname(target),
-                       f".{os.path.basename(target)}.{os.getpid()}-{threading.get_ident()}.tmp")
+                       f".{os.path.basename(target)}.{temp_tag()}.tmp")
     write_and_rename(open_new(tmp, mode), tmp, target, lambda fd: write_all(fd, data))
 
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 
-from ..core.durable import ensure_folder, forget_folder, open_new, unlink_quietly, write_all, write_and_rename
+from ..core.durable import (
+    ensure_folder,
+    forget_folder,
+    open_new,
+    temp_tag,
+    unlink_quietly,
+    write_all,
+    write_and_rename,
+)
 
 _CHUNK = 1 << 20
 
@@ -24,9 +31,9 @@ def archive_relpath(sha256: str) -> str:
 
 def _new_temp(folder: str, tag: str) -> tuple[int, str]:
     """A new read-only temp file in *folder* (made if needed) under a name of our own, unique
-    per process and thread (never a name from outside): (fd, path)."""
+    per host, process and thread (never a name from outside): (fd, path)."""
     ensure_folder(folder)
-    tmp = os.path.join(folder, f".incoming-{tag}-{os.getpid()}-{threading.get_ident()}")
+    tmp = os.path.join(folder, f".incoming-{tag}-{temp_tag()}")
     try:
         return open_new(tmp, 0o444), tmp  # read-only from birth: the archive is write-once
     except FileNotFoundError:  # the folder went away under us (a test removed the home)
