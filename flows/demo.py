@@ -74,14 +74,18 @@ def build_returns(config: Config) -> dict[str, SimulatedReturn]:
         photos = [(f"{unit.name}-{PHOTO_SCENES[unit.code]}.jpg", f"{unit.name}{PHOTO_SCENES[unit.code]}")] \
             if unit.code in PHOTO_SCENES else []
         out[unit.code] = SimulatedReturn(unit, values, exact, narrative_for(unit, i), photos=photos)
-    # a few units write numbers the way people do
-    out["210500"].values.update(posters=_fullwidth(exact_of(out, "210500", "posters")))
-    out["210400"].values.update(banners=f"{exact_of(out, '210400', 'banners')}条")
-    out["210100"].narrative["activities"] += "活动报道见 http://news.example.com/energy-week。"
-    # text pasted from a hijacked page (as in the reference): held back for review, the unit told
-    out[SPAM].narrative["highlights"] = "球盟会(中国)唯一官方网站"
-    dalian = out[WARNS]  # fewer participants than trainings: a warning the unit must explain
-    dalian.exact["participants"] = dalian.values["participants"] = max(1, dalian.exact["trainings"] - 2)
+    # a few units write numbers the way people do (each quirk where its unit takes part)
+    if "210500" in out:
+        out["210500"].values.update(posters=_fullwidth(exact_of(out, "210500", "posters")))
+    if "210400" in out:
+        out["210400"].values.update(banners=f"{exact_of(out, '210400', 'banners')}条")
+    if "210100" in out:
+        out["210100"].narrative["activities"] += "活动报道见 http://news.example.com/energy-week。"
+    if SPAM in out:  # text pasted from a hijacked page (as in the reference): held back for review
+        out[SPAM].narrative["highlights"] = "球盟会(中国)唯一官方网站"
+    if WARNS in out:  # fewer participants than trainings: a warning the unit must explain
+        dalian = out[WARNS]
+        dalian.exact["participants"] = dalian.values["participants"] = max(1, dalian.exact["trainings"] - 2)
     return out
 
 

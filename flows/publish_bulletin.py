@@ -33,8 +33,10 @@ from tasks.bulletin.approval import (
     find_version,
 )
 from tasks.bulletin.personal import personal_files, splice
+from tasks.bulletin.upward import DropFolderMailer, UpwardError, parent_dir, upward_message
+from tasks.core.config import ConfigError, load_config
 from tasks.core.ledger import Bulletin
-from tasks.mail.delivery import delivery_states
+from tasks.mail.delivery import deliver_many, delivery_states
 from tasks.mail.message import OutgoingMessage
 from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, rejection_notice
 
@@ -193,8 +195,39 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
                                                "approval": bulletin.approval, "sent": 0})
     messages = build_bulletin_mail(ctx, bulletin)
     counts = send_messages(ctx, quote(messages), "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
+    upward = None
     if not dry_run:
         _deliveries_artifact(ctx, bulletin, messages, counts)
         publish_chain(ctx)
+        if ctx.config.campaign.reports_to:
+            upward = report_upward(ctx, bulletin)
     return {"campaign": ctx.campaign_id, "version": bulletin.version, "approval": bulletin.approval,
-            "recipients": len(messages), **counts}
+            "recipients": len(messages), **counts, **({"upward": upward} if upward else {})}
+
+
+@task(name="report-upward", cache_policy=NO_CACHE)
+def report_upward(ctx: Context, bulletin: Bulletin) -> str:
+    """The approved version as this office's return to the parent campaign, once per version
+    (the ledger's key); raises (the run fails, the distribution already done) when it cannot
+    be made or delivered, so that a rerun of publish delivers it."""
+    log = get_run_logger()
+    rt = ctx.config.campaign.reports_to
+    try:
+        parent = load_config(parent_dir(ctx.config), rt.campaign)
+        msg = upward_message(ctx.config, parent, ctx.home / bulletin.folder, bulletin.version,
+                             bulletin.approved_by or "", ctx.override_dir)
+    except (ConfigError, UpwardError) as exc:
+        raise UpwardError(f"未能向上级任务 {rt.campaign} 报送第{bulletin.version}版：{exc}") from exc
+    if rt.drop_folder:
+        with DropFolderMailer(rt.drop_folder) as mailer:
+            outcome = deliver_many(ctx.ledger, mailer, [(msg, None)], campaign=ctx.campaign_id, step="upward")[0]
+        where = mailer.description
+    else:
+        counts = send_messages(ctx, [(msg, None)], "upward")
+        outcome = next(iter(k for k, v in counts.items() if v), "failed")
+        where = rt.mailbox
+    done = {"sent": "已报送", "skipped": "此前已报送，未重复"}.get(outcome)
+    if done is None:
+        raise UpwardError(f"第{bulletin.version}版未能报送上级任务 {rt.campaign}（{where}）：{outcome}；重新运行发布即可补报")
+    log.info("%s：第%d版作为 %s 的报表 → %s（%s）", done, bulletin.version, rt.unit, rt.campaign, where)
+    return outcome

@@ -396,6 +396,8 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
                 "charts": [{"file": f"charts/{c.path.name}", "cid": c.cid, "title": c.title} for c in content.charts]}
     (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1),
                                           encoding="utf-8")
+    (folder / FIGURES_FILE).write_text(json.dumps(figures_record(content), ensure_ascii=False, indent=1),
+                                       encoding="utf-8")
     (folder / "bulletin.txt").write_text(render("bulletin.txt.j2", override_dir, **ctx), encoding="utf-8")
     (folder / "bulletin.md").write_text(render("bulletin.md.j2", override_dir, **ctx), encoding="utf-8")
     write_docx(content, folder / "bulletin.docx")
@@ -404,6 +406,19 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     if (folder / "personal").exists():  # rendered again with other photos: blocks may differ
         shutil.rmtree(folder / "personal")
     write_blocks(content.personal, folder, ctx, override_dir)
+
+
+#: The version's figures and narrative as data, approved with it: what goes upward as this
+#: office's return to a parent campaign (tasks/bulletin/upward.py).
+FIGURES_FILE = "figures.json"
+
+
+def figures_record(content: BulletinContent) -> dict:
+    stories = content.stories_regions + content.stories_departments
+    return {"version": content.version, "title": content.title, "expected": content.expected,
+            "reported": content.reported, "totals": {f.key: f.exact for f in content.figures},
+            "lead": content.lead,
+            "highlights": [{"unit": s.unit_name, "text": s.highlights} for s in stories if s.highlights]}
 
 
 def mail_html(content: BulletinContent, config: Config, override_dir: str | None) -> str:

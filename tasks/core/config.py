@@ -305,6 +305,33 @@ class Robot(_Model):
         return self
 
 
+class ReportsTo(_Model):
+    """Where this campaign's approved result goes as one unit's return (逐级上报): the parent
+    campaign, the unit this office reports as there, and how the return travels: into the
+    parent's drop folder (both on one host) or by mail to the parent's mailbox, from this
+    office's sending address (which the parent must list as a contact of the unit)."""
+
+    campaign: str
+    unit: str
+    config: str | None = None  # the parent's config folder, relative to this one (default: this one)
+    drop_folder: str | None = None  # e.g. /srv/province/inbox/energy-week-2027
+    mailbox: str | None = None  # e.g. returns@province.example.gov.cn
+
+    @model_validator(mode="after")
+    def _where(self) -> ReportsTo:
+        if not CAMPAIGN_ID.match(self.campaign):
+            raise ValueError(f"campaign id '{self.campaign}' must be lowercase letters, digits and dashes")
+        if not UNIT_CODE.match(self.unit):
+            raise ValueError(f"unit code '{self.unit}' must be letters, digits, '-' or '_' (at most 32)")
+        if (self.drop_folder is None) == (self.mailbox is None):
+            raise ValueError("name exactly one of drop_folder (the parent's, on this host) or mailbox (its address)")
+        if self.mailbox is not None and not EMAIL.fullmatch(self.mailbox):
+            raise ValueError(f"'{self.mailbox}' is not an email address")
+        if self.drop_folder is not None and not Path(self.drop_folder).is_absolute():
+            raise ValueError(f"drop_folder '{self.drop_folder}' must be an absolute path")
+        return self
+
+
 class Campaign(_Model):
     id: str
     name: str
@@ -321,6 +348,7 @@ class Campaign(_Model):
     max_return_bytes: int = 20 * 1024 * 1024  # a return file above this is refused (kept in the archive)
     max_photo_bytes: int = 10 * 1024 * 1024
     max_file_bytes: int = 100 * 1024 * 1024  # refused at the door above this
+    reports_to: ReportsTo | None = None  # the approved result goes upward as a unit's return
 
     @field_validator("id")
     @classmethod
@@ -559,6 +587,11 @@ def load_config(config_dir: Path | str, campaign: str, *, cache_dir: Path | str 
     return config
 
 
+def parent_config_dir(config_dir: Path | str, reports_to: ReportsTo) -> Path:
+    """The parent campaign's config folder (``reports_to.config`` is relative to this one)."""
+    return (Path(config_dir) / reports_to.config).resolve() if reports_to.config else Path(config_dir)
+
+
 def load_config_afresh(config_dir: Path, campaign: str) -> Config:
     """:func:`load_config` reading every file again: no memo, no disk cache (``bulletin check``)."""
     return _load_config(Path(config_dir), campaign, _Reading(None))
@@ -586,6 +619,11 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
         reading.depends_on(previous)
         if not previous.is_file():
             problems.append(ConfigError(path, "previous", f"no campaign '{camp.previous}' under {config_dir / 'campaigns'}"))
+    if camp.reports_to is not None:
+        parent = campaign_path(parent_config_dir(config_dir, camp.reports_to), camp.reports_to.campaign)
+        reading.depends_on(parent)
+        if not parent.is_file():
+            problems.append(ConfigError(path, "reports_to.campaign", f"no campaign file {parent}"))
     keys = {f.key for f in camp.form.counts}
     problems += [ConfigError(path, f"bulletin.change_columns.{i}",
                              f"'{key}' is not a counted field of the form ({', '.join(sorted(keys))})")

@@ -245,12 +245,14 @@ def build_request_workbook(campaign: Campaign, unit: Unit) -> bytes:
 
 
 def fill_workbook(data: bytes, values: dict[str, object], explanation: str | None = None,
-                  photos: list[tuple[str, str]] = ()) -> bytes:
+                  photos: list[tuple[str, str]] = (), formulas: bool = True) -> bytes:
     """Simulate a unit filling its request workbook; return the new .xlsx bytes.
 
     ``values`` maps field keys to what the unit types (None clears the cell). As in Excel, a
-    string starting with ``=`` becomes a formula (useful to test the parser). ``photos`` are
-    (file name, caption) rows written from row 2 of ``照片``. Unknown keys raise KeyError.
+    string starting with ``=`` becomes a formula (useful to test the parser), unless
+    ``formulas`` is false: then every string is written as text (what the product itself fills
+    in, from text others wrote). ``photos`` are (file name, caption) rows written from row 2
+    of ``照片``. Unknown keys raise KeyError.
     """
     wb = load_workbook(BytesIO(data))
     names = wb.defined_names
@@ -264,7 +266,10 @@ def fill_workbook(data: bytes, values: dict[str, object], explanation: str | Non
     for key, value in values.items():
         if field_name(key) not in names:
             raise KeyError(f"unknown field key {key!r}")
-        cell_of(field_name(key)).value = value
+        cell = cell_of(field_name(key))
+        cell.value = value
+        if not formulas and isinstance(value, str):
+            cell.data_type = "s"  # openpyxl took a leading '=' for a formula
     if explanation is not None:
         cell_of(EXPLANATION_NAME).value = explanation
     if len(photos) > PHOTO_ROWS:
