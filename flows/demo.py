@@ -3,7 +3,9 @@
 Most units return on time in assorted formats; 鞍山市 sends a broken return and then a
 corrected one; 大连市 sends figures that raise warnings, then explains them; 葫芦岛市 is
 late; 营口市 corrects its return after the deadline; 阜新市's highlights carry pasted spam (held
-back for review, and its own copy says so); 省卫生健康委 never returns. In the 2022
+back for review, and its own copy says so); 省卫生健康委 never returns. 沈阳市 runs its own
+round with five districts first: its approved result goes to the province by mail as 沈阳市's
+return (逐级上报), and the province's bulletin counts it. In the 2022
 round 省科技馆 did not return and 朝阳市 was late, so the bulletin compares 23 units like for
 like. The demo checks the outcome and exits 0 only when the campaign ran as designed.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import contextlib
 import os
 import time
 from email import policy
@@ -41,6 +44,7 @@ NEVER, LATE, BROKEN, WARNS = "SZ008", "211400", "210300", "210200"
 CORRECTS_LATE = "210800"  # an on-time return corrected after the deadline
 NEW_THIS_YEAR, LATE_LAST_YEAR = "SZ007", "211300"  # the 2022 round: missing, late
 SPAM = "210900"  # 阜新市: its highlights carry injected spam
+CITY, CITY_CAMPAIGN = "210100", "shenyang-2023"  # 沈阳市 and its own round (config/shenyang/)
 FIRST_WAVE = ["210100", BROKEN, WARNS, "210400", "210500", "210600", "210700", "219000",
               "SZ001", "SZ002", "SZ003", "SZ004"]
 
@@ -140,6 +144,77 @@ def run_previous_round(home: Path, config_dir: Path, returns: dict[str, Simulate
                         home=str(home), config_dir=str(config_dir))
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Environment variables set (None: unset) for the steps inside, as another office's
+    process would have them; restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def district_returns(city_config: Config, city: SimulatedReturn) -> dict[str, SimulatedReturn]:
+    """The districts' returns: 沈阳市's own figures shared out among them (so the city's
+    roll-up is the return the province would have had from it), each its own narrative."""
+    units = city_config.units
+    out = {}
+    for i, unit in enumerate(units):
+        values = {k: v // len(units) + (v % len(units) if i == 0 else 0) for k, v in city.exact.items()}
+        out[unit.code] = SimulatedReturn(unit, dict(values), values, narrative_for(unit, i))
+    return out
+
+
+def run_city_round(home: Path, config_dir: Path, city: SimulatedReturn) -> dict:
+    """沈阳市's round with its districts, in its own home and config folder, by the same flows:
+    request, returns, collect, compile, approval by the city's coordinator, publish. Publish
+    mails the approved result to the province's intake mailbox as 沈阳市's return (from the
+    address the province lists for 沈阳市); it is put into the province's Maildir here, as the
+    province's mail server would."""
+    from tasks.bulletin.approval import decide
+
+    from .collect_returns import collect_returns
+    from .compile_bulletin import compile_bulletin
+    from .publish_bulletin import publish_bulletin
+    from .request_returns import request_returns
+    city_dir = config_dir / "shenyang"
+    config = load_config(city_dir, CITY_CAMPAIGN)
+    cal = config.campaign.calendar
+    city_home = home / "levels" / "shenyang"
+    args = dict(home=str(city_home), config_dir=str(city_dir))
+    sender = load_config(config_dir, CAMPAIGN).unit_by_code[CITY].contacts[0].email
+    with _environment(BULLETIN_MAILDIR=None, BULLETIN_MAIL_FROM=sender):
+        request_returns(CITY_CAMPAIGN, now=cal.opens_at, **args)
+        inbox = city_home / "inbox" / CITY_CAMPAIGN
+        inbox.mkdir(parents=True, exist_ok=True)
+        returns = district_returns(config, city)
+        for r in returns.values():
+            drop(config, inbox, r, "generated")
+        collect_returns(CITY_CAMPAIGN, now=cal.deadline_at - dt.timedelta(days=1), **args)
+        compile_bulletin(CITY_CAMPAIGN, now=cal.compile_moment, **args)
+        decide(Ledger(city_home), CITY_CAMPAIGN, by=config.campaign.coordinators[0].name, approve=True,
+               note="同意上报", now=cal.compile_moment)
+        published = publish_bulletin(CITY_CAMPAIGN, now=cal.compile_moment, **args)
+        again = publish_bulletin(CITY_CAMPAIGN, now=cal.compile_moment, **args)
+    upward = [p for p in (city_home / "outbox").glob("*.eml") if "__upward__" in p.name]
+    for path in upward:
+        _deliver_to_maildir(_maildir(home), path.read_bytes(), "upward")
+    return {"published": published, "again": again, "mails": len(upward), "home": city_home,
+            "sums": {k: sum(r.exact[k] for r in returns.values()) for k in city.exact}}
+
+
+def _maildir(home: Path) -> Path:
+    """The province's intake mailbox, as a Maildir its mail server delivers into."""
+    maildir = home / "maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    return maildir
+
+
 def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     """Walk the campaign's calendar; return True when everything came out as designed."""
     from .collect_returns import collect_returns
@@ -165,11 +240,17 @@ def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     _say(f"{cal.opens_at:%Y-%m-%d %H:%M} 发出报送通知 request")
     request_returns(CAMPAIGN, now=cal.opens_at, **args)
 
+    _say("沈阳市先组织五个区县报送，批准后汇总作为沈阳市的报表报送省级 a city's own round, reported upward")
+    os.environ["BULLETIN_MAILDIR"] = str(_maildir(home))  # the province's intake mailbox
+    city_round = run_city_round(home, config_dir, returns[CITY])
+
     _say("第一批报表到达（含一份错误报表、一份需说明的报表）first returns")
     broken = SimulatedReturn(**{**returns[BROKEN].__dict__, "values": {
         **returns[BROKEN].values, "banners": "-5", "boards": "若干", "trainings": None}})
     warns = returns[WARNS]  # participants below trainings: a warning to explain
     for code in FIRST_WAVE:
+        if code == CITY:  # its return is the city's round, in the mailbox
+            continue
         r = broken if code == BROKEN else warns if code == WARNS else returns[code]
         drop(config, inbox, r, STYLES.get(code, "generated"))
     collect_returns(CAMPAIGN, now=at(-6 * day), **args)
@@ -204,7 +285,7 @@ def run_demo(home: Path, config_dir: Path = BUNDLED_CONFIG) -> bool:
     signed = sign_off_by_mail(home, config, args)
     sent = signed.get("signoff", {}).get("bulletin", {})
     resent = publish_bulletin(CAMPAIGN, now=cal.compile_moment + dt.timedelta(hours=4), **args)
-    return _verify(home, config, returns, first, again, sent, resent, time.monotonic() - started)
+    return _verify(home, config, returns, first, again, sent, resent, city_round, time.monotonic() - started)
 
 
 def sign_off_by_mail(home: Path, config: Config, args: dict) -> dict:
@@ -213,9 +294,7 @@ def sign_off_by_mail(home: Path, config: Config, args: dict) -> dict:
     out-of-office reply comes first and approves nothing."""
     from .collect_returns import collect_returns
     compiled = config.campaign.calendar.compile_moment
-    maildir = home / "maildir"
-    for sub in ("new", "cur", "tmp"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    maildir = _maildir(home)
     os.environ["BULLETIN_MAILDIR"] = str(maildir)
     result: dict = {}
     for hour, level, answer in ((1, "审核", "同意。数据已核对。"), (2, "签发", "同意印发")):
@@ -273,6 +352,17 @@ def _bulletin_copies(home: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+def _city_return(ledger: Ledger) -> tuple[str, str] | None:
+    """(source, state) of the province's latest submission from 沈阳市."""
+    from sqlalchemy import select
+
+    from tasks.core.ledger import Submission
+    with ledger.reading() as s:
+        row = s.execute(select(Submission.source, Submission.state).where(
+            Submission.campaign == CAMPAIGN, Submission.unit_code == CITY).order_by(Submission.id.desc())).first()
+    return tuple(row) if row else None
+
+
 def _events(ledger: Ledger, action: str) -> int:
     from sqlalchemy import func, select
 
@@ -283,7 +373,7 @@ def _events(ledger: Ledger, action: str) -> int:
 
 
 def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], first: dict, again: dict,
-            sent: dict, resent: dict, seconds: float) -> bool:
+            sent: dict, resent: dict, city_round: dict, seconds: float) -> bool:
     from tasks.bulletin.approval import chain_state
     from tasks.bulletin.compile import merge_accepted, totals
     from tasks.bulletin.readers import gather
@@ -308,6 +398,12 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             and chain["decisions"][0]["note"] == "同意。数据已核对。" and _events(ledger, "mail.auto_reply") == 1,
         "简讯已发送 bulletin sent": sent.get("sent", 0) > 0 and not sent.get("failed"),
         "再次发送不重复 nothing sent twice": resent.get("sent", 0) == 0,
+        "沈阳市汇总各区县报表，批准后报送一次 the city's round reported upward once":
+            city_round["published"].get("upward") == "sent" and city_round["again"].get("upward") == "skipped"
+            and city_round["mails"] == 1,
+        "省级收到的沈阳市报表即市级汇总 the province counts the city's roll-up":
+            _city_return(ledger) == ("imap", "accepted")
+            and {k: int(merged.numbers.loc[CITY, k]) for k in city_round["sums"]} == city_round["sums"],
     }
     folder = Path(first["folder"])
     readers = gather(ledger, config, merged.numbers)
@@ -339,6 +435,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
         path = copies.get(unit.contacts[0].email, (None, ""))[0]
         if path:
             print(f"  {unit.name}收到的简讯 copy for {unit.name}: {path}")
+    print(f"沈阳市简讯 the city's bulletin: {city_round['home'] / 'bulletins' / CITY_CAMPAIGN / 'v1' / 'bulletin.html'}")
     outbox = home / "outbox"
     if outbox.is_dir():
         print(f"发件箱 outbox: {outbox} （{len(list(outbox.glob('*.eml')))} 封邮件）")

@@ -33,7 +33,7 @@ from tasks.bulletin.approval import (
     find_version,
 )
 from tasks.bulletin.personal import personal_files, splice
-from tasks.bulletin.upward import DropFolderMailer, UpwardError, parent_dir, upward_message
+from tasks.bulletin.upward import DropFolderMailer, UpwardError, parent_dir, upward_key, upward_message
 from tasks.core.config import ConfigError, load_config
 from tasks.core.ledger import Bulletin
 from tasks.mail.delivery import deliver_many, delivery_states
@@ -214,8 +214,10 @@ def report_upward(ctx: Context, bulletin: Bulletin) -> str:
     rt = ctx.config.campaign.reports_to
     try:
         parent = load_config(parent_dir(ctx.config), rt.campaign)
+        earlier = delivery_states(ctx.ledger, [upward_key(ctx.config, v) for v in range(1, bulletin.version)])
         msg = upward_message(ctx.config, parent, ctx.home / bulletin.folder, bulletin.version,
-                             bulletin.approved_by or "", ctx.override_dir)
+                             bulletin.approved_by or "", any(s == "sent" for s, _at, _e in earlier.values()),
+                             ctx.override_dir)
     except (ConfigError, UpwardError) as exc:
         raise UpwardError(f"未能向上级任务 {rt.campaign} 报送第{bulletin.version}版：{exc}") from exc
     if rt.drop_folder:

@@ -85,6 +85,9 @@ def test_demo_runs_a_whole_campaign(tmp_path):
                                         "--config", str(PROJECT_ROOT / "config")],
                                        env=_env(), capture_output=True, text=True, cwd=tmp_path).stdout)
     assert status["accepted"] == 23 and status["latest_bulletin"]["approved"] is True
+    # 沈阳市's own round reads as a city's: 全市, 各区县, never 全省
+    city = (home / "levels" / "shenyang" / "bulletins" / "shenyang-2023" / "v1" / "bulletin.txt").read_text(encoding="utf-8")
+    assert "全市各级公共机构共" in city and "（一）各区县" in city and "全省" not in city
 
 
 def test_a_cli_run_keeps_big_config_files_parsed_in_the_home_cache(tmp_path, monkeypatch):

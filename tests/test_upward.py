@@ -53,7 +53,7 @@ def test_the_parent_form_is_filled_with_the_totals_and_narrative_as_data(config)
               "highlights": [{"unit": "和平区", "text": "节能竞赛"}, {"unit": "沈河区", "text": "绿色出行"}]}
     values, missing = upward_values(config, record)
     assert missing == [config.campaign.form.counts[1].label], "a field the child does not count stays blank"
-    assert values["highlights"] == "和平区：节能竞赛；沈河区：绿色出行"
+    assert values["highlights"] == "和平区：节能竞赛；沈河区：绿色出行。"
     assert len(values["activities"]) == 2000 and values["activities"].endswith("…"), "cut to the field's limit"
     book = load_workbook(BytesIO(fill_workbook(build_request_workbook(config.campaign, config.units[0]), values,
                                                formulas=False)))
@@ -174,6 +174,8 @@ def test_by_mail_from_the_units_contact_into_the_parents_mailbox(config_dir, tmp
     assert len(upward) == 1
     parsed = email.message_from_bytes(upward[0].data, policy=policy.default)
     assert "Auto-Submitted" not in parsed, "a return, not an auto-reply"
+    assert "更正稿" not in str(parsed["Subject"]) and parsed["From"].addresses[0].addr_spec == \
+        parent.unit_by_code[AS_UNIT].contacts[0].email
 
     maildir = tmp_path / "maildir"
     for sub in ("new", "cur", "tmp"):

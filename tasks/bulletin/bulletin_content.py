@@ -17,7 +17,7 @@ class Story:
 
     unit_code: str
     unit_name: str
-    kind: str  # city | zone | department
+    kind: str  # city | zone | department | district
     activities: str
     highlights: str = ""
 
@@ -78,7 +78,7 @@ class BulletinContent:
     stories_regions: tuple[Story, ...]  # cities and zones
     stories_departments: tuple[Story, ...]
     figures: tuple[Figure, ...]  # province totals, form order
-    totals_sentence: str  # 全省各级公共机构共张贴宣传画32200余套、……
+    totals_sentence: str  # 全省各级公共机构共张贴宣传画32200余套、…… (全市 … in a city's round)
     media_sentence: str
     expected: int
     reported: int
@@ -101,3 +101,6 @@ class BulletinContent:
     personal: tuple = ()  # PersonalBlock per expected unit (tasks.bulletin.personal)
     charts: tuple = ()  # tasks.bulletin.charts.Chart, each placed where its section says
     extra: dict = field(default_factory=dict)
+    area: str = "全省"  # 全省 | 全市 …: the whole the totals are of
+    regions_heading: str = "各市及沈抚示范区"  # the stories of the regions (各区县 in a city's round)
+    departments_heading: str = "省直机关"  # 市直机关 in a city's round

@@ -96,7 +96,7 @@ def _bare(ax, value_axis: str, family: str, size: float) -> None:
         tick.set_fontsize(size)
 
 
-def totals_chart(path: Path, items: list[tuple[str, str, int, int, str]], basis: str) -> str:
+def totals_chart(path: Path, items: list[tuple[str, str, int, int, str]], basis: str, area: str = "全省") -> str:
     """Small multiples, one pair of bars (上年, 本年) per field, each on its own scale.
 
     *items*: (label, unit, previous, current, change) per field. Returns the alt text."""
@@ -120,7 +120,7 @@ def totals_chart(path: Path, items: list[tuple[str, str, int, int, str]], basis:
                     ha="center", va="bottom", fontsize=7.5, family=family)
         _bare(ax, "y", family, 8)
     scope = "同口径" if basis == "same_units" else "全部单位"
-    fig.suptitle(f"全省主要指标与上年对比（{scope}）", fontsize=11, family=family)
+    fig.suptitle(f"{area}主要指标与上年对比（{scope}）", fontsize=11, family=family)
     _save(fig, path)
     return "；".join(f"{label}上年{before}{unit}、本年{now}{unit}（{change}）"
                     for label, unit, before, now, change in items) + "。"

@@ -160,8 +160,9 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         issuer=b.issuer, date=day, date_text=chinese_date(day), lead=lead,
         stories_regions=tuple(s for s in stories if s.kind != "department"),
         stories_departments=tuple(s for s in stories if s.kind == "department"),
+        area=b.area, regions_heading=_region_group(config), departments_heading=_departments_group(b.area),
         figures=figures,
-        totals_sentence=f"全省各级公共机构共{activity}。" if activity else "",
+        totals_sentence=f"{b.area}各级公共机构共{activity}。" if activity else "",
         media_sentence=f"宣传报道方面，共计{media}。" if media else "",
         expected=expected, reported=reported, completeness_sentence=completeness,
         missing_names=tuple(u.name for u in config.units if readers.states[u.code].state == MISSING)
@@ -325,14 +326,15 @@ def draw_charts(config: Config, merged: Merged, readers: Readers, folder: Path) 
             items = [(f.label, f.unit or "", yoy.base[f.key], yoy.current[f.key], yoy.changes[f.key].short)
                      for f in config.campaign.form.counts if f.key in yoy.changes]
             scope = "同口径" if yoy.basis == "same_units" else "全部单位"
-            out.append(Chart(path(), cid(), f"全省主要指标与上年对比（{scope}）",
-                             totals_chart(path(), items, yoy.basis), "totals"))
+            out.append(Chart(path(), cid(), f"{b.area}主要指标与上年对比（{scope}）",
+                             totals_chart(path(), items, yoy.basis, b.area), "totals"))
         units = config.unit_by_code
         for key in b.chart_fields:
             f = config.campaign.form.field(key)
             values = merged.numbers[key].rename(index=lambda c: units[c].name)
             kinds = pd.Series([units[c].kind for c in merged.numbers.index], index=values.index)
-            panels = [(_region_group(config), values[kinds != "department"]), ("省直机关", values[kinds == "department"])]
+            panels = [(_region_group(config), values[kinds != "department"]),
+                      (_departments_group(b.area), values[kinds == "department"])]
             title = f"各单位{f.label}（{f.unit}）" if f.unit else f"各单位{f.label}"
             alt, note = units_chart(path(), f.label, f.unit or "", panels)
             out.append(Chart(path(), cid(), title, alt, "units", note))
@@ -343,9 +345,17 @@ def draw_charts(config: Config, merged: Merged, readers: Readers, folder: Path) 
     return tuple(out)
 
 
+def _departments_group(area: str) -> str:
+    """省直机关 for 全省, 市直机关 for 全市."""
+    return f"{area.removeprefix('全')}直机关"
+
+
 def _region_group(config: Config) -> str:
+    """各市及沈抚示范区 (a province's round), 各区县 (a city's), from the units' kinds."""
     zones = [u.name for u in config.units if u.kind == "zone"]
-    return "各市" + (f"及{'、'.join(zones)}" if 0 < len(zones) <= 2 else "及各示范区" if zones else "")
+    kinds = {u.kind for u in config.units} - {"zone", "department"}
+    whole = "各区县" if kinds == {"district"} else "各市"
+    return whole + (f"及{'、'.join(zones)}" if 0 < len(zones) <= 2 else "及各示范区" if zones else "")
 
 
 def _copy_photos(home: Path, merged: Merged, config: Config, folder: Path, side: int,

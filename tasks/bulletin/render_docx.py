@@ -76,7 +76,7 @@ def _sections(c: BulletinContent) -> list[tuple[str, Callable[..., None]]]:
 
 
 def _activities(doc, c: BulletinContent) -> None:
-    groups = [(_region_label(c.stories_regions), c.stories_regions), ("省直机关", c.stories_departments)]
+    groups = [(_region_label(c.stories_regions), c.stories_regions), (c.departments_heading, c.stories_departments)]
     for n, (label, stories) in enumerate([g for g in groups if g[1]], 1):
         _heading(doc, 2, n, label)
         for story in stories:
@@ -87,7 +87,7 @@ def _activities(doc, c: BulletinContent) -> None:
 
 def _results(doc, c: BulletinContent) -> None:
     _text(doc, c.totals_sentence + c.totals_change)
-    _figure_table(doc, "全省活动情况汇总", _figures(c, "activity"), c.compare_headers)
+    _figure_table(doc, f"{c.area}活动情况汇总", _figures(c, "activity"), c.compare_headers)
     for chart in c.charts:
         _chart(doc, chart)
     if not c.unit_rows:
@@ -144,7 +144,8 @@ def _region_label(stories: tuple[Story, ...]) -> str:
     zones = list(dict.fromkeys(s.unit_name for s in stories if s.kind == "zone"))
     zone_text = "、".join(zones) if len(zones) <= 2 else "各示范区"
     if any(s.kind != "zone" for s in stories):
-        return f"各市及{zone_text}" if zones else "各市"
+        whole = "各区县" if all(s.kind in ("district", "zone") for s in stories) else "各市"
+        return f"{whole}及{zone_text}" if zones else whole
     return zone_text
 
 

@@ -135,7 +135,7 @@ def request_message(config: Config, bulletin: Bulletin, folder: Path, approver: 
     blocks = len(list(personal.parent.glob("*.txt"))) if personal.is_file() else 0
     attach_blocks = blocks and personal.stat().st_size <= MAX_BLOCKS_ATTACHED
     text = render("approval_request.txt.j2", override, campaign=camp, approver=approver, version=bulletin.version,
-                  changes=changes, subject_tag=subject_tag(camp.id, bulletin.version), personal_blocks=blocks,
+                  changes=changes, subject_tag=subject_tag(camp.id, bulletin.version), personal_blocks=blocks, area=camp.bulletin.area,
                   blocks_attached=attach_blocks, blocks_path=personal)
     attachments = (Attachment(f"{camp.bulletin.title}（第{bulletin.version}版）.docx",
                               (folder / "bulletin.docx").read_bytes(), DOCX),)

@@ -53,7 +53,8 @@ def upward_values(parent: Config, record: dict) -> tuple[dict[str, object], list
             values[f.key] = int(record["totals"][f.key])
         else:
             missing.append(f.label)
-    highlights = "；".join(f"{h['unit']}：{h['text']}" for h in record["highlights"])
+    highlights = "；".join(f"{h['unit']}：{h['text'].rstrip('。；;. ')}" for h in record["highlights"])
+    highlights += "。" if highlights else ""
     lead_used = False
     for f in parent.campaign.form.texts:
         if f.key == "highlights":
@@ -69,8 +70,9 @@ def upward_values(parent: Config, record: dict) -> tuple[dict[str, object], list
 
 
 def upward_message(config: Config, parent: Config, folder: Path, version: int, approved_by: str,
-                   override_dir: str | None = None) -> OutgoingMessage:
-    """The return of ``reports_to.unit`` to the parent campaign, from this approved version."""
+                   corrected: bool = False, override_dir: str | None = None) -> OutgoingMessage:
+    """The return of ``reports_to.unit`` to the parent campaign, from this approved version;
+    ``corrected`` when an earlier version went up before."""
     rt = config.campaign.reports_to
     unit: Unit | None = parent.unit_by_code.get(rt.unit)
     if unit is None:
@@ -90,11 +92,11 @@ def upward_message(config: Config, parent: Config, folder: Path, version: int, a
     camp = config.campaign
     text = render("upward.txt.j2", override_dir, parent=parent.campaign, unit=unit, campaign=camp,
                   version=version, expected=record["expected"], reported=record["reported"],
-                  approved_by=approved_by, corrected=version > 1, workbook_name=name, pdf_name=pdf_name)
+                  approved_by=approved_by, corrected=corrected, workbook_name=name, pdf_name=pdf_name)
     to = rt.mailbox or f"{rt.unit}@drop-folder.invalid"
     return OutgoingMessage(
-        key=upward_key(config, version), to=(Address(parent.campaign.name, to),),
-        subject=f"{unit.name}报送：{parent.campaign.name}（{camp.name}第{version}版汇总）",
+        key=upward_key(config, version), to=(Address(parent.campaign.coordinators[0].name, to),),
+        subject=f"{unit.name}报表：{parent.campaign.name}（{'更正稿，' if corrected else ''}第{version}版汇总）",
         text=text, attachments=tuple(attachments),
         auto_generated=False,  # a return, not an auto-reply: the parent's intake takes it in
         headers=(("X-Bulletin-Campaign", camp.id), ("X-Bulletin-Step", "upward"), ("X-Bulletin-Unit", rt.unit)))

@@ -99,7 +99,7 @@ class Approver(Contact):
 class Unit(_Model):
     code: str
     name: str
-    kind: Literal["city", "zone", "department"]
+    kind: Literal["city", "zone", "department", "district"]  # district: 区县, in a city's round
     contacts: list[Contact] = Field(min_length=1)
     supervisor: Contact
     # default_factory: a literal [] default is deep-copied for every unit
@@ -249,6 +249,7 @@ class BulletinSettings(_Model):
     issue: int = 1
     date: dt.date | None = None  # default: the compile date in the campaign's timezone
     lead: str = ""
+    area: str = "全省"  # how the bulletin names the whole: 全省合计, 占全省 (a city's round: 全市)
     significant_figures: int = Field(default=3, ge=1, le=6)
     copies: int | None = None  # 共印N份; default: the number of recipients
     distribution: list[str] = Field(min_length=1)  # list ids from lists.yaml
