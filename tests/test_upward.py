@@ -188,3 +188,25 @@ def test_by_mail_from_the_units_contact_into_the_parents_mailbox(config_dir, tmp
         rows = s.execute(Submission.__table__.select().with_only_columns(
             Submission.unit_code, Submission.state, Submission.source)).all()
     assert [(u, st) for u, st, _ in rows] == [(AS_UNIT, "accepted")], rows
+
+
+@pytest.mark.slow
+def test_the_rollup_benchmark_runs_three_levels_and_resumes(tmp_path):
+    """bench/rollup.py, tiny: stopped after three offices, then resumed to the centre, whose
+    totals must equal the sum of every institution's figures."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(root / "bench" / "rollup.py"), "--provinces", "2", "--cities", "2",
+           "--institutions", "4", "--dir", str(tmp_path / "rollup")]
+    first = subprocess.run([*cmd, "--offices", "3"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 1 and "run again with --dir" in first.stdout, first.stdout + first.stderr[-3000:]
+    done = sorted(p.parent.name for p in (tmp_path / "rollup" / "offices").glob("*/done.json"))
+    assert done == ["city-0101", "city-0102", "prov-01"]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "the centre's totals equal the sum of every institution's figures: yes" in second.stdout
+    levels = {line.split()[0]: line.split()[1] for line in second.stdout.splitlines()
+              if line.split() and line.split()[0] in ("city", "province", "centre")}
+    assert levels == {"city": "4", "province": "2", "centre": "1"}, second.stdout
