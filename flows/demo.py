@@ -376,6 +376,7 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             sent: dict, resent: dict, city_round: dict, seconds: float) -> bool:
     from tasks.bulletin.approval import chain_state
     from tasks.bulletin.compile import merge_accepted, totals
+    from tasks.bulletin.personal import block_count, read_blocks
     from tasks.bulletin.readers import gather
     from tasks.decisions.status import completeness, completeness_line
     ledger = Ledger(home)
@@ -413,12 +414,12 @@ def _verify(home: Path, config: Config, returns: dict[str, SimulatedReturn], fir
             yoy is not None and (yoy.both, yoy.new, yoy.dropped) == (len(config.units) - 2, 1, 0),
         "逾期、截止后更正、未报送 timeliness": (states[LATE].state, states[CORRECTS_LATE].state, states[NEVER].state)
             == ("late", "corrected", "missing") and readers.previous_round.counts["late"] == 1,
-        "每家单位一份个性化内容 a block per unit": len(list((folder / "personal").glob("*.txt"))) == len(config.units),
+        "每家单位一份个性化内容 a block per unit": block_count(folder) == len(config.units),
         "图表与公文样式 PDF charts and the PDF": len(list((folder / "charts").glob("*.png"))) == 2
             and (folder / "bulletin.pdf").is_file(),
         "疑似垃圾信息未收录且告知本单位 spam held back, its unit told":
             "球盟会" not in (folder / "bulletin.txt").read_text(encoding="utf-8")
-            and "待人工审核" in (folder / "personal" / f"{SPAM}.txt").read_text(encoding="utf-8"),
+            and "待人工审核" in read_blocks(folder)[SPAM][1],
     })
     copies = _bulletin_copies(home)
     if copies:  # the file outbox (with an SMTP server the copies are in the recipients' mailboxes)

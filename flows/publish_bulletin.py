@@ -32,7 +32,7 @@ from tasks.bulletin.approval import (
     decide,
     find_version,
 )
-from tasks.bulletin.personal import personal_files, splice
+from tasks.bulletin.personal import read_blocks, splice
 from tasks.bulletin.upward import DropFolderMailer, UpwardError, parent_dir, upward_key, upward_message
 from tasks.core.config import ConfigError, load_config
 from tasks.core.ledger import Bulletin
@@ -136,12 +136,12 @@ def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> list:
     top, as compiled (and approved) in the version's folder."""
     folder = ctx.home / bulletin.folder
     base = bulletin_message(ctx.config, folder, bulletin.version)
-    return [(addressed(_unit_copy(base, folder, unit) if unit else base, to), None)
+    blocks = read_blocks(folder)  # once per send
+    return [(addressed(_unit_copy(base, blocks.get(unit)) if unit else base, to), None)
             for to, unit in bulletin_audience(ctx.config)]
 
 
-def _unit_copy(base: OutgoingMessage, folder, unit: str) -> OutgoingMessage:
-    block = personal_files(folder, unit)
+def _unit_copy(base: OutgoingMessage, block: tuple[str, str] | None) -> OutgoingMessage:
     if block is None:  # compiled without personal copies
         return base
     html, text = block

@@ -144,24 +144,43 @@ def test_every_output_compares_like_for_like_and_tells_timeliness(two_rounds, co
 
 
 def test_each_unit_gets_its_own_block(two_rounds, config):
+    from tasks.bulletin.personal import block_count, read_blocks
+
     folder, _ = _compile(two_rounds, config)
     u = config.units
-    blocks = {p.stem for p in (folder / "personal").glob("*.txt")}
-    assert blocks == {x.code for x in config.units}
-    first = (folder / "personal" / f"{u[0].code}.txt").read_text(encoding="utf-8")
+    blocks = read_blocks(folder)
+    assert set(blocks) == {x.code for x in config.units} and block_count(folder) == len(config.units)
+    assert sorted(p.name for p in (folder / "personal").iterdir()) == ["blocks.jsonl", "index.html"], \
+        "one file for every block, not two per unit"
+    first = blocks[u[0].code][1]
     assert "按时报送" in first and "张贴宣传画：1123套，占全省28.6%，比上年增长12.3%" in first  # 1123 / 3923
-    fixed = (folder / "personal" / f"{u[1].code}.txt").read_text(encoding="utf-8")
+    fixed = blocks[u[1].code][1]
     assert "截止前已报送，截止后更正（更正稿2023年9月29日17:00收到）" in fixed and "与上年持平" in fixed
-    new = (folder / "personal" / f"{u[2].code}.txt").read_text(encoding="utf-8")
+    new = blocks[u[2].code][1]
     assert "逾期3天报送" in new and "本单位上年未报送，不作比较" in new and "比上年" not in new
-    gone = (folder / "personal" / f"{u[3].code}.txt").read_text(encoding="utf-8")
+    gone = blocks[u[3].code][1]
     assert "本单位未报送本次报表" in gone
-    html = (folder / "personal" / f"{u[0].code}.html").read_text(encoding="utf-8")
+    html = blocks[u[0].code][0]
     assert "增长12.3%" in html and "28.6%" in html
     index = (folder / "personal" / "index.html").read_text(encoding="utf-8")
     assert index.count("本单位报送情况") == len(config.units)
     assert "<!--bulletin:personal-->" in (folder / "mail.html").read_text(encoding="utf-8")
     assert "<!--bulletin:personal-->" not in (folder / "bulletin.html").read_text(encoding="utf-8")
+
+
+def test_a_version_compiled_with_a_pair_of_files_per_block_is_still_read(tmp_path):
+    """Versions compiled before blocks.jsonl (personal/<code>.html and .txt) send as before."""
+    from tasks.bulletin.personal import block_count, read_blocks
+
+    personal = tmp_path / "v1" / "personal"
+    personal.mkdir(parents=True)
+    for code in ("210100", "SZ001"):
+        (personal / f"{code}.html").write_text(f"<p>{code}</p>", encoding="utf-8")
+        (personal / f"{code}.txt").write_text(f"{code}：本单位报送情况", encoding="utf-8")
+    (personal / "index.html").write_text("<html></html>", encoding="utf-8")
+    assert read_blocks(tmp_path / "v1") == {"210100": ("<p>210100</p>", "210100：本单位报送情况"),
+                                            "SZ001": ("<p>SZ001</p>", "SZ001：本单位报送情况")}
+    assert block_count(tmp_path / "v1") == 2 and read_blocks(tmp_path / "none") == {}
 
 
 def test_a_narrative_held_back_is_told_to_its_unit(tmp_path, config):
@@ -173,7 +192,8 @@ def test_a_narrative_held_back_is_told_to_its_unit(tmp_path, config):
     submit(ledger, config, write_return(tmp_path / "in", config, unit, activities=spam), at)
     process_received(ledger, config, at)
     folder, _ = _compile(ledger, config)
-    block = (folder / "personal" / f"{unit.code}.txt").read_text(encoding="utf-8")
+    from tasks.bulletin.personal import read_blocks
+    block = read_blocks(folder)[unit.code][1]
     assert "“主要活动情况”含待人工审核的内容，审核通过前本期简讯暂未收录。" in block
     assert "球盟会" not in (folder / "bulletin.txt").read_text(encoding="utf-8")
 

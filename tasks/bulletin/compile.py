@@ -302,10 +302,12 @@ def _render_within_budget(home: Path, merged: Merged, config: Config, folder: Pa
         content = build_content(config, merged, version, day, lead, photos, readers, charts)
         render_files(content, folder, config, override_dir)
         if mail_size(folder) <= budget or not photos:
-            return content
+            break
         if side == PHOTO_SIDES[-1]:
             limit = len(photos) // 2
-    log.warning("bulletin v%s is %d bytes, over max_mail_bytes %d", version, mail_size(folder), budget)
+    else:
+        log.warning("bulletin v%s is %d bytes, over max_mail_bytes %d", version, mail_size(folder), budget)
+    render_blocks(content, folder, config, override_dir)  # once, with the photos that stayed
     return content
 
 
@@ -413,9 +415,14 @@ def render_files(content: BulletinContent, folder: Path, config: Config, overrid
     write_docx(content, folder / "bulletin.docx")
     if config.campaign.bulletin.pdf:
         write_pdf(content, folder, ctx, override_dir)
-    if (folder / "personal").exists():  # rendered again with other photos: blocks may differ
+
+
+def render_blocks(content: BulletinContent, folder: Path, config: Config, override_dir: str | None) -> None:
+    """The units' blocks (``personal/``), for the content as it stands (they name what the
+    bulletin left out, photos included)."""
+    if (folder / "personal").exists():  # compiled again: blocks may differ
         shutil.rmtree(folder / "personal")
-    write_blocks(content.personal, folder, ctx, override_dir)
+    write_blocks(content.personal, folder, dict(b=content, units_label=_units_label(config)), override_dir)
 
 
 #: The version's figures and narrative as data, approved with it: what goes upward as this

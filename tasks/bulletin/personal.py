@@ -2,20 +2,25 @@
 province total, its change against its own previous return, whether it was on time, and
 what of its return the bulletin left out.
 
-The blocks are rendered when the version is compiled, into ``personal/<unit-code>.{html,txt}``
-of the version's folder (and all of them in ``personal/index.html`` for the coordinator), so
-approving the version approves them; sending only splices a unit's block into its copy.
+The blocks are rendered when the version is compiled, into ``personal/blocks.jsonl`` of the
+version's folder (one line per unit: its code, the HTML fragment and the text) and all of them
+in ``personal/index.html`` for the coordinator, so approving the version approves them;
+sending reads the file once and splices a unit's block into its copy. (Until 2026-12 each
+block was two files, ``personal/<code>.{html,txt}``: 20,000 files at 10,000 units; a version
+compiled then is still read.)
 """
 
 from __future__ import annotations
 
 import html as html_lib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from ..core.durable import replace_file
 from ..core.formatting import chinese_datetime, percent_text
 from ..core.render import render
 from .timeliness import CORRECTED, UnitTimeliness
@@ -24,6 +29,7 @@ from .year_over_year import Change
 #: Where the block goes in the bulletin's mail HTML (``bulletin.html.j2`` writes it).
 SLOT = "<!--bulletin:personal-->"
 FOLDER = "personal"
+BLOCKS = "blocks.jsonl"
 
 
 @dataclass(frozen=True)
@@ -92,19 +98,19 @@ def build_block(code: str, name: str, fields: list, figures: Figures, when: Unit
 
 
 def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict, override_dir: str | None) -> None:
-    """``personal/<code>.html`` (the fragment spliced into the mail), ``.txt``, and an index
-    page with every block for the coordinator to read before approving."""
+    """``personal/blocks.jsonl`` (per unit: the HTML fragment spliced into the mail and the
+    text), and an index page with every block for the coordinator to read before approving."""
     if not blocks:
         return
     out = folder / FOLDER
     out.mkdir(parents=True, exist_ok=True)
-    fragments = []
+    fragments, lines = [], []
     for block in blocks:
         fragment = render("bulletin.personal.html.j2", override_dir, p=block, **context)
-        (out / f"{block.unit_code}.html").write_text(fragment, encoding="utf-8")
-        (out / f"{block.unit_code}.txt").write_text(
-            render("bulletin.personal.txt.j2", override_dir, p=block, **context), encoding="utf-8")
+        text = render("bulletin.personal.txt.j2", override_dir, p=block, **context)
+        lines.append(json.dumps({"unit": block.unit_code, "html": fragment, "text": text}, ensure_ascii=False))
         fragments.append(fragment)
+    replace_file(out / BLOCKS, ("\n".join(lines) + "\n").encode("utf-8"), 0o644)
     title = html_lib.escape(f"{context['b'].title}（第{context['b'].version}版）各单位个性化内容，共{len(blocks)}份")
     (out / "index.html").write_text(
         f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title></head>'
@@ -112,12 +118,29 @@ def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict,
         + "\n".join(fragments) + "\n</body></html>\n", encoding="utf-8")
 
 
-def personal_files(folder: Path, code: str) -> tuple[str, str] | None:
-    """(html fragment, text) of one unit's block in a compiled version, if it has one."""
-    html_path, text_path = folder / FOLDER / f"{code}.html", folder / FOLDER / f"{code}.txt"
-    if not (html_path.is_file() and text_path.is_file()):
-        return None
-    return html_path.read_text(encoding="utf-8"), text_path.read_text(encoding="utf-8")
+def read_blocks(folder: Path) -> dict[str, tuple[str, str]]:
+    """unit code → (HTML fragment, text) of a compiled version's blocks; empty without them.
+    A version compiled before ``blocks.jsonl`` has a pair of files per unit: read those."""
+    path = folder / FOLDER / BLOCKS
+    if path.is_file():
+        with path.open(encoding="utf-8") as fh:
+            rows = (json.loads(line) for line in fh if line.strip())
+            return {r["unit"]: (r["html"], r["text"]) for r in rows}
+    out = {}
+    for text_path in sorted((folder / FOLDER).glob("*.txt")):
+        html_path = text_path.with_suffix(".html")
+        if html_path.is_file():
+            out[text_path.stem] = (html_path.read_text(encoding="utf-8"), text_path.read_text(encoding="utf-8"))
+    return out
+
+
+def block_count(folder: Path) -> int:
+    """How many units' blocks a compiled version holds."""
+    path = folder / FOLDER / BLOCKS
+    if path.is_file():
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    return len(list((folder / FOLDER).glob("*.txt")))
 
 
 def splice(mail_html: str, fragment: str) -> str:

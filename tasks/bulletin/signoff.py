@@ -45,6 +45,7 @@ from .approval import (
     decide,
     levels_of,
 )
+from .personal import block_count
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 ACTION = "approval.mail"  # the event of every reply read, keyed by the raw message's sha256
@@ -132,7 +133,7 @@ def request_message(config: Config, bulletin: Bulletin, folder: Path, approver: 
     subject = (f"{'【再次提请】' if round_ > 1 else ''}【请审批】{camp.bulletin.title} "
                f"{subject_tag(camp.id, bulletin.version)}")
     personal = folder / "personal" / "index.html"
-    blocks = len(list(personal.parent.glob("*.txt"))) if personal.is_file() else 0
+    blocks = block_count(folder) if personal.is_file() else 0
     attach_blocks = blocks and personal.stat().st_size <= MAX_BLOCKS_ATTACHED
     text = render("approval_request.txt.j2", override, campaign=camp, approver=approver, version=bulletin.version,
                   changes=changes, subject_tag=subject_tag(camp.id, bulletin.version), personal_blocks=blocks, area=camp.bulletin.area,
