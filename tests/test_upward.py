@@ -27,9 +27,10 @@ def _child_config_dir(config_dir: Path, tmp_path: Path, **reports_to: str) -> Pa
     text = text.replace(f"id: {PARENT}", f"id: {CHILD}").replace("units: all", f"units: {DISTRICTS}")
     text = text.replace("name: 2023年辽宁省公共机构节能宣传周活动情况报送", "name: 2023年沈阳市公共机构节能宣传周活动情况报送")
     text = text.replace("\n  pdf: false\n", "\n  pdf: true\n")  # the signed copy goes with the return
+    reports_to = {"unit": f'"{AS_UNIT}"', **reports_to}
     where = "".join(f"\n  {k}: {v}" for k, v in reports_to.items())
     (copy / "campaigns" / f"{CHILD}.yaml").write_text(
-        text + f"\nreports_to:\n  campaign: {PARENT}\n  unit: \"{AS_UNIT}\"{where}\n", encoding="utf-8")
+        text + f"\nreports_to:\n  campaign: {PARENT}{where}\n", encoding="utf-8")
     return copy
 
 
@@ -66,6 +67,7 @@ def test_the_parent_form_is_filled_with_the_totals_and_narrative_as_data(config)
     ({}, "exactly one of drop_folder"),
     ({"drop_folder": "relative/inbox"}, "absolute path"),
     ({"mailbox": "not-an-address"}, "not an email address"),
+    ({"mailbox": "a@example.org", "unit": '"999999"'}, "not a unit in"),
 ])
 def test_reports_to_names_one_way_upward(config_dir, tmp_path, where, message):
     from tasks.core.config import ConfigError, load_config_afresh

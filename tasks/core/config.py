@@ -625,6 +625,11 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
         reading.depends_on(parent)
         if not parent.is_file():
             problems.append(ConfigError(path, "reports_to.campaign", f"no campaign file {parent}"))
+        else:
+            parent_units = load_units(parent.parent.parent, reading)
+            if camp.reports_to.unit not in {u.code for u in parent_units}:
+                problems.append(ConfigError(path, "reports_to.unit", f"'{camp.reports_to.unit}' is not a unit in "
+                                                                     f"{parent.parent.parent / 'units.yaml'}"))
     keys = {f.key for f in camp.form.counts}
     problems += [ConfigError(path, f"bulletin.change_columns.{i}",
                              f"'{key}' is not a counted field of the form ({', '.join(sorted(keys))})")
