@@ -115,8 +115,8 @@ class DropFolderMailer:
         self._written: list[Path] = []
 
     def folder_for(self, msg: OutgoingMessage) -> Path:
-        _campaign, _step, _parent, unit, version = msg.key.split("/")
-        return self.folder / f"{unit}-{_campaign}-{version}"
+        campaign, _step, _parent, unit, version = msg.key.split("/")  # see upward_key
+        return self.folder / f"{unit}-{campaign}-{version}"
 
     def send(self, msg: OutgoingMessage) -> str:
         target = self.folder_for(msg)
