@@ -125,8 +125,11 @@ def test_the_mail_reads_on_a_phone_and_a_desktop(version, config, tmp_path):
     """The messages the product sends (their own bytes), a leader's and a unit's, images put
     back from their parts."""
     from flows.publish_bulletin import _unit_copy
+    from tasks.bulletin.personal import read_blocks
     base = bulletin_message(config, version, 1)
-    for message in (base, _unit_copy(base, version, config.units[0].code)):
+    block = read_blocks(version).get(config.units[0].code)
+    assert block is not None, "the version was compiled with personal copies"
+    for message in (base, _unit_copy(base, block)):
         _read_on_two_widths(message, tmp_path)
 
 
