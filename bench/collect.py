@@ -382,11 +382,15 @@ def _pss_mb(pid: str) -> float:
 class TreeMemory:
     """Samples, every 0.1 s, the PSS of this process plus its descendants (the parsing
     workers), summed, leaving out the Prefect server (a child whose command line names
-    uvicorn or ``prefect server``); keeps the largest sum."""
+    uvicorn or ``prefect server``); keeps the largest sum, the largest per phase (set
+    ``phase`` as the work moves on) and a timeline to set beside the run's log."""
 
     def __init__(self):
         import threading
         self.peak_mb = 0.0
+        self.phase = ""
+        self.phase_peaks: dict[str, float] = {}
+        self.timeline: list[tuple[str, str, float]] = []  # (wall clock, phase, MB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -397,6 +401,15 @@ class TreeMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    def write_timeline(self, path: Path) -> None:
+        """One line a second (the largest sample of that second): time, phase, MB."""
+        per_second: dict[tuple[str, str], float] = {}
+        for clock, phase, mb in self.timeline:
+            key = (clock, phase)
+            per_second[key] = max(per_second.get(key, 0.0), mb)
+        path.write_text("time\tphase\tMB\n" + "".join(
+            f"{clock}\t{phase}\t{mb:.0f}\n" for (clock, phase), mb in per_second.items()), encoding="utf-8")
 
     def _tree(self) -> list[str]:
         parents: dict[str, list[str]] = {}
@@ -421,7 +434,11 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.peak_mb = max(self.peak_mb, sum(_pss_mb(pid) for pid in self._tree()))
+            mb = sum(_pss_mb(pid) for pid in self._tree())
+            phase = self.phase
+            self.peak_mb = max(self.peak_mb, mb)
+            self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0.0), mb)
+            self.timeline.append((time.strftime("%H:%M:%S"), phase, mb))
 
 
 def run_product(folder: Path, profile: bool, dask: bool = False) -> dict:
@@ -478,16 +495,19 @@ def _run_product(folder: Path, profile: bool, cluster) -> dict:
         profilers = {"collect": cProfile.Profile(), "compile": cProfile.Profile()}
     say(f"  product: collect_returns on {len(list(inbox.iterdir())):,} returns")
     with TreeMemory() as memory:
+        memory.phase = "collect"
         t = time.perf_counter()
         with _profiled(profilers.get("collect"), folder, "collect"):
             collected = collect_returns(CAMPAIGN, now=dt.datetime.fromisoformat(COLLECT_AT), **args)
         t_collect = time.perf_counter() - t
         say(f"  product: collect {t_collect:.1f} s; compile_bulletin")
+        memory.phase = "compile"
         t = time.perf_counter()
         with _profiled(profilers.get("compile"), folder, "compile"):
             compiled = compile_bulletin(CAMPAIGN, now=dt.datetime.fromisoformat(COMPILE_AT), **args)
         t_compile = time.perf_counter() - t
     say(f"  product: compile {t_compile:.1f} s")
+    memory.write_timeline(folder / "product-memory.tsv")
 
     # untimed: what the product decided and totalled, to compare with the baseline
     from tasks.bulletin.compile import merge_accepted, totals
@@ -499,6 +519,7 @@ def _run_product(folder: Path, profile: bool, cluster) -> dict:
     return {"seconds": t_collect + t_compile, "collect": t_collect, "compile": t_compile,
             "imports": imports, "prefect_start": prefect_start, "trivial_flow": trivial_flow,
             "peak_rss_mb": peak_rss_mb(), "tree_peak_mb": memory.peak_mb,
+            "tree_peak_mb_by_phase": memory.phase_peaks,
             "server_peak_rss_mb": _children_peak_mb(),
             "workers": workers_wanted(),  # forked processes for parsing
             "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -624,6 +645,10 @@ def report(results: list[dict]) -> str:
                      f"sampled every 0.1 s; the process's own peak RSS {p['peak_rss_mb']:.0f} MB), Prefect server apart "
                      f"{p['server_peak_rss_mb']:.0f} MB; baselines {b['peak_rss_mb']:.0f} MB (bare), "
                      f"{e['peak_rss_mb']:.0f} MB (equal); target < {MEMORY_TARGET_MB} MB at 100,000")
+        phases = p.get("tree_peak_mb_by_phase") or {}
+        if phases:
+            lines.append("  memory by phase: " + ", ".join(f"{k} {v:.0f} MB" for k, v in phases.items())
+                         + " (a line a second in n<N>/product-memory.tsv beside product.log, with --keep or --dir)")
         lines.append(f"  product: {p['workers']} worker process(es) for parsing (the baselines use one "
                      f"process); decisions {p['states']}, receipts {p['receipts']}, .eml files "
                      f"{p['eml_files']:,}, bulletin v{p['bulletin_version']}")
