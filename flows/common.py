@@ -70,10 +70,11 @@ def send_batch(ctx: Context, messages: list[tuple[OutgoingMessage, str | None]],
 
 
 def send_messages(ctx: Context, messages, step: str, dry_run: bool = False,
-                  resend_uncertain: bool = False) -> dict[str, int]:
+                  resend_uncertain: bool = False, tell_refused: bool = True) -> dict[str, int]:
     """Run :func:`send_batch` (with its retries) and count the outcomes: sent, skipped, failed,
     uncertain, undeliverable. Messages that could not be sent are in the counts, never raised;
-    the coordinators are told about recipients the server refused for good."""
+    the coordinators are told about recipients the server refused for good (a caller sending
+    by batches passes ``tell_refused=False`` and calls :func:`notify_undeliverable` once at the end)."""
     started = dt.datetime.now(dt.timezone.utc)
     state = send_batch(ctx, messages, step, dry_run, resend_uncertain, return_state=True)
     outcome = state.result(raise_on_failure=False)
@@ -83,8 +84,8 @@ def send_messages(ctx: Context, messages, step: str, dry_run: bool = False,
     listed = messages.unquote() if isinstance(messages, quote) else messages
     if listed and not dry_run:  # over every attempt of the batch, not only the last one
         counts = outcomes_since(ctx.ledger, [m.key for m, _ in listed], started, sent_here=ctx.sent_keys)
-    if counts.get("undeliverable") and step != "notice":
-        _notify_undeliverable(ctx, step)
+    if counts.get("undeliverable") and step != "notice" and tell_refused:
+        notify_undeliverable(ctx, step)
     return counts
 
 
@@ -125,7 +126,7 @@ OUTCOME_LABELS = {"failed": "未发出（稍后重试）failed", "uncertain": "�
                   "undeliverable": "被对方服务器拒收 undeliverable"}
 
 
-def _notify_undeliverable(ctx: Context, step: str) -> None:
+def notify_undeliverable(ctx: Context, step: str) -> None:
     """One notice per set of messages the server refused for good (the ledger sends it once)."""
     refused = undeliverable(ctx.ledger, ctx.campaign_id, step)
     if not refused:

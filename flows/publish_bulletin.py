@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
+from collections.abc import Mapping
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -41,7 +43,7 @@ from tasks.mail.message import OutgoingMessage
 from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, rejection_notice
 
 from .approval import pause_key
-from .common import check_uncertain, run_name, send_messages
+from .common import check_uncertain, notify_undeliverable, run_name, send_messages
 from .context import Context, open_context
 from .robots import robots_on_failure
 from .signoff import publish_chain
@@ -130,15 +132,35 @@ def _await_decision(ctx: Context, version: int | None) -> Bulletin:
     raise Ended(f"第{number}版已收到 {MAX_ANSWERS} 次无效答复，本次发布结束，未发送；请用 bulletin approve 审批")
 
 
+#: Recipients per batch. A unit's copy carries its own mail HTML (about 100 KB in memory), so
+#: a send to 100,000 units is built and sent a batch at a time, never whole.
+SEND_CHUNK = 2000
+
+
 @task(name="build-bulletin-mail", cache_policy=NO_CACHE)
-def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> list:
-    """One message per recipient; a unit's contact gets the copy with the unit's own block on
-    top, as compiled (and approved) in the version's folder."""
+def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> tuple[OutgoingMessage, Mapping]:
+    """The version's message, not yet addressed, and its units' blocks as compiled (and
+    approved) in the version's folder."""
     folder = ctx.home / bulletin.folder
-    base = bulletin_message(ctx.config, folder, bulletin.version)
-    blocks = read_blocks(folder)  # once per send
-    return [(addressed(_unit_copy(base, blocks.get(unit)) if unit else base, to), None)
-            for to, unit in bulletin_audience(ctx.config)]
+    return bulletin_message(ctx.config, folder, bulletin.version), read_blocks(folder)
+
+
+def send_bulletin(ctx: Context, bulletin: Bulletin, audience: list, dry_run: bool,
+                  resend_uncertain: bool) -> dict[str, int]:
+    """One message per recipient, by batches of :data:`SEND_CHUNK`; a unit's contact gets the
+    copy with the unit's own block on top. The coordinators hear once, at the end, of the
+    recipients the server refused for good."""
+    base, blocks = build_bulletin_mail(ctx, bulletin)
+    counts: Counter[str] = Counter()
+    for start in range(0, len(audience), SEND_CHUNK):
+        batch = [(addressed(_unit_copy(base, blocks.get(unit)) if unit else base, to), None)
+                 for to, unit in audience[start:start + SEND_CHUNK]]
+        counts.update(send_messages(ctx, quote(batch), "bulletin", dry_run=dry_run,
+                                    resend_uncertain=resend_uncertain, tell_refused=False))
+        del batch
+    if counts.get("undeliverable") and not dry_run:
+        notify_undeliverable(ctx, "bulletin")
+    return dict(counts)
 
 
 def _unit_copy(base: OutgoingMessage, block: tuple[str, str] | None) -> OutgoingMessage:
@@ -152,13 +174,14 @@ _STATE_LABELS = {"sent": "已发送", "failed": "未发出（将重试）", "und
                  "uncertain": "状态不确定", "sending": "发送中"}
 
 
-def _deliveries_artifact(ctx: Context, bulletin: Bulletin, messages: list, counts: dict) -> None:
+def _deliveries_artifact(ctx: Context, bulletin: Bulletin, audience: list, counts: dict) -> None:
     """Every recipient with what the ledger says of its copy (and why, when it did not go out)."""
-    states = delivery_states(ctx.ledger, [m.key for m, _ in messages])
+    keys = [f"{ctx.config.campaign.id}/bulletin/v{bulletin.version}/{to.email}" for to, _unit in audience]
+    states = delivery_states(ctx.ledger, keys)
     rows = []
-    for m, _ in messages:
-        state, _at, error = states.get(m.key, (None, None, None))
-        rows.append({"收件人": m.to[0].name, "地址": m.to[0].email, "版本": bulletin.version,
+    for (to, _unit), key in zip(audience, keys):
+        state, _at, error = states.get(key, (None, None, None))
+        rows.append({"收件人": to.name, "地址": to.email, "版本": bulletin.version,
                      "状态": _STATE_LABELS.get(state, "未发出"), "原因": "" if state == "sent" else (error or "")[:200]})
     create_table_artifact(key=f"{ctx.campaign_id}-deliveries", table=rows,
                           description=f"第{bulletin.version}版简讯分发：{counts}")
@@ -193,16 +216,16 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
                                                   bulletin.approval_note, chain, ctx.override_dir), None)], "notice")
         return Completed(message=reason, data={"campaign": ctx.campaign_id, "version": bulletin.version,
                                                "approval": bulletin.approval, "sent": 0})
-    messages = build_bulletin_mail(ctx, bulletin)
-    counts = send_messages(ctx, quote(messages), "bulletin", dry_run=dry_run, resend_uncertain=resend_uncertain)
+    audience = bulletin_audience(ctx.config)
+    counts = send_bulletin(ctx, bulletin, audience, dry_run, resend_uncertain)
     upward = None
     if not dry_run:
-        _deliveries_artifact(ctx, bulletin, messages, counts)
+        _deliveries_artifact(ctx, bulletin, audience, counts)
         publish_chain(ctx)
         if ctx.config.campaign.reports_to:
             upward = report_upward(ctx, bulletin)
     return {"campaign": ctx.campaign_id, "version": bulletin.version, "approval": bulletin.approval,
-            "recipients": len(messages), **counts, **({"upward": upward} if upward else {})}
+            "recipients": len(audience), **counts, **({"upward": upward} if upward else {})}
 
 
 @task(name="report-upward", cache_policy=NO_CACHE)

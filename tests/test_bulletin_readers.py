@@ -183,6 +183,26 @@ def test_a_version_compiled_with_a_pair_of_files_per_block_is_still_read(tmp_pat
     assert block_count(tmp_path / "v1") == 2 and read_blocks(tmp_path / "none") == {}
 
 
+def test_blocks_are_read_from_the_file_one_unit_at_a_time(tmp_path):
+    """Sending finds a unit's line by its offset; what it reads equals the line decoded whole,
+    whatever the block's text holds (the key names, quotes, other scripts)."""
+    import json
+
+    from tasks.bulletin.personal import BlockFile, block_count, read_blocks
+
+    rows = [{"unit": "210100", "html": "<p>沈阳市</p>", "text": '含 , "html": 的文字'},
+            {"unit": "SZ\"01", "html": '<p title="x">"引号"</p>', "text": "Ünïcødé ✓"},
+            {"text": "t", "html": "h", "unit": "keys-in-another-order"}]
+    personal = tmp_path / "v1" / "personal"
+    personal.mkdir(parents=True)
+    (personal / "blocks.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")
+    blocks = read_blocks(tmp_path / "v1")
+    assert isinstance(blocks, BlockFile) and len(blocks) == block_count(tmp_path / "v1") == 3
+    assert blocks == {r["unit"]: (r["html"], r["text"]) for r in rows}
+    assert "SZ\"01" in blocks and "210300" not in blocks and blocks.get("210300") is None
+
+
 def test_a_narrative_held_back_is_told_to_its_unit(tmp_path, config):
     """A narrative flagged for review stays out of the bulletin, and the unit is told so."""
     ledger = Ledger(tmp_path / "home")

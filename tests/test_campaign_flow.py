@@ -97,6 +97,8 @@ def test_whole_campaign_over_smtp(database, tmp_path, config, config_dir, smtp_e
 
     ledger = Ledger(tmp_path, url)
     decide(ledger, CAMPAIGN, by="测试协调人", approve=True, note="同意", now=cal.compile_moment)
+    import flows.publish_bulletin as publish_module
+    monkeypatch.setattr(publish_module, "SEND_CHUNK", 3)  # sent by batches, as a large audience is
     sent = publish_bulletin(CAMPAIGN, now=cal.compile_moment, **args)
     people = bulletin_recipients(config)
     assert sent["sent"] == len(people)

@@ -148,6 +148,24 @@ def test_a_permanent_refusal_is_never_retried_and_the_others_are_sent(approved, 
     assert sum(r["状态"] == "已发送" for r in rows) == len(everyone) - 1
 
 
+def test_refusals_in_different_batches_make_one_notice(approved, config, monkeypatch, capsys):
+    """A large audience is sent by batches; the coordinators hear of every refusal once, at
+    the end, not once per batch."""
+    import flows.publish_bulletin as publish_module
+    monkeypatch.setattr(publish_module, "SEND_CHUNK", 2)
+    everyone = addresses(config)
+    wrong = {everyone[0], everyone[-1]}
+    assert len(everyone) > 4
+    with running_smtp_server(handler=Moody(refuse=wrong)) as server:
+        use_smtp(monkeypatch, server.port)
+        code, summary, _ = run(capsys, cli.send, **approved)
+        assert code == 1 and summary["undeliverable"] == 2 and summary["sent"] == len(everyone) - 2
+        notices = [m.message() for m in server.messages if "系统通知" in str(m.message()["Subject"])]
+        assert len(notices) == 1 and all(w in notices[0].get_body(("plain",)).get_content() for w in wrong)
+        assert sorted(r for r, _ in received(server) if r not in {c.email for c in config.campaign.coordinators}) \
+            == sorted(set(everyone) - wrong)
+
+
 def deliveries_artifact() -> list[dict]:
     """The latest ``<campaign>-deliveries`` table artifact, from the Prefect server."""
     from prefect.client.orchestration import get_client

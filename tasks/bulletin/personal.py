@@ -5,7 +5,7 @@ what of its return the bulletin left out.
 The blocks are rendered when the version is compiled, into ``personal/blocks.jsonl`` of the
 version's folder (one line per unit: its code, the HTML fragment and the text) and all of them
 in ``personal/index.html`` for the coordinator, so approving the version approves them;
-sending reads the file once and splices a unit's block into its copy. (Until 2026-12 each
+sending finds each unit's line in the file and splices its block into its copy. (Until 2026-12 each
 block was two files, ``personal/<code>.{html,txt}``: 20,000 files at 10,000 units; a version
 compiled then is still read.)
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import html as html_lib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
-from ..core.durable import replace_file
 from ..core.formatting import chinese_datetime, percent_text
 from ..core.render import render
 from .timeliness import CORRECTED, UnitTimeliness
@@ -99,33 +99,73 @@ def build_block(code: str, name: str, fields: list, figures: Figures, when: Unit
 
 def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict, override_dir: str | None) -> None:
     """``personal/blocks.jsonl`` (per unit: the HTML fragment spliced into the mail and the
-    text), and an index page with every block for the coordinator to read before approving."""
+    text), and an index page with every block for the coordinator to read before approving.
+    Written a block at a time: at 100,000 units the two files are about 1 GB, and holding them
+    whole took 3 GB of memory (bench/README.md). *folder* is the version's work folder, renamed
+    into place when the version is recorded, so a reader never sees these files half written."""
     if not blocks:
         return
     out = folder / FOLDER
     out.mkdir(parents=True, exist_ok=True)
-    fragments, lines = [], []
-    for block in blocks:
-        fragment = render("bulletin.personal.html.j2", override_dir, p=block, **context)
-        text = render("bulletin.personal.txt.j2", override_dir, p=block, **context)
-        lines.append(json.dumps({"unit": block.unit_code, "html": fragment, "text": text}, ensure_ascii=False))
-        fragments.append(fragment)
-    replace_file(out / BLOCKS, ("\n".join(lines) + "\n").encode("utf-8"), 0o644)
     title = html_lib.escape(f"{context['b'].title}（第{context['b'].version}版）各单位个性化内容，共{len(blocks)}份")
-    (out / "index.html").write_text(
-        f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title></head>'
-        f'<body style="max-width:760px;margin:0 auto"><h1 style="font-size:20px">{title}</h1>\n'
-        + "\n".join(fragments) + "\n</body></html>\n", encoding="utf-8")
+    with (out / BLOCKS).open("w", encoding="utf-8") as jsonl, (out / "index.html").open("w", encoding="utf-8") as page:
+        page.write(f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title></head>'
+                   f'<body style="max-width:760px;margin:0 auto"><h1 style="font-size:20px">{title}</h1>\n')
+        for block in blocks:
+            fragment = render("bulletin.personal.html.j2", override_dir, p=block, **context)
+            text = render("bulletin.personal.txt.j2", override_dir, p=block, **context)
+            jsonl.write(json.dumps({"unit": block.unit_code, "html": fragment, "text": text}, ensure_ascii=False) + "\n")
+            page.write(fragment + "\n")
+        page.write("</body></html>\n")
 
 
-def read_blocks(folder: Path) -> dict[str, tuple[str, str]]:
+class BlockFile(Mapping[str, tuple[str, str]]):
+    """A version's ``blocks.jsonl`` by unit code, each block read from the file when asked
+    for: the file is scanned once for where each unit's line starts, so a send to 100,000
+    units holds their codes and offsets, not the 600 MB of blocks."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._at: dict[str, int] = {}
+        with path.open("rb") as fh:
+            offset = 0
+            for line in fh:
+                if line.strip():
+                    self._at[_unit_of(line)] = offset
+                offset += len(line)
+
+    def __getitem__(self, unit: str) -> tuple[str, str]:
+        offset = self._at[unit]
+        with self._path.open("rb") as fh:
+            fh.seek(offset)
+            row = json.loads(fh.readline())
+        return row["html"], row["text"]
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self._at
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+def _unit_of(line: bytes) -> str:
+    """The unit code of a ``blocks.jsonl`` line, from its first key (written first by
+    :func:`write_blocks`) without decoding the block; any other line is decoded whole."""
+    head, sep, _rest = line.partition(b', "html": ')
+    if sep and head.startswith(b'{"unit": '):
+        return json.loads(head[len(b'{"unit": '):])
+    return json.loads(line)["unit"]
+
+
+def read_blocks(folder: Path) -> Mapping[str, tuple[str, str]]:
     """unit code → (HTML fragment, text) of a compiled version's blocks; empty without them.
     A version compiled before ``blocks.jsonl`` has a pair of files per unit: read those."""
     path = folder / FOLDER / BLOCKS
     if path.is_file():
-        with path.open(encoding="utf-8") as fh:
-            rows = (json.loads(line) for line in fh if line.strip())
-            return {r["unit"]: (r["html"], r["text"]) for r in rows}
+        return BlockFile(path)
     out = {}
     for text_path in sorted((folder / FOLDER).glob("*.txt")):
         html_path = text_path.with_suffix(".html")
