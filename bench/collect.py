@@ -390,7 +390,7 @@ class TreeMemory:
         self.peak_mb = 0.0
         self.phase = ""
         self.phase_peaks: dict[str, float] = {}
-        self.timeline: list[tuple[str, str, float]] = []  # (wall clock, phase, MB)
+        self.timeline: list[tuple[str, str, float, float]] = []  # (wall clock, phase, MB, this process's MB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -403,13 +403,15 @@ class TreeMemory:
         self._thread.join()
 
     def write_timeline(self, path: Path) -> None:
-        """One line a second (the largest sample of that second): time, phase, MB."""
-        per_second: dict[tuple[str, str], float] = {}
-        for clock, phase, mb in self.timeline:
+        """One line a second (the largest sample of that second): time, phase, MB of the tree,
+        MB of the flow's process alone (the rest is its parsing workers)."""
+        per_second: dict[tuple[str, str], tuple[float, float]] = {}
+        for clock, phase, mb, own in self.timeline:
             key = (clock, phase)
-            per_second[key] = max(per_second.get(key, 0.0), mb)
-        path.write_text("time\tphase\tMB\n" + "".join(
-            f"{clock}\t{phase}\t{mb:.0f}\n" for (clock, phase), mb in per_second.items()), encoding="utf-8")
+            per_second[key] = max(per_second.get(key, (0.0, 0.0)), (mb, own))
+        path.write_text("time\tphase\tMB\tprocess MB\n" + "".join(
+            f"{clock}\t{phase}\t{mb:.0f}\t{own:.0f}\n" for (clock, phase), (mb, own) in per_second.items()),
+            encoding="utf-8")
 
     def _tree(self) -> list[str]:
         parents: dict[str, list[str]] = {}
@@ -434,11 +436,12 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            mb = sum(_pss_mb(pid) for pid in self._tree())
-            phase = self.phase
+            me = str(os.getpid())
+            each = {pid: _pss_mb(pid) for pid in self._tree()}
+            mb, phase = sum(each.values()), self.phase
             self.peak_mb = max(self.peak_mb, mb)
             self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0.0), mb)
-            self.timeline.append((time.strftime("%H:%M:%S"), phase, mb))
+            self.timeline.append((time.strftime("%H:%M:%S"), phase, mb, each.get(me, 0.0)))
 
 
 def run_product(folder: Path, profile: bool, dask: bool = False) -> dict:

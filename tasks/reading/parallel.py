@@ -8,6 +8,7 @@ Small batches stay in this process, where forking would cost more than it saves.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -77,8 +78,15 @@ class ForkedPool:
         workers = workers or workers_wanted()
         if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
             _job = (fn, shared)
-            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            self._pool.submit(_noop).result()  # fork every worker now, before the caller's threads
+            # the caller's objects (the loaded config above all) go to the permanent generation
+            # while the workers are forked: a collection in a worker then never writes to them,
+            # and their pages stay shared instead of being copied into each worker
+            gc.freeze()
+            try:
+                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+                self._pool.submit(_noop).result()  # fork every worker now, before the caller's threads
+            finally:
+                gc.unfreeze()
 
     def submit(self, items: Sequence[T]) -> None:
         if items:
