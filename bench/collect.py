@@ -435,8 +435,8 @@ class TreeMemory:
         return found
 
     def _run(self) -> None:
+        me = str(os.getpid())
         while not self._stop.wait(0.1):
-            me = str(os.getpid())
             each = {pid: _pss_mb(pid) for pid in self._tree()}
             mb, phase = sum(each.values()), self.phase
             self.peak_mb = max(self.peak_mb, mb)

@@ -40,7 +40,7 @@ from tasks.core.config import ConfigError, load_config
 from tasks.core.ledger import Bulletin
 from tasks.mail.delivery import deliver_many, delivery_states
 from tasks.mail.message import OutgoingMessage
-from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, rejection_notice
+from tasks.mail.notices import addressed, bulletin_audience, bulletin_message, copy_key, rejection_notice
 
 from .approval import pause_key
 from .common import check_uncertain, notify_undeliverable, run_name, send_messages
@@ -145,19 +145,18 @@ def build_bulletin_mail(ctx: Context, bulletin: Bulletin) -> tuple[OutgoingMessa
     return bulletin_message(ctx.config, folder, bulletin.version), read_blocks(folder)
 
 
-def send_bulletin(ctx: Context, bulletin: Bulletin, audience: list, dry_run: bool,
+def send_bulletin(ctx: Context, base: OutgoingMessage, blocks: Mapping, audience: list, dry_run: bool,
                   resend_uncertain: bool) -> dict[str, int]:
     """One message per recipient, by batches of :data:`SEND_CHUNK`; a unit's contact gets the
     copy with the unit's own block on top. The coordinators hear once, at the end, of the
     recipients the server refused for good."""
-    base, blocks = build_bulletin_mail(ctx, bulletin)
     counts: Counter[str] = Counter()
     for start in range(0, len(audience), SEND_CHUNK):
         batch = [(addressed(_unit_copy(base, blocks.get(unit)) if unit else base, to), None)
                  for to, unit in audience[start:start + SEND_CHUNK]]
         counts.update(send_messages(ctx, quote(batch), "bulletin", dry_run=dry_run,
                                     resend_uncertain=resend_uncertain, tell_refused=False))
-        del batch
+        del batch  # before the next batch is built, not after
     if counts.get("undeliverable") and not dry_run:
         notify_undeliverable(ctx, "bulletin")
     return dict(counts)
@@ -174,9 +173,10 @@ _STATE_LABELS = {"sent": "已发送", "failed": "未发出（将重试）", "und
                  "uncertain": "状态不确定", "sending": "发送中"}
 
 
-def _deliveries_artifact(ctx: Context, bulletin: Bulletin, audience: list, counts: dict) -> None:
+def _deliveries_artifact(ctx: Context, bulletin: Bulletin, base: OutgoingMessage, audience: list,
+                         counts: dict) -> None:
     """Every recipient with what the ledger says of its copy (and why, when it did not go out)."""
-    keys = [f"{ctx.config.campaign.id}/bulletin/v{bulletin.version}/{to.email}" for to, _unit in audience]
+    keys = [copy_key(base, to) for to, _unit in audience]
     states = delivery_states(ctx.ledger, keys)
     rows = []
     for (to, _unit), key in zip(audience, keys):
@@ -217,10 +217,11 @@ def publish_bulletin(campaign: str, version: int | None = None, dry_run: bool = 
         return Completed(message=reason, data={"campaign": ctx.campaign_id, "version": bulletin.version,
                                                "approval": bulletin.approval, "sent": 0})
     audience = bulletin_audience(ctx.config)
-    counts = send_bulletin(ctx, bulletin, audience, dry_run, resend_uncertain)
+    base, blocks = build_bulletin_mail(ctx, bulletin)
+    counts = send_bulletin(ctx, base, blocks, audience, dry_run, resend_uncertain)
     upward = None
     if not dry_run:
-        _deliveries_artifact(ctx, bulletin, audience, counts)
+        _deliveries_artifact(ctx, bulletin, base, audience, counts)
         publish_chain(ctx)
         if ctx.config.campaign.reports_to:
             upward = report_upward(ctx, bulletin)

@@ -131,7 +131,7 @@ class BlockFile(Mapping[str, tuple[str, str]]):
             offset = 0
             for line in fh:
                 if line.strip():
-                    self._at[_unit_of(line)] = offset
+                    self._at[json.loads(line)["unit"]] = offset
                 offset += len(line)
 
     def __getitem__(self, unit: str) -> tuple[str, str]:
@@ -149,15 +149,6 @@ class BlockFile(Mapping[str, tuple[str, str]]):
 
     def __len__(self) -> int:
         return len(self._at)
-
-
-def _unit_of(line: bytes) -> str:
-    """The unit code of a ``blocks.jsonl`` line, from its first key (written first by
-    :func:`write_blocks`) without decoding the block; any other line is decoded whole."""
-    head, sep, _rest = line.partition(b', "html": ')
-    if sep and head.startswith(b'{"unit": '):
-        return json.loads(head[len(b'{"unit": '):])
-    return json.loads(line)["unit"]
 
 
 def read_blocks(folder: Path) -> Mapping[str, tuple[str, str]]:

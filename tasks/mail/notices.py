@@ -188,7 +188,12 @@ def bulletin_message(config: Config, folder: Path, version: int) -> OutgoingMess
 
 def addressed(base: OutgoingMessage, to: Address) -> OutgoingMessage:
     """One recipient's copy of the bulletin, keyed by version and address."""
-    return dataclasses.replace(base, key=f"{base.key}/{to.email}", to=(to,))
+    return dataclasses.replace(base, key=copy_key(base, to), to=(to,))
+
+
+def copy_key(base: OutgoingMessage, to: Address) -> str:
+    """The ledger key of *to*'s copy of *base* (what :func:`addressed` gives it)."""
+    return f"{base.key}/{to.email}"
 
 
 def rejection_notice(config: Config, version: int, by: str | None, note: str | None, chain: dict,
