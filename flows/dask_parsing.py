@@ -80,7 +80,7 @@ def parse_on_dask(ctx: Context, jobs: list[Job], address: str,
                     log.warning("Dask 解析失败（%s: %s），%d 份改由本进程解析", type(exc).__name__, exc, len(chunk))
                     left.append(chunk)
                     continue
-                found.update((job.id, p.reattach(job, ctx.config)) for job, p in zip(chunk, batch.items))
+                found.update((job.id, p.reattach(job)) for job, p in zip(chunk, batch.items))
                 if progress:
                     progress(len(found), len(jobs))
     except Exception as exc:  # noqa: BLE001 - the cluster unreachable: everything read here

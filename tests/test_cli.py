@@ -103,7 +103,7 @@ def test_a_cli_run_keeps_big_config_files_parsed_in_the_home_cache(tmp_path, mon
     result = CliRunner().invoke(app, ["status", "energy-week-2023", "--json", "--config", str(config),
                                       "--home", str(home), "--now", "2023-09-20T10:00:00+08:00"])
     assert result.exit_code == 0, result.output
-    assert [p.name.split("-")[0] for p in (home / "cache" / "config").glob("units.yaml-*.json")] == ["units.yaml"]
+    assert [p.name.split("-")[0] for p in (home / "cache" / "config").glob("units.yaml-*.jsonl")] == ["units.yaml"]
 
 
 @pytest.mark.usefixtures("prefect_harness")

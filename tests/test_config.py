@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import ConfigError, load_config, parse_offset
+from tasks.core.unit_list import UnitList
 
 CAMPAIGN = "energy-week-2023"
 CAMPAIGN_FILE = f"campaigns/{CAMPAIGN}.yaml"
@@ -259,7 +260,9 @@ def test_recently_written_config_is_read_again(cfg_copy, monkeypatch):
 
 
 def test_shared_config_cannot_be_changed_in_place(config):
-    assert isinstance(config.units, tuple) and isinstance(config.units_all, tuple)
+    assert isinstance(config.units, UnitList) and isinstance(config.units_all, UnitList)
+    with pytest.raises(TypeError):
+        config.units[0] = config.units[1]  # a UnitList has no item assignment
     with pytest.raises(Exception):
         config.campaign = config.campaign  # frozen
     with pytest.raises(Exception):
@@ -277,7 +280,7 @@ def test_big_units_file_is_parsed_once_per_content(cfg_copy, settled, tmp_path, 
     # the campaign file holds dates, which JSON would not give back: it is always parsed
     assert sorted(p.name.rsplit("-", 1)[0] for p in cache.iterdir()) == ["lists.yaml", "units.yaml"]
     # a new process (no memo) reads the parsed data, not the YAML: proven by editing the cache
-    units_json = next(cache.glob("units.yaml-*.json"))
+    units_json = next(cache.glob("units.yaml-*.jsonl"))  # the validated units, one per line
     units_json.write_text(units_json.read_text(encoding="utf-8").replace("沈阳市", "沈阳市（缓存）"),
                           encoding="utf-8")
     monkeypatch.setattr(settled, "_loaded", {})
@@ -287,7 +290,7 @@ def test_big_units_file_is_parsed_once_per_content(cfg_copy, settled, tmp_path, 
     # changed YAML is a new content: parsed again, the stale entry is not used
     edit(cfg_copy, "units.yaml", "    name: 沈阳市\n", "    name: 沈阳市人民政府\n")
     assert load_config(cfg_copy, CAMPAIGN, cache_dir=cache).unit_by_code["210100"].name == "沈阳市人民政府"
-    assert len(list(cache.glob("units.yaml-*.json"))) == 2
+    assert len(list(cache.glob("units.yaml-*.jsonl"))) == 2
 
 
 def test_errors_still_name_file_key_and_reason_with_the_disk_cache(cfg_copy, settled, tmp_path, monkeypatch):
@@ -310,3 +313,54 @@ def test_only_data_json_gives_back_exactly_is_kept_on_disk():
     assert _as_json({"d": dt.date(2023, 1, 1)}) is None
     assert _as_json({1: "a"}) is None  # JSON would make the key "1"
     assert _as_json({"x": float("nan")}) is None
+
+
+# ---------------------------------------------------------------- units.yaml read item by item
+def test_units_file_with_anchors_flow_style_and_comments_reads_as_yaml_does(cfg_copy):
+    import yaml
+    text = (cfg_copy / "units.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    boss = data["units"][0]["supervisor"]
+    # the same roster written another way: a shared supervisor by anchor, flow style, comments
+    lines = ["# 名单", "units:"]
+    for i, u in enumerate(data["units"]):
+        sup = f"&boss {yaml.safe_dump(boss, default_flow_style=True, allow_unicode=True).strip()}" if i == 0 else "*boss"
+        lines += [f"  - code: '{u['code']}'   # 单位代码", f"    name: {u['name']}", f"    kind: {u['kind']}",
+                  f"    contacts: {yaml.safe_dump(u['contacts'], default_flow_style=True, allow_unicode=True).strip()}",
+                  f"    supervisor: {sup}"]
+    (cfg_copy / "units.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    units = load_config(cfg_copy, CAMPAIGN).units_all
+    assert units.codes == tuple(str(u["code"]) for u in data["units"])
+    assert {u.supervisor.email for u in units} == {boss["email"]}
+    assert units[3].contacts[0].email == data["units"][3]["contacts"][0]["email"].lower()
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ("units:\n  - code: 'A1'\n    name: 甲\n    kind: city\n    contacts: [{name: 张, email: a@example.org}]\n"
+     "    supervisor: {name: 李, email: b@example.org}\nother: 1\n", "other", "Extra inputs"),
+    ("units: []\n", "units", "at least 1"),
+    ("- code: A1\n", "", "Input should be"),
+    ("units:\n  - code: 'A1'\n    name: [甲\n", "line", "YAML syntax"),
+    ("units:\n  - code: 'A 1'\n    name: 甲\n    kind: town\n    contacts: []\n    supervisor: {name: 李, email: b@example.org}\n",
+     "units.0.code", "letters, digits"),
+])
+def test_a_units_file_of_another_shape_names_what_is_wrong(cfg_copy, text, key, reason):
+    (cfg_copy / "units.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_copy, CAMPAIGN)
+    err = info.value
+    assert err.key.startswith(key) and reason in err.reason, (err.key, err.reason)
+    if key == "units.0.code":  # every problem of the unit is named, not just the first
+        assert {"units.0.kind", "units.0.contacts"} <= {e.key for e in err.every}
+
+
+def test_unit_list_is_compact_and_gives_units_by_code(config):
+    import pickle
+    units = config.units
+    assert units.codes[0] == units[0].code and units.name_of(units.codes[2]) == units[2].name
+    assert units.kind_of(units.codes[2]) == units[2].kind
+    assert list(config.unit_by_code) == list(units.codes) and len(config.unit_by_code) == len(units)
+    assert "no-such-unit" not in config.unit_by_code and config.unit_by_code.get("no-such-unit") is None
+    assert units[2] in units and units[1:3].codes == units.codes[1:3]
+    assert pickle.loads(pickle.dumps(units)) == units
+    assert UnitList.of(list(units)) == units

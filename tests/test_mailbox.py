@@ -407,10 +407,10 @@ def test_sender_unit():
     other = CFG.unit_by_code["210200"]
     with_delegate = UNIT.model_copy(update={"delegates": ["Helper@Example.net"]})
     units = [with_delegate, other]
-    assert sender_unit(CONTACT, units) is with_delegate
-    assert sender_unit(f"张伟 <{CONTACT.upper()}>", units) is with_delegate
-    assert sender_unit("helper@example.NET", units) is with_delegate
-    assert sender_unit(other.contacts[0].email, units) is other
+    assert sender_unit(CONTACT, units) == with_delegate
+    assert sender_unit(f"张伟 <{CONTACT.upper()}>", units) == with_delegate
+    assert sender_unit("helper@example.NET", units) == with_delegate
+    assert sender_unit(other.contacts[0].email, units) == other
     assert sender_unit("stranger@example.org", units) is None
     assert sender_unit("", units) is None and sender_unit(None, units) is None
 

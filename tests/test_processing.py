@@ -338,7 +338,7 @@ def test_worker_processes_decide_as_this_process_does(ledger, config, inbox, tmp
         seen = []
         parsed = parse_all(ledger.home, config, jobs, progress=lambda d, t: seen.append((d, t)), workers=workers)
         assert seen[-1] == (len(jobs), len(jobs))
-        return [(p.sub.id, p.unit.code if p.unit else None, p.errors,
+        return [(p.sub.id, p.unit_code, p.errors,
                  {k: v.raw for k, v in p.extracted.values.items()} if p.extracted else None) for p in parsed]
 
     monkeypatch.setattr(parallel, "PARALLEL_FROM", 2)
@@ -375,7 +375,7 @@ def test_preparser_reads_chunks_while_the_intake_goes_on(ledger, config, inbox, 
         pre.add(ids[4:8])  # ids[8] is left for process_received to read itself
         parsed = pre.parsed()
     assert sorted(parsed) == ids[:8]
-    assert all(p.unit is not None and p.sub.id == sid for sid, p in parsed.items())
+    assert all(p.unit_code is not None and p.sub.id == sid for sid, p in parsed.items())
     outcomes = process_received(ledger, config, BEFORE, preparsed=parsed)
     assert [o.submission_id for o in outcomes] == ids
     assert [o.state for o in outcomes] == [ACCEPTED] * 9

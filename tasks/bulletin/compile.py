@@ -86,7 +86,7 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
                           columns=["submission_id", "field", "number", "text", "flag"])
     photos = [f for f in photos if f.submission_id in unit_of]
     values["unit"] = values["submission_id"].map(unit_of)
-    order = [u.code for u in config.units if u.code in latest]
+    order = [c for c in config.units.codes if c in latest]
     counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
     numbers = (values.pivot_table(index="unit", columns="field", values="number", aggfunc="first")
                .reindex(index=order, columns=counts)) if len(values) else pd.DataFrame(index=order, columns=counts, dtype=float)
@@ -117,7 +117,7 @@ def fingerprint(config: Config, merged: Merged, override_dir: str | None, lead: 
             h.update(path.name.encode() + path.read_bytes())
     settings = config.campaign.bulletin.model_dump(mode="json", exclude=_NOT_CONTENT)
     h.update(json.dumps([settings, config.campaign.form.model_dump(mode="json"), lead,
-                         [(u.code, u.name) for u in config.units]], sort_keys=True).encode())
+                         list(zip(config.units.codes, config.units.names))], sort_keys=True).encode())
     for name in _CONTENT_MODULES:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
@@ -141,11 +141,11 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
     activity, media = phrase([f for f in figures if f.section == "activity"]), \
         phrase([f for f in figures if f.section == "media"])
     labels = lambda section: {f.key: f.label for f in camp.form.counts if (f.section == "media") == (section == "media")}  # noqa: E731
-    units = config.unit_by_code
+    units = config.units
     stories = _stories(config, merged)
     shown = merged.numbers.index if len(merged.numbers) <= b.max_table_rows else []
     change_keys = tuple(b.change_columns) if readers.previous is not None else ()
-    rows = tuple(UnitRow(code, units[code].name,
+    rows = tuple(UnitRow(code, units.name_of(code),
                          tuple(None if pd.isna(v) else int(v) for v in merged.numbers.loc[code]),
                          b.name_units and readers.states[code].state == LATE,
                          {k: readers.changes[code][k] if code in readers.changes else Change(None, absent=True)
@@ -165,7 +165,7 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
         totals_sentence=f"{b.area}各级公共机构共{activity}。" if activity else "",
         media_sentence=f"宣传报道方面，共计{media}。" if media else "",
         expected=expected, reported=reported, completeness_sentence=completeness,
-        missing_names=tuple(u.name for u in config.units if readers.states[u.code].state == MISSING)
+        missing_names=tuple(name for code, name in zip(units.codes, units.names) if readers.states[code].state == MISSING)
         if b.name_units else (),
         table_headers=tuple(f"{f.label}（{f.unit}）" if f.unit else f.label for f in camp.form.counts),
         unit_rows=rows, photos=photos, recipients=recipients, copies=b.copies or copies,
@@ -181,21 +181,21 @@ def build_content(config: Config, merged: Merged, version: int, day: dt.date, le
 
 def _stories(config: Config, merged: Merged) -> list[Story]:
     """The narratives quoted, in unit order, up to ``max_stories``."""
-    camp, units = config.campaign, config.unit_by_code
+    camp, units = config.campaign, config.units
     first = camp.form.texts[0].key if camp.form.texts else None
     rest = [t.key for t in camp.form.texts[1:]]
     stories = []
     for code, row in merged.texts.head(camp.bulletin.max_stories).iterrows():
         text = lambda k: _sentence(defang_links(str(row[k]))) if k in row and pd.notna(row[k]) else ""  # noqa: E731
         if first and text(first):
-            stories.append(Story(code, units[code].name, units[code].kind, text(first),
+            stories.append(Story(code, units.name_of(code), units.kind_of(code), text(first),
                                  "；".join(text(k) for k in rest if text(k))))
     return stories
 
 
 def _completeness(config: Config, merged: Merged, readers: Readers, table_shown: bool) -> str:
     """报送情况: counts (and rates), the 通报 names when the campaign wants them, and notes."""
-    b, units = config.campaign.bulletin, config.unit_by_code
+    b, units = config.campaign.bulletin, config.units
     this = readers.this_round
     if b.timeliness:
         text = timeliness_sentence(this, readers.previous_round)
@@ -204,7 +204,7 @@ def _completeness(config: Config, merged: Merged, readers: Readers, table_shown:
     if b.name_units:
         cap = max(b.max_table_rows, 1)
         for state, label in ((LATE, "逾期报送"), (MISSING, "未报送")):
-            named = [units[c].name + (f"（逾期{u.late_by}）" if state == LATE else "")
+            named = [units.name_of(c) + (f"（逾期{u.late_by}）" if state == LATE else "")
                      for c, u in readers.states.items() if u.state == state]
             if named:
                 more = f"等{len(named)}家" if len(named) > cap else ""
@@ -248,15 +248,15 @@ def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.
         used_photos[p.unit_code] = used_photos.get(p.unit_code, 0) + 1
     labels = {f.key: f.label for f in camp.form.texts}
     blocks = []
-    for unit in config.units:
+    for code, name in zip(config.units.codes, config.units.names):
         left_out = [f"“{labels.get(k, k)}”含待人工审核的内容，审核通过前本期简讯暂未收录。"
-                    for k in merged.held_back.get(unit.code, [])]
-        if unit.code in narrated and unit.code not in quoted:
+                    for k in merged.held_back.get(code, [])]
+        if code in narrated and code not in quoted:
             left_out.append(f"本期简讯摘录前{camp.bulletin.max_stories}家单位的活动情况，本单位未摘录。")
-        sent, used = sent_photos.get(unit.code, 0), used_photos.get(unit.code, 0)
+        sent, used = sent_photos.get(code, 0), used_photos.get(code, 0)
         if used < sent:
             left_out.append(f"报送照片{sent}张，本期简讯选用{used}张。")
-        blocks.append(build_block(unit.code, unit.name, camp.form.counts, figures, readers.states.get(unit.code),
+        blocks.append(build_block(code, name, camp.form.counts, figures, readers.states.get(code),
                                   camp.calendar.tz, tuple(left_out)))
     return tuple(blocks)
 
@@ -330,11 +330,11 @@ def draw_charts(config: Config, merged: Merged, readers: Readers, folder: Path) 
             scope = "同口径" if yoy.basis == "same_units" else "全部单位"
             out.append(Chart(path(), cid(), f"{b.area}主要指标与上年对比（{scope}）",
                              totals_chart(path(), items, yoy.basis, b.area), "totals"))
-        units = config.unit_by_code
+        units = config.units
         for key in b.chart_fields:
             f = config.campaign.form.field(key)
-            values = merged.numbers[key].rename(index=lambda c: units[c].name)
-            kinds = pd.Series([units[c].kind for c in merged.numbers.index], index=values.index)
+            values = merged.numbers[key].rename(index=units.name_of)
+            kinds = pd.Series([units.kind_of(c) for c in merged.numbers.index], index=values.index)
             panels = [(_region_group(config), values[kinds != "department"]),
                       (_departments_group(b.area), values[kinds == "department"])]
             title = f"各单位{f.label}（{f.unit}）" if f.unit else f"各单位{f.label}"
@@ -354,8 +354,9 @@ def _departments_group(area: str) -> str:
 
 def _region_group(config: Config) -> str:
     """各市及沈抚示范区 (a province's round), 各区县 (a city's), from the units' kinds."""
-    zones = [u.name for u in config.units if u.kind == "zone"]
-    kinds = {u.kind for u in config.units} - {"zone", "department"}
+    units = config.units
+    zones = [name for name, kind in zip(units.names, units.kinds) if kind == "zone"]
+    kinds = set(units.kinds) - {"zone", "department"}
     whole = "各区县" if kinds == {"district"} else "各市"
     return whole + (f"及{'、'.join(zones)}" if 0 < len(zones) <= 2 else "及各示范区" if zones else "")
 
@@ -454,7 +455,7 @@ def _export_table(merged: Merged, config: Config, path: Path) -> None:
     """Every unit's exact figures as an .xlsx (text cells written as text, never formulas)."""
     table = merged.numbers.copy()
     table.columns = [f"{f.label}（{f.unit}）" if f.unit else f.label for f in config.campaign.form.counts]
-    table.insert(0, "报送单位", [config.unit_by_code[c].name for c in table.index])
+    table.insert(0, "报送单位", [config.units.name_of(c) for c in table.index])
     export_frame(table.reset_index(names="单位代码"), path)
 
 

@@ -43,7 +43,7 @@ class Readers:
 
 def round_timeliness(ledger: Ledger, config: Config) -> dict[str, UnitTimeliness]:
     cal = config.campaign.calendar
-    return classify([u.code for u in config.units], unit_timelines(ledger, config.campaign.id),
+    return classify(list(config.units.codes), unit_timelines(ledger, config.campaign.id),
                     cal.deadline_at, cal.tz)
 
 
@@ -75,4 +75,4 @@ def _previous_round(ledger: Ledger, config: Config) -> RoundTimeliness | None:
         return None
     cal = previous.campaign.calendar
     timelines = unit_timelines(ledger, previous.campaign.id)
-    return summarize(classify([u.code for u in previous.units], timelines, cal.deadline_at, cal.tz))
+    return summarize(classify(list(previous.units.codes), timelines, cal.deadline_at, cal.tz))

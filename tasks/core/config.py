@@ -6,7 +6,9 @@ raises :class:`ConfigError` naming the file, the key and the reason (the CLI exi
 :func:`load_config` keeps what it loaded for the life of the process: loading an unchanged
 configuration again returns the same (immutable) :class:`Config`. With ``cache_dir`` a large
 YAML file's parsed data is also kept on disk, keyed by its content, so a new process need
-not parse a ``units.yaml`` of thousands of units again (validation still runs every time).
+not parse a ``units.yaml`` of thousands of units again: the other files' data is validated
+again on every load; ``units.yaml``'s is kept as validated (keyed by the unit model too), and a
+unit is validated again whenever it is made from its row (:mod:`.unit_list`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pydantic import (
 )
 
 from .durable import temp_tag
+from .unit_list import UnitList, UnitsByCode
+from .yaml_items import NotAList, list_items
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 UNIT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -363,27 +367,27 @@ class Config(BaseModel):
     """Units, lists and one campaign, cross-checked.
 
     One loaded Config is shared by every caller in the process (see :func:`load_config`):
-    it is frozen and its unit sequences are tuples; treat ``lists`` and ``unit_by_code`` as
+    it is frozen and its unit lists are immutable :class:`UnitList` (compact: a unit is made
+    when asked for; ``units.codes``, ``name_of`` and ``kind_of`` need none); treat ``lists`` as
     read-only too (``model_copy(update=...)`` gives a changed copy)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     directory: Path
     campaign_file: Path
-    units_all: tuple[Unit, ...]
+    units_all: UnitList
     lists: dict[str, DistributionList]
     campaign: Campaign
 
     @cached_property
-    def units(self) -> tuple[Unit, ...]:
+    def units(self) -> UnitList:
         """The units this campaign expects a return from, in configured order."""
         if self.campaign.units == "all":
             return self.units_all
-        by_code = {u.code: u for u in self.units_all}
-        return tuple(by_code[c] for c in self.campaign.units)
+        return self.units_all.subset(self.campaign.units)
 
     @cached_property
-    def unit_by_code(self) -> dict[str, Unit]:
-        return {u.code: u for u in self.units}
+    def unit_by_code(self) -> UnitsByCode:
+        return self.units.by_code
 
     def model_copy(self, *, update=None, deep: bool = False) -> "Config":
         """A copy whose derived views are computed again (they may depend on ``update``)."""
@@ -399,6 +403,9 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # a parsed-data cache file is only worth it for big files; the tag changes with the parser
 _DISK_CACHE_MIN_CHARS = 64 * 1024
 _DISK_CACHE_TAG = f"bulletin-config-1 PyYAML {yaml.__version__} {_YAML_LOADER.__name__}"
+# validated units are kept as they validate today: another unit model is another cache
+_UNITS_CACHE_TAG = "bulletin-units-1 " + hashlib.sha256(
+    json.dumps(Unit.model_json_schema(), sort_keys=True).encode()).hexdigest()
 _DISK_CACHE_KEEP = 4  # cached files per source file name
 # a file changed this recently may change again within one file-system timestamp tick,
 # unseen by its stat: such a configuration is not kept in memory
@@ -436,7 +443,7 @@ class _Reading:
                 tmp.write_text(text, encoding="utf-8")
                 os.replace(tmp, target)
                 source_name = target.name.rsplit("-", 1)[0]
-                kept = sorted(target.parent.glob(f"{source_name}-*.json"), key=lambda q: q.stat().st_mtime_ns)
+                kept = sorted(target.parent.glob(f"{source_name}-*{target.suffix}"), key=lambda q: q.stat().st_mtime_ns)
                 for old in kept[:-_DISK_CACHE_KEEP]:
                     old.unlink(missing_ok=True)
             except OSError:
@@ -463,20 +470,31 @@ def _as_json(data: object) -> str | None:
     return text if json.loads(text) == data else None
 
 
-def _read_yaml(path: Path, reading: _Reading | None = None) -> object:
-    """The file's data; a big file's parsed data is looked up in (and kept in) the disk cache."""
+def _read_text(path: Path, reading: _Reading | None) -> str:
     if reading is not None:
         reading.depends_on(path)
     if not path.is_file():
         raise ConfigError(path, "", "file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 text ({exc.reason})") from None
+
+
+def _cache_file(reading: _Reading | None, path: Path, text: str, tag: str, suffix: str) -> Path | None:
+    """Where a big file's parsed data is kept (by content), or None when it is not kept."""
     if reading is None or reading.cache_dir is None or len(text) < _DISK_CACHE_MIN_CHARS:
+        return None
+    digest = hashlib.sha256(f"{tag}\n{text}".encode()).hexdigest()
+    return reading.cache_dir / f"{path.name}-{digest}{suffix}"
+
+
+def _read_yaml(path: Path, reading: _Reading | None = None) -> object:
+    """The file's data; a big file's parsed data is looked up in (and kept in) the disk cache."""
+    text = _read_text(path, reading)
+    cached = _cache_file(reading, path, text, _DISK_CACHE_TAG, ".json")
+    if cached is None:
         return _parse_yaml(path, text)
-    digest = hashlib.sha256(f"{_DISK_CACHE_TAG}\n{text}".encode()).hexdigest()
-    cached = reading.cache_dir / f"{path.name}-{digest}.json"
     try:
         return json.loads(cached.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -521,23 +539,56 @@ def list_campaigns(config_dir: Path) -> list[str]:
     return sorted(p.stem for p in (config_dir / "campaigns").glob("*.yaml"))
 
 
-def load_units(config_dir: Path, reading: _Reading | None = None) -> list[Unit]:
+def load_units(config_dir: Path, reading: _Reading | None = None) -> UnitList:
+    """``units.yaml`` validated unit by unit into a compact :class:`UnitList`.
+
+    The file is read a list item at a time (:mod:`.yaml_items`); a file of another shape is
+    read whole, for the same error messages. With a disk cache, a big file's validated units
+    are kept (by content and by the unit model) for later processes."""
     path = config_dir / "units.yaml"
-    raw = _read_yaml(path, reading)
-    problems: list[ConfigError] = []
+    text = _read_text(path, reading)
+    cached = _cache_file(reading, path, text, _UNITS_CACHE_TAG, ".jsonl")
+    if cached is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return UnitList(cached.read_bytes().splitlines())
     try:
-        units = _validated(_UnitsFile, raw, path).units
-    except ConfigError as exc:
-        problems, units = exc.every, []
-    seen: set[str] = set()
+        rows = _validated_rows(path, list_items(text, "units"))
+    except (NotAList, yaml.YAMLError):
+        rows = _validated_rows(path, _whole_list(path, text))
+    if cached is not None:
+        reading.to_store.append((cached, b"\n".join(rows).decode("utf-8")))
+    return UnitList(rows)
+
+
+def _whole_list(path: Path, text: str) -> list:
+    """The units of a file :func:`list_items` cannot stream (raising what the whole file's
+    validation says when it is not ``{units: [...]}``)."""
+    raw = _parse_yaml(path, text)
     listed = raw.get("units") if isinstance(raw, dict) else None
-    for i, u in enumerate(listed if isinstance(listed, list) else []):
-        code = str(u.get("code")) if isinstance(u, dict) and u.get("code") is not None else None
+    if not isinstance(listed, list) or not listed or set(raw) != {"units"}:
+        _validated(_UnitsFile, raw, path)
+    return listed
+
+
+def _validated_rows(path: Path, items) -> list[bytes]:
+    """Each item validated as a Unit (every problem named), codes unique, as compact rows."""
+    problems: list[ConfigError] = []
+    rows: list[bytes] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        code = str(item.get("code")) if isinstance(item, dict) and item.get("code") is not None else None
         if code in seen:
             problems.append(ConfigError(path, f"units.{i}.code", f"unit code '{code}' appears twice"))
         seen.add(code)
+        try:
+            rows.append(UnitList.row(Unit.model_validate(item)))
+        except ValidationError as exc:
+            problems += [ConfigError(path, ".".join(["units", str(i), *(str(p) for p in err["loc"])]), err["msg"])
+                         for err in exc.errors()]
+    if not rows and not problems:
+        _validated(_UnitsFile, {"units": []}, path)
     _raise_all(problems)
-    return units
+    return rows
 
 
 def load_lists(config_dir: Path, reading: _Reading | None = None) -> dict[str, DistributionList]:
@@ -608,7 +659,7 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
         if raw["id"] != path.stem:
             raise ConfigError(path, "id", f"'{raw['id']}' differs from the file name '{path.stem}'")
     camp = _validated(Campaign, raw, path)
-    codes = {u.code for u in units}
+    codes = set(units.codes)
     problems = []
     if camp.units != "all":
         problems += [ConfigError(path, f"units.{i}", f"unknown unit code '{code}' (not in units.yaml)")
@@ -627,7 +678,7 @@ def _load_config(config_dir: Path, campaign: str, reading: _Reading) -> Config:
             problems.append(ConfigError(path, "reports_to.campaign", f"no campaign file {parent}"))
         else:
             parent_units = load_units(parent.parent.parent, reading)
-            if camp.reports_to.unit not in {u.code for u in parent_units}:
+            if camp.reports_to.unit not in parent_units.by_code:
                 problems.append(ConfigError(path, "reports_to.unit", f"'{camp.reports_to.unit}' is not a unit in "
                                                                      f"{parent.parent.parent / 'units.yaml'}"))
     keys = {f.key for f in camp.form.counts}

@@ -61,7 +61,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
         if p.failure:
             log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
-                            p.unit.code if p.unit else None, p.counts)
+                            p.unit_code, p.counts)
                for p in parsed if p.extracted is not None and not p.errors]
     previous = previous_figures(ledger, config) if records else None
     numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
@@ -172,7 +172,7 @@ def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], v
     warnings = [f.text() for f in findings if f.level == WARNING]
     explanation = _explanation(p)
     flagged = p.spam if validated else []
-    if p.unit is None:
+    if p.unit_code is None:
         state = QUARANTINED
     elif errors:
         state = REJECTED
@@ -180,8 +180,8 @@ def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], v
         state = NEEDS_EXPLANATION
     else:
         state = ACCEPTED
-    out = Outcome(p.sub.id, p.sub.original_name, state, p.unit.code if p.unit else None, p.sub.sender,
-                  errors, warnings, explanation=explanation, reason=None if p.unit else p.how,
+    out = Outcome(p.sub.id, p.sub.original_name, state, p.unit_code, p.sub.sender,
+                  errors, warnings, explanation=explanation, reason=None if p.unit_code else p.how,
                   notes=list(p.extracted.notes) if p.extracted else [], failure=p.failure,
                   received_at=p.sub.received_at)
     if flagged:
@@ -199,9 +199,9 @@ def _decide(batch: _Batch, config: Config, p: Parsed, findings: list[Finding], v
                                   camp.max_photo_bytes)
     batch.file_updates += updates
     out.notes += notes
-    if p.unit is not None:
-        earlier = batch.history.setdefault(p.unit.code, [])
-        row["unit_code"], row["version"] = p.unit.code, len(earlier) + 1
+    if p.unit_code is not None:
+        earlier = batch.history.setdefault(p.unit_code, [])
+        row["unit_code"], row["version"] = p.unit_code, len(earlier) + 1
         out.version = row["version"]
         counted = [e for e in earlier if e["state"] == ACCEPTED]
         if state == ACCEPTED:

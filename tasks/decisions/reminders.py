@@ -30,10 +30,10 @@ def units_to_remind(ledger: Ledger, config: Config, codes: list[str] | None = No
             by_unit.setdefault(sub.unit_code, []).append(sub)
     wanted = set(codes) if codes else None
     out = []
-    for unit in config.units:
-        if wanted is not None and unit.code not in wanted:
+    for i, code in enumerate(config.units.codes):  # a unit is made only for those reminded
+        if wanted is not None and code not in wanted:
             continue
-        state = unit_state(by_unit.get(unit.code, []))
+        state = unit_state(by_unit.get(code, []))
         if state != ACCEPTED:
-            out.append((unit, _NOTES.get(state, "")))
+            out.append((config.units[i], _NOTES.get(state, "")))
     return out

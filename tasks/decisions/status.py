@@ -58,18 +58,18 @@ def completeness(ledger: Ledger, config: Config, now: dt.datetime) -> dict:
             by_unit.setdefault(sub.unit_code, []).append(sub)
     units, counts = [], {k: 0 for k in _UNIT_STATES}
     missing, late = [], []
-    for u in config.units:
-        mine = by_unit.get(u.code, [])
+    for code, name in zip(config.units.codes, config.units.names):
+        mine = by_unit.get(code, [])
         state = unit_state(mine)
         if state in counts:
             counts[state] += 1
         else:
-            missing.append(u.code)
+            missing.append(code)
         if mine and mine[0].received_at > deadline:
-            late.append(u.code)
+            late.append(code)
         counted = next((x for x in reversed(mine) if x.state == ACCEPTED), mine[-1] if mine else None)
         units.append({
-            "code": u.code, "name": u.name, "state": state,
+            "code": code, "name": name, "state": state,
             "submitted_at": counted.received_at.astimezone(camp.calendar.tz).isoformat() if counted else None,
             "version": len(mine) or None,
             "signed_copy": counted is not None and counted.id in signed,  # a stamped PDF scan came with it

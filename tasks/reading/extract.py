@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from functools import lru_cache
@@ -286,7 +287,7 @@ def _wordy(text: str) -> bool:
 _CODE_CHAR = re.compile(r"[0-9a-z]")
 
 
-def _units_in(text: str, units: list[Unit]) -> list[Unit]:
+def _units_in(text: str, units: Sequence[Unit]) -> list[Unit]:
     """Units whose name, alias or code occurs in ``text``; a match inside a longer match of
     another unit does not count (``沈抚示范区`` is not ``沈阳``)."""
     idx = unit_index(units)
@@ -299,7 +300,7 @@ def _units_in(text: str, units: list[Unit]) -> list[Unit]:
         for b in range(a + 1, min(len(text), a + idx.longest_code) + 1):
             if b < len(text) and _CODE_CHAR.match(text[b]):
                 continue
-            unit = idx.by_code.get(text[a:b])
+            unit = idx.unit_of_code(text[a:b])
             if unit is not None:
                 spans.append((a, b, unit))
     kept = [(a, b, u) for a, b, u in spans if not any(
@@ -307,7 +308,7 @@ def _units_in(text: str, units: list[Unit]) -> list[Unit]:
     return list({u.code: u for _, _, u in kept}.values())
 
 
-def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit],
+def identify_unit(extracted: Extracted | None, file_name: str, units: Sequence[Unit],
                   sender: str | None = None) -> tuple[Unit | None, str]:
     """The unit a return is from and how it was told (Chinese), or None and the reason.
 
@@ -317,7 +318,7 @@ def identify_unit(extracted: Extracted | None, file_name: str, units: list[Unit]
     problems: list[str] = []
     if extracted and extracted.unit_code:
         code = extracted.unit_code.strip()
-        unit = unit_index(units).by_code.get(code.lower())
+        unit = unit_index(units).unit_of_code(code)
         if unit:
             return unit, f"单位代码 {code}"
         problems.append(f"表中的单位代码“{code}”不在本次报送单位名单中")

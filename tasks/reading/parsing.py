@@ -53,7 +53,7 @@ class Job:
 class Parsed:
     sub: Job
     files: tuple[JobFile, ...]
-    unit: Unit | None = None
+    unit_code: str | None = None  # the unit it is from (a code: Units are made when needed)
     how: str = ""
     extracted: Extracted | None = None
     errors: list[str] = field(default_factory=list)
@@ -61,23 +61,14 @@ class Parsed:
     counts: dict[str, ParsedCount] | None = None  # the count cells, parsed
     spam: list[str] = field(default_factory=list)  # narrative fields that look like spam
 
-    # From a worker process only the findings travel back: the job is the caller's already
-    # and the unit is sent as its code (unpickling thousands of them was the bottleneck).
+    # From a worker process only the findings travel back: the job is the caller's already.
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__, sub=None, files=(), unit=None)
-        state["unit_code"] = self.unit.code if self.unit else None
-        return state
+        return dict(self.__dict__, sub=None, files=())
 
-    def __setstate__(self, state: dict) -> None:
-        self._unit_code = state.pop("unit_code")
-        self.__dict__.update(state)
-
-    def reattach(self, job: Job, config: Config) -> "Parsed":
-        """After a worker: the job and unit back in place."""
+    def reattach(self, job: Job) -> "Parsed":
+        """After a worker: the job back in place."""
         if self.sub is None:
             self.sub, self.files = job, job.files
-            code = self.__dict__.pop("_unit_code", None)
-            self.unit = config.unit_by_code[code] if code else None
         return self
 
 
@@ -105,8 +96,7 @@ def _parse_one(home: Path, config: Config, sub: Job) -> Parsed:
             p.errors.append(f"《{ret.name}》是其他报送任务（{p.extracted.campaign_id}）的报表，"
                             f"请使用本次任务下发的报表")
     file_name = returns[0].name if len(returns) == 1 else sub.original_name
-    p.unit, p.how = identify_unit(p.extracted, file_name, config.units, sub.sender)
-    _check_sender(p)
+    _set_unit(p, *identify_unit(p.extracted, file_name, config.units, sub.sender))
     for f in files:
         if f.role == "other":
             p.errors.append(f"《{f.name}》不是可接收的文件类型（报表 .xlsx/.xls/.ods/.csv，照片 .jpg/.png，"
@@ -130,8 +120,7 @@ def parse_one_safely(home: Path, config: Config, sub: Job) -> Parsed:
         broken = Parsed(sub, sub.files, errors=[
             f"《{sub.original_name}》无法处理（{type(exc).__name__}），已归档并通知协调人"],
             failure=f"{type(exc).__name__}: {exc}"[:300])
-        broken.unit, broken.how = identify_unit(None, sub.original_name, config.units, sub.sender)
-        _check_sender(broken)
+        _set_unit(broken, *identify_unit(None, sub.original_name, config.units, sub.sender))
         return broken
 
 
@@ -141,7 +130,7 @@ def parse_all(home: Path, config: Config, jobs: list[Job], progress: Progress | 
     and matching cells is CPU-bound Python), else here."""
     unit_index(config.units)  # built once here, inherited by the workers
     parsed = map_forked(parse_one_safely, jobs, (home, config), progress=progress, workers=workers)
-    return [p.reattach(job, config) for p, job in zip(parsed, jobs)]
+    return [p.reattach(job) for p, job in zip(parsed, jobs)]
 
 
 def _take_docx_narrative(home: Path, config: Config, p: Parsed) -> None:
@@ -161,11 +150,12 @@ def _take_docx_narrative(home: Path, config: Config, p: Parsed) -> None:
     p.extracted.values[key] = CellValue(text, docs[0].name, "全文")
 
 
-def _check_sender(p: Parsed) -> None:
-    """Mail must come from a registered contact or delegate of the unit it reports for."""
+def _set_unit(p: Parsed, unit: Unit | None, how: str) -> None:
+    """The unit found, unless mail came from someone who is not its contact or delegate."""
     sub = p.sub
-    if p.unit is not None and sub.source == "imap" and not sender_allowed(sub.sender, p.unit):
-        p.unit, p.how = None, f"发件人 {sub.sender} 不是{p.unit.name}登记的联系人或授权人"
+    if unit is not None and sub.source == "imap" and not sender_allowed(sub.sender, unit):
+        unit, how = None, f"发件人 {sub.sender} 不是{unit.name}登记的联系人或授权人"
+    p.unit_code, p.how = (unit.code if unit else None), how
 
 
 def received_jobs(ledger: Ledger, campaign: str, ids: list[int] | None = None) -> list[Job]:
@@ -216,7 +206,7 @@ class Preparser:
         if self.broken is not None:
             raise self.broken
         results = self.pool.results(progress)
-        return {job.id: p.reattach(job, self.config) for p, job in zip(results, self.jobs)}
+        return {job.id: p.reattach(job) for p, job in zip(results, self.jobs)}
 
     def close(self) -> None:
         self.pool.close()
