@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -23,9 +24,9 @@ from tasks.intake.mailbox import CONNECTION_ERRORS, MailboxError, MailboxResult,
 from tasks.mail.delivery import state_of
 from tasks.mail.notices import coordinator_notice, receipt_messages
 from tasks.reading.parallel import PARALLEL_FROM
-from tasks.reading.parsing import Preparser, received_jobs
+from tasks.reading.parsing import PackedParsed, Preparser, received_jobs
 
-from .common import check_uncertain, publish_completeness, run_name, send_messages
+from .common import check_uncertain, notify_undeliverable, publish_completeness, run_name, send_messages
 from .context import Context, open_context
 from .dask_parsing import dask_address, parse_on_dask
 from .robots import robots_on_failure
@@ -157,7 +158,7 @@ def apply_explanations(ctx: Context, replies: list) -> list[int]:
 
 
 @task(name="decide-returns", cache_policy=NO_CACHE)
-def decide_returns(ctx: Context, preparsed: dict | None = None) -> list[Outcome]:
+def decide_returns(ctx: Context, preparsed: dict | PackedParsed | None = None) -> list[Outcome]:
     """Parse, identify and validate every received submission in one batch; record decisions."""
     log = get_run_logger()
 
@@ -174,11 +175,16 @@ def decide_returns(ctx: Context, preparsed: dict | None = None) -> list[Outcome]
     return outcomes
 
 
+#: Receipts built and sent per batch: a run's memory does not grow with the number of returns.
+RECEIPT_CHUNK = 2000
+
+
 @task(name="build-owed-receipts", cache_policy=NO_CACHE)
-def build_owed_receipts(ctx: Context, decided_now: set[int]) -> list:
-    """Every receipt the ledger owes: this run's decisions and any an earlier run did not send
-    (killed after deciding, or failed); receipts nobody can be sent are forgiven."""
-    rows = owed(ctx.ledger, ctx.campaign_id, RECEIPT)
+def build_owed_receipts(ctx: Context, decided_now: set[int], after: int = 0) -> tuple[list, int | None]:
+    """One batch of the receipts the ledger owes (rows after ``after``): this run's decisions
+    and any an earlier run did not send (killed after deciding, or failed); receipts nobody can
+    be sent are forgiven. Returns the messages and the last row read (None: nothing left)."""
+    rows = owed(ctx.ledger, ctx.campaign_id, RECEIPT, after=after, limit=RECEIPT_CHUNK)
     outcomes = [outcome_from(r.payload) for r in rows]
     messages = receipt_messages(ctx.config, outcomes, ctx.override_dir)
     built = {m.key for m, _ in messages}
@@ -186,7 +192,23 @@ def build_owed_receipts(ctx: Context, decided_now: set[int]) -> list:
     earlier = sum(o.submission_id not in decided_now for o in outcomes)
     if earlier:
         get_run_logger().warning("补发此前运行未发出的回执 %d 份", earlier)
-    return messages
+    return messages, (rows[-1].id if rows else None)
+
+
+def send_receipts(ctx: Context, decided_now: set[int], resend_uncertain: bool) -> dict[str, int]:
+    """Every owed receipt, built and sent by batches of :data:`RECEIPT_CHUNK`; the coordinators
+    hear once, at the end, of the recipients the server refused for good."""
+    counts: Counter[str] = Counter()
+    after: int | None = 0
+    while after is not None:
+        messages, after = build_owed_receipts(ctx, quote(decided_now), after)
+        if messages:
+            counts.update(send_messages(ctx, quote(messages), "receipt", resend_uncertain=resend_uncertain,
+                                        tell_refused=False))
+        del messages  # before the next batch is built
+    if counts.get("undeliverable"):
+        notify_undeliverable(ctx, "receipt")
+    return dict(counts)
 
 
 def _notify_coordinators(ctx: Context, problems: list[str], resend_uncertain: bool) -> None:
@@ -226,8 +248,7 @@ def collect_returns(campaign: str, inbox: str | None = None, now: dt.datetime | 
     outcomes = decide_returns(ctx, quote(preparsed))
     explained = apply_explanations(ctx, replies) if replies else []
     decided_now = {o.submission_id for o in outcomes} | set(explained)
-    receipts = send_messages(ctx, quote(build_owed_receipts(ctx, decided_now)), "receipt",
-                             resend_uncertain=resend_uncertain)
+    receipts = send_receipts(ctx, decided_now, resend_uncertain)
     settle(ctx.ledger, ctx.campaign_id)
     _notify_coordinators(ctx, mailbox_problems, resend_uncertain)
     signoff = follow_up_signoff(ctx, resend_uncertain=resend_uncertain)

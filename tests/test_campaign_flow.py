@@ -76,10 +76,11 @@ def test_whole_campaign_over_smtp(database, tmp_path, config, config_dir, smtp_e
     # these three are read by forked workers during the intake, as a large batch would be
     monkeypatch.setattr(collect_module, "PARALLEL_FROM", 2)
     monkeypatch.setenv("BULLETIN_WORKERS", "2")
+    monkeypatch.setattr(collect_module, "RECEIPT_CHUNK", 2)  # receipts by batches, as many would be
     outcome = collect_returns(CAMPAIGN, now=cal.deadline_at - dt.timedelta(days=2), **args)
-    assert outcome["decided"] == {"accepted": 2, "rejected": 1}
+    assert outcome["decided"] == {"accepted": 2, "rejected": 1} and outcome["receipts"] == {"sent": 3}
     receipts = _parsed(server)[before:]
-    assert len(receipts) == 3
+    assert len(receipts) == 3 and len({m["Message-ID"] for m in receipts}) == 3
     rejected = next(m for m in receipts if "未通过" in str(m["Subject"]))
     text = rejected.get_body(preferencelist=("plain",)).get_content()
     assert "悬挂横幅" in text and "-5" in text and "B7" in text and "应为非负整数" in text

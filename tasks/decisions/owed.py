@@ -58,11 +58,13 @@ def owe(conn, rows: list[dict]) -> None:
     bulk_insert(conn, table, _COLUMNS, db_rows(conn, table, _COLUMNS, fresh))
 
 
-def owed(ledger: Ledger, campaign: str, kind: str) -> list[OwedMessage]:
-    """What is still owed, oldest first."""
+def owed(ledger: Ledger, campaign: str, kind: str, *, after: int = 0, limit: int | None = None,
+         ) -> list[OwedMessage]:
+    """What is still owed, oldest first (``after``/``limit``: one page of it, by row id)."""
     with ledger.reading() as s:
-        return list(s.scalars(select(OwedMessage).where(OwedMessage.campaign == campaign, OwedMessage.kind == kind)
-                              .order_by(OwedMessage.id)))
+        return list(s.scalars(select(OwedMessage).where(OwedMessage.campaign == campaign, OwedMessage.kind == kind,
+                                                        OwedMessage.id > after)
+                              .order_by(OwedMessage.id).limit(limit)))
 
 
 def settle(ledger: Ledger, campaign: str) -> None:

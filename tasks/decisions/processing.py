@@ -35,9 +35,10 @@ from ..core.ledger import (
     bulk_update,
     db_rows,
     db_value,
+    hold,
 )
 from ..core.rounds import latest_accepted_numbers
-from ..reading.parsing import Parsed, Progress, parse_all, received_jobs
+from ..reading.parsing import PackedParsed, Parsed, Progress, parse_all, received_jobs
 from ..reading.photos import check_photos
 from .outcome import Outcome
 from .owed import owe, owe_rows
@@ -46,36 +47,61 @@ from .validate import ERROR, WARNING, Finding, Previous, ReturnRecord, validate_
 log = logging.getLogger(__name__)
 
 
+#: Submissions decided per transaction: a run holds one chunk's parsed returns at a time, and a
+#: run killed midway keeps the chunks it finished (the next run decides the rest).
+DECIDE_CHUNK = 5000
+
+
 def process_received(ledger: Ledger, config: Config, now: dt.datetime,
                      progress: Progress | None = None,
-                     preparsed: dict[int, "Parsed"] | None = None) -> list[Outcome]:
-    """Decide every ``received`` submission of the campaign and record the decisions
-    (``preparsed``: submissions a :class:`Preparser` already read, by id)."""
+                     preparsed: dict[int, Parsed] | PackedParsed | None = None) -> list[Outcome]:
+    """Decide every ``received`` submission of the campaign and record the decisions, by
+    chunks of :data:`DECIDE_CHUNK` (``preparsed``: submissions a :class:`Preparser` already
+    read, by id; each is taken out of it once decided)."""
+    jobs = received_jobs(ledger, config.campaign.id)
+    preparsed = preparsed if preparsed is not None else {}
+    to_parse = sum(j.id not in preparsed for j in jobs)
+    parsed_before = 0
+    previous: list[Previous | None] = []  # read once, when the first return needs it
+    outcomes: list[Outcome] = []
+    for start in range(0, len(jobs), DECIDE_CHUNK):
+        chunk = jobs[start:start + DECIDE_CHUNK]
+        fresh = [j for j in chunk if j.id not in preparsed]
+        chunk_progress = None if progress is None else (
+            lambda done, _total, before=parsed_before: progress(before + done, to_parse))
+        by_id = {p.sub.id: p for p in parse_all(ledger.home, config, fresh, chunk_progress)}
+        parsed_before += len(fresh)
+        parsed = [preparsed.pop(j.id) if j.id in preparsed else by_id.pop(j.id) for j in chunk]
+        outcomes += _decide_chunk(ledger, config, now, parsed, previous)
+        del parsed, by_id
+    return outcomes
+
+
+def _decide_chunk(ledger: Ledger, config: Config, now: dt.datetime, parsed: list[Parsed],
+                  previous: list[Previous | None]) -> list[Outcome]:
+    """Validate, decide and record one chunk in one transaction (with its owed receipts)."""
     camp = config.campaign
-    jobs = received_jobs(ledger, camp.id)
-    preparsed = preparsed or {}
-    fresh = parse_all(ledger.home, config, [j for j in jobs if j.id not in preparsed], progress)
-    by_id = {p.sub.id: p for p in fresh}
-    parsed = [preparsed[j.id] if j.id in preparsed else by_id[j.id] for j in jobs]
     for p in parsed:
         if p.failure:
             log.error("submission %s could not be parsed: %s", p.sub.id, p.failure)
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
                             p.unit_code, p.counts)
                for p in parsed if p.extracted is not None and not p.errors]
-    previous = previous_figures(ledger, config) if records else None
-    numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
+    if records and not previous:
+        previous.append(previous_figures(ledger, config))
+    numbers, texts, findings = validate_returns(records, camp.form, previous[0]) if records else (None, None, [])
     by_sub: dict[int, list[Finding]] = {}
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)
-    with ledger.session() as s:  # one transaction for the whole batch
+    with ledger.session() as s:  # one transaction for the chunk
+        hold(s, f"decide/{camp.id}")  # PostgreSQL: two runs' chunks one after the other (versions)
         mine = _claim_received(s, [p.sub.id for p in parsed])  # first: locks, then reads current state
         if len(mine) < len(parsed):
             log.warning("%d submission(s) were decided by another run meanwhile", len(parsed) - len(mine))
             parsed = [p for p in parsed if p.sub.id in mine]
             if numbers is not None:
                 numbers, texts = numbers[numbers.index.isin(mine)], texts[texts.index.isin(mine)]
-        batch = _Batch(ledger.home, _unit_history(s, camp.id))
+        batch = _Batch(ledger.home, _unit_history(s, camp.id, {p.unit_code for p in parsed} - {None}))
         validated = set(numbers.index) if numbers is not None else set()
         outcomes = [_decide(batch, config, p, by_sub.get(p.sub.id, []), p.sub.id in validated, now)
                     for p in parsed]
@@ -134,13 +160,15 @@ def _claim_received(s, ids: list[int]) -> set[int]:
     return still
 
 
-def _unit_history(s, campaign: str) -> dict[str, list[dict]]:
-    """Every earlier identified submission of the campaign, by unit, oldest first."""
+def _unit_history(s, campaign: str, units: set[str]) -> dict[str, list[dict]]:
+    """Every earlier identified submission of these units in the campaign, by unit, oldest first."""
     S = Submission.__table__.c
     history: dict[str, list[dict]] = {}
-    for sid, unit, state, version in s.execute(select(S.id, S.unit_code, S.state, S.version).where(
-            S.campaign == campaign, S.version.is_not(None)).order_by(S.id)):
-        history.setdefault(unit, []).append({"id": sid, "state": state, "version": version, "old": True})
+    codes = sorted(units)
+    for i in range(0, len(codes), 500):
+        for sid, unit, state, version in s.execute(select(S.id, S.unit_code, S.state, S.version).where(
+                S.campaign == campaign, S.version.is_not(None), S.unit_code.in_(codes[i:i + 500])).order_by(S.id)):
+            history.setdefault(unit, []).append({"id": sid, "state": state, "version": version, "old": True})
     return history
 
 

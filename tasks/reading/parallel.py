@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
@@ -19,7 +20,7 @@ R = TypeVar("R")
 
 #: Below this many items, work stays in this process.
 PARALLEL_FROM = 200
-_job: tuple[Callable, tuple] | None = None  # what forked workers inherit
+_job: tuple[Callable, tuple, bool] | None = None  # what forked workers inherit (fn, shared, packed)
 
 
 def workers_wanted() -> int:
@@ -34,9 +35,10 @@ def workers_wanted() -> int:
     return max(1, min(cpus, 8))
 
 
-def _run_chunk(items: list) -> list:
-    fn, shared = _job  # type: ignore[misc]
-    return [fn(*shared, item) for item in items]
+def _run_chunk(items: list) -> list | bytes:
+    fn, shared, packed = _job  # type: ignore[misc]
+    results = [fn(*shared, item) for item in items]
+    return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL) if packed else results
 
 
 def map_forked(fn: Callable[..., R], items: Sequence[T], shared: tuple = (), *,
@@ -67,17 +69,21 @@ class ForkedPool:
     archived); ``results()`` gives every result in submission order.
 
     The workers are forked when the pool is made, so make it before starting any threads.
-    With one worker (or no ``fork``) the items are run in ``results()``, in this process."""
+    With one worker (or no ``fork``) the items are run in ``results()``, in this process.
+    ``packed``: the workers' results stay pickled, a chunk per ``bytes``, until the caller
+    unpickles them (:meth:`parts`); many results then take a fraction of their memory."""
 
-    def __init__(self, fn: Callable[..., R], shared: tuple = (), workers: int | None = None):
+    def __init__(self, fn: Callable[..., R], shared: tuple = (), workers: int | None = None,
+                 packed: bool = False):
         global _job
-        self._fn, self._shared = fn, shared
+        self._fn, self._shared, self._packed = fn, shared, packed
         self._parts: list = []  # futures, or item lists to run here
+        self._sizes: list[int] = []  # items per part
         self._submitted = 0
         self._pool: ProcessPoolExecutor | None = None
         workers = workers or workers_wanted()
         if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
-            _job = (fn, shared)
+            _job = (fn, shared, packed)
             # the caller's objects (the loaded config above all) go to the permanent generation
             # while the workers are forked: a collection in a worker then never writes to them,
             # and their pages stay shared instead of being copied into each worker
@@ -91,21 +97,34 @@ class ForkedPool:
     def submit(self, items: Sequence[T]) -> None:
         if items:
             self._parts.append(self._pool.submit(_run_chunk, list(items)) if self._pool else list(items))
+            self._sizes.append(len(items))
             self._submitted += len(items)
 
     def completed(self) -> int:
         """How many submitted items the workers have finished so far."""
-        return sum(len(part.result()) for part in self._parts
-                   if self._pool and part.done() and part.exception() is None)
+        return sum(n for part, n in zip(self._parts, self._sizes)
+                   if self._pool and part is not None and part.done() and part.exception() is None)
 
     def results(self, progress: Callable[[int, int], None] | None = None) -> list[R]:
         """Every result in submission order; ``progress(done, submitted)`` after each chunk."""
         out: list[R] = []
-        for part in self._parts:
-            out += part.result() if self._pool else [self._fn(*self._shared, item) for item in part]
+        for part in self.parts(progress):
+            out += pickle.loads(part) if isinstance(part, bytes) else part
+        return out
+
+    def parts(self, progress: Callable[[int, int], None] | None = None) -> list[list[R] | bytes]:
+        """Each submitted chunk's results, in submission order: a list, or (``packed``, from a
+        worker) its pickle; ``progress(done, submitted)`` after each chunk."""
+        out: list[list[R] | bytes] = []
+        done = 0
+        for i, items in enumerate(self._sizes):
+            part = self._parts[i]
+            out.append(part.result() if self._pool else [self._fn(*self._shared, item) for item in part])
+            self._parts[i] = None  # the results are the caller's now
+            done += items
             if progress:
-                progress(len(out), self._submitted)
-        self._parts, self._submitted = [], 0
+                progress(done, self._submitted)
+        self._parts, self._sizes, self._submitted = [], [], 0
         return out
 
     def close(self) -> None:
