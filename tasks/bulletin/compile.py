@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import css_inline
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 from sqlalchemy import select
@@ -24,12 +25,12 @@ from sqlalchemy.exc import IntegrityError
 
 from ..core.config import Config
 from ..core.formatting import chinese_date, defang_links, round_down_prose
-from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_rows
+from ..core.ledger import ACCEPTED, Bulletin, Ledger, Submission, SubmissionFile, Value, audit_event, plain_row_batches
 from ..core.render import render, template_files
 from .bulletin_content import BulletinContent, Figure, Photo, Recipients, Story, UnitRow
 from .charts import Chart, NoCJKFont, totals_chart, units_chart
 from .exports import export_frame
-from .personal import Figures, PersonalBlock, build_block, write_blocks
+from .personal import Blocks, Figures, PersonalBlock, build_block, write_blocks
 from .readers import Readers, gather
 from .render_docx import write_docx
 from .render_pdf import write_pdf
@@ -60,39 +61,44 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
     campaign's accepted submissions are joined in SQL, never listed as bound parameters."""
     camp = config.campaign
     accepted = (Submission.campaign == camp.id, Submission.state == ACCEPTED)
+    counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
     with ledger.reading() as s:
         conn = s.connection()
         subs = conn.execute(select(Submission.id, Submission.unit_code, Submission.fingerprint,
                                    Submission.late, Submission.decided_by)
                             .where(*accepted).order_by(Submission.id)).all()
-        value_rows = plain_rows(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
-                                              Value.flag)
-                                 .join(Submission, Submission.id == Value.submission_id)
-                                 .where(*accepted).order_by(Value.submission_id, Value.id))
+        expected = config.unit_by_code
+        latest = {x.unit_code: x for x in subs if x.unit_code in expected}  # later ids win
+        order = [c for c in config.units.codes if c in latest]
+        row_of = {latest[c].id: i for i, c in enumerate(order)}
+        reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
+        number_col, text_col = {k: j for j, k in enumerate(counts)}, {k: j for j, k in enumerate(texts)}
+        numbers = np.full((len(order), len(counts)), np.nan)
+        text_cells = np.full((len(order), len(texts)), np.nan, dtype=object)
+        held_back: dict[str, list[str]] = {}
+        # millions of values at national scale: folded into the two tables a batch at a time
+        for batch in plain_row_batches(conn, select(Value.submission_id, Value.field, Value.number, Value.text,
+                                                    Value.flag)
+                                       .join(Submission, Submission.id == Value.submission_id)
+                                       .where(*accepted).order_by(Value.submission_id, Value.id)):
+            for sid, key, number, text, flag in batch:
+                i = row_of.get(sid)
+                if i is None:
+                    continue
+                if flag and sid not in reviewed:  # spam-flagged: out until a coordinator accepted it by hand
+                    held_back.setdefault(order[i], []).append(key)
+                elif key in number_col and number is not None and numbers[i, number_col[key]] != numbers[i, number_col[key]]:
+                    numbers[i, number_col[key]] = number
+                elif key in text_col and text is not None:
+                    text_cells[i, text_col[key]] = text
         photos = list(s.scalars(select(SubmissionFile)
                                 .join(Submission, Submission.id == SubmissionFile.submission_id)
                                 .where(*accepted, SubmissionFile.role == "photo")
                                 .order_by(SubmissionFile.submission_id, SubmissionFile.id)))
-    expected = config.unit_by_code
-    latest = {x.unit_code: x for x in subs if x.unit_code in expected}  # later ids win
-    unit_of = {x.id: x.unit_code for x in latest.values()}
-    reviewed = {x.id for x in latest.values() if x.decided_by not in (None, "system")}
-    # spam-flagged narratives stay out until a coordinator accepted the return by hand
-    held = [r for r in value_rows if r[0] in unit_of and r[4] and r[0] not in reviewed]
-    held_back: dict[str, list[str]] = {}
-    for r in held:
-        held_back.setdefault(unit_of[r[0]], []).append(r[1])
-    values = pd.DataFrame([r for r in value_rows if r[0] in unit_of and not (r[4] and r[0] not in reviewed)],
-                          columns=["submission_id", "field", "number", "text", "flag"])
-    photos = [f for f in photos if f.submission_id in unit_of]
-    values["unit"] = values["submission_id"].map(unit_of)
-    order = [c for c in config.units.codes if c in latest]
-    counts, texts = [f.key for f in camp.form.counts], [f.key for f in camp.form.texts]
-    numbers = (values.pivot_table(index="unit", columns="field", values="number", aggfunc="first")
-               .reindex(index=order, columns=counts)) if len(values) else pd.DataFrame(index=order, columns=counts, dtype=float)
-    text_frame = (values.dropna(subset=["text"]).pivot(index="unit", columns="field", values="text")
-                  .reindex(index=order, columns=texts)) if len(values) else pd.DataFrame(index=order, columns=texts)
-    return Merged([latest[c] for c in order], numbers.astype("float64"), text_frame, photos, held_back)
+    photos = [f for f in photos if f.submission_id in row_of]
+    index = pd.Index(order, name="unit")
+    return Merged([latest[c] for c in order], pd.DataFrame(numbers, index=index, columns=counts),
+                  pd.DataFrame(text_cells, index=index, columns=texts), photos, held_back)
 
 
 #: Bulletin settings that do not change what it says: who approves it, how long a run waits.
@@ -232,8 +238,9 @@ def _compare_cells(yoy: YearOverYear | None, key: str) -> tuple[str, ...]:
 
 
 def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.Series,
-                     content: BulletinContent) -> tuple[PersonalBlock, ...]:
-    """Every expected unit's block, with what of its return the bulletin left out."""
+                     content: BulletinContent) -> Blocks:
+    """Every expected unit's block, with what of its return the bulletin left out (each made
+    when it is written: at 100,000 units they took about 400 MB held together)."""
     camp = config.campaign
     figures = Figures(merged.numbers, sums, readers.previous, readers.changes)
     quoted = {s.unit_code for s in content.stories_regions + content.stories_departments}
@@ -247,8 +254,8 @@ def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.
     for p in content.photos:
         used_photos[p.unit_code] = used_photos.get(p.unit_code, 0) + 1
     labels = {f.key: f.label for f in camp.form.texts}
-    blocks = []
-    for code, name in zip(config.units.codes, config.units.names):
+
+    def block(code: str, name: str) -> PersonalBlock:
         left_out = [f"“{labels.get(k, k)}”含待人工审核的内容，审核通过前本期简讯暂未收录。"
                     for k in merged.held_back.get(code, [])]
         if code in narrated and code not in quoted:
@@ -256,9 +263,9 @@ def _personal_blocks(config: Config, merged: Merged, readers: Readers, sums: pd.
         sent, used = sent_photos.get(code, 0), used_photos.get(code, 0)
         if used < sent:
             left_out.append(f"报送照片{sent}张，本期简讯选用{used}张。")
-        blocks.append(build_block(code, name, camp.form.counts, figures, readers.states.get(code),
-                                  camp.calendar.tz, tuple(left_out)))
-    return tuple(blocks)
+        return build_block(code, name, camp.form.counts, figures, readers.states.get(code),
+                           camp.calendar.tz, tuple(left_out))
+    return Blocks(list(zip(config.units.codes, config.units.names)), block)
 
 
 def _sentence(text: str) -> str:

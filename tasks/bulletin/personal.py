@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html as html_lib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -97,7 +97,25 @@ def build_block(code: str, name: str, fields: list, figures: Figures, when: Unit
     return PersonalBlock(code, name, when.label if when else "", received, tuple(lines), compared, note, left_out)
 
 
-def write_blocks(blocks: tuple[PersonalBlock, ...], folder: Path, context: dict, override_dir: str | None) -> None:
+class Blocks(Sequence[PersonalBlock]):
+    """Every unit's block in unit order, each made when asked for (never all held at once)."""
+
+    def __init__(self, units: list[tuple[str, str]], make: Callable[[str, str], PersonalBlock]):
+        self._units, self._make = units, make
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._make(*u) for u in self._units[i]]
+        return self._make(*self._units[i])
+
+    def __iter__(self) -> Iterator[PersonalBlock]:
+        return (self._make(*u) for u in self._units)
+
+
+def write_blocks(blocks: Sequence[PersonalBlock], folder: Path, context: dict, override_dir: str | None) -> None:
     """``personal/blocks.jsonl`` (per unit: the HTML fragment spliced into the mail and the
     text), and an index page with every block for the coordinator to read before approving.
     Written a block at a time: at 100,000 units the two files are about 1 GB, and holding them
