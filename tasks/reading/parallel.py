@@ -89,7 +89,7 @@ class ForkedPool:
             # while the workers are forked and as long as they run: a collection, in a worker
             # or here, then never writes to them, and their pages stay shared instead of being
             # copied on either side (at 100,000 returns the intake's peak fell from 1,024 to
-            # ... MB, bench/README.md)
+            # 930 MB, bench/README.md)
             gc.freeze()
             self._frozen = True
             try:
