@@ -87,8 +87,8 @@ def merge_accepted(ledger: Ledger, config: Config) -> Merged:
                     continue
                 if flag and sid not in reviewed:  # spam-flagged: out until a coordinator accepted it by hand
                     held_back.setdefault(order[i], []).append(key)
-                elif key in number_col and number is not None and numbers[i, number_col[key]] != numbers[i, number_col[key]]:
-                    numbers[i, number_col[key]] = number
+                elif key in number_col and number is not None and np.isnan(numbers[i, number_col[key]]):
+                    numbers[i, number_col[key]] = number  # the first value, as a pivot's "first"
                 elif key in text_col and text is not None:
                     text_cells[i, text_col[key]] = text
         photos = list(s.scalars(select(SubmissionFile)

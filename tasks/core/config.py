@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -403,15 +404,20 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # a parsed-data cache file is only worth it for big files; the tag changes with the parser
 _DISK_CACHE_MIN_CHARS = 64 * 1024
 _DISK_CACHE_TAG = f"bulletin-config-1 PyYAML {yaml.__version__} {_YAML_LOADER.__name__}"
-# validated units are kept as they validate today: another unit model is another cache
-_UNITS_CACHE_TAG = "bulletin-units-1 " + hashlib.sha256(
-    json.dumps(Unit.model_json_schema(), sort_keys=True).encode()).hexdigest()
 _DISK_CACHE_KEEP = 4  # cached files per source file name
 # a file changed this recently may change again within one file-system timestamp tick,
 # unseen by its stat: such a configuration is not kept in memory
 _RACY_NS = 2_000_000_000
 
 Stamp = tuple[int, int, int, int, int]
+
+
+@functools.cache
+def _units_cache_tag() -> str:
+    """Validated units are kept as they validate today: another unit model is another cache
+    (computed when units are first loaded, not at import)."""
+    schema = json.dumps(Unit.model_json_schema(), sort_keys=True).encode()
+    return "bulletin-units-1 " + hashlib.sha256(schema).hexdigest()
 
 
 def _stamp(path: Path) -> Stamp | None:
@@ -547,7 +553,7 @@ def load_units(config_dir: Path, reading: _Reading | None = None) -> UnitList:
     are kept (by content and by the unit model) for later processes."""
     path = config_dir / "units.yaml"
     text = _read_text(path, reading)
-    cached = _cache_file(reading, path, text, _UNITS_CACHE_TAG, ".jsonl")
+    cached = _cache_file(reading, path, text, _units_cache_tag(), ".jsonl")
     if cached is not None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             return UnitList(cached.read_bytes().splitlines())

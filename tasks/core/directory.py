@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from email.utils import parseaddr
 
 from .config import Unit
-from .unit_list import UnitList
 from .labels import normalize_label
+from .unit_list import UnitList
 
 #: The longest address kept (the ledger's column); a longer one is no usable address at all.
 MAX_ADDRESS = 320
@@ -28,14 +28,11 @@ class _Lookup:
         self._units, self._found = units, {}
 
     def add(self, key: str, position: int) -> None:
-        found = self._found.get(key)
-        self._found[key] = position if found is None else (*(found if isinstance(found, tuple) else (found,)), position)
+        self._found[key] = self._found.get(key, ()) + (position,)
 
     def get(self, key: str, default=()) -> list[Unit]:
         found = self._found.get(key)
-        if found is None:
-            return default
-        return [self._units[i] for i in (found if isinstance(found, tuple) else (found,))]
+        return default if found is None else [self._units[i] for i in found]
 
     def __contains__(self, key: str) -> bool:
         return key in self._found
@@ -49,9 +46,8 @@ class UnitIndex:
     delegate address (all lower-cased)."""
 
     def __init__(self, units: Sequence[Unit]):
-        self.source = units
-        self.units = units if isinstance(units, UnitList) else UnitList.of(units)
-        units = self.units
+        self.source = units  # what the index was asked for (see unit_index)
+        self.units = units = units if isinstance(units, UnitList) else UnitList.of(units)
         self._by_code = {c.lower(): i for i, c in enumerate(units.codes)}
         self.by_name, self.by_email = _Lookup(units), _Lookup(units)
         for i, u in enumerate(units.records()):

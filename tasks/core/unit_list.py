@@ -31,13 +31,11 @@ class UnitList(Sequence["Unit"]):
     def __init__(self, rows: Iterable[bytes]):
         """``rows``: each unit's JSON as :meth:`row` writes it (already validated)."""
         self._rows = tuple(rows)
-        codes, names, kinds = [], [], []
-        for r in self._rows:
-            c = json.loads(r)
-            codes.append(c["code"]), names.append(c["name"]), kinds.append(c["kind"])
-        self.codes: tuple[str, ...] = tuple(codes)
-        self.names: tuple[str, ...] = tuple(names)
-        self.kinds: tuple[str, ...] = tuple(kinds)
+        columns = [(c["code"], c["name"], c["kind"]) for c in map(json.loads, self._rows)]
+        self.codes: tuple[str, ...]
+        self.names: tuple[str, ...]
+        self.kinds: tuple[str, ...]
+        self.codes, self.names, self.kinds = (tuple(col) for col in zip(*columns)) if columns else ((), (), ())
         self._position = {code: i for i, code in enumerate(self.codes)}
         self._by_code: UnitsByCode | None = None
 

@@ -62,7 +62,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
     preparsed = preparsed if preparsed is not None else {}
     to_parse = sum(j.id not in preparsed for j in jobs)
     parsed_before = 0
-    previous: list[Previous | None] = []  # read once, when the first return needs it
+    previous = previous_figures(ledger, config) if jobs else None
     outcomes: list[Outcome] = []
     for start in range(0, len(jobs), DECIDE_CHUNK):
         chunk = jobs[start:start + DECIDE_CHUNK]
@@ -78,7 +78,7 @@ def process_received(ledger: Ledger, config: Config, now: dt.datetime,
 
 
 def _decide_chunk(ledger: Ledger, config: Config, now: dt.datetime, parsed: list[Parsed],
-                  previous: list[Previous | None]) -> list[Outcome]:
+                  previous: Previous | None) -> list[Outcome]:
     """Validate, decide and record one chunk in one transaction (with its owed receipts)."""
     camp = config.campaign
     for p in parsed:
@@ -87,9 +87,7 @@ def _decide_chunk(ledger: Ledger, config: Config, now: dt.datetime, parsed: list
     records = [ReturnRecord(p.sub.id, _return_name(p), p.extracted.values, _explanation(p),
                             p.unit_code, p.counts)
                for p in parsed if p.extracted is not None and not p.errors]
-    if records and not previous:
-        previous.append(previous_figures(ledger, config))
-    numbers, texts, findings = validate_returns(records, camp.form, previous[0]) if records else (None, None, [])
+    numbers, texts, findings = validate_returns(records, camp.form, previous) if records else (None, None, [])
     by_sub: dict[int, list[Finding]] = {}
     for f in findings:
         by_sub.setdefault(f.submission_id, []).append(f)

@@ -76,7 +76,7 @@ class ForkedPool:
     def __init__(self, fn: Callable[..., R], shared: tuple = (), workers: int | None = None,
                  packed: bool = False):
         global _job
-        self._fn, self._shared, self._packed = fn, shared, packed
+        self._fn, self._shared = fn, shared
         self._parts: list = []  # futures, or item lists to run here
         self._sizes: list[int] = []  # items per part
         self._submitted = 0
